@@ -1,0 +1,163 @@
+//! One client connection: a reader thread that owns the socket's read half and a writer thread
+//! that is the only one to write it, joined by a channel of `Outbound` items.
+//!
+//! Owns: starting the two threads, the `Outbound` vocabulary and `ClientHandle`, through which
+//! the router and the reader reach the writer. Must not: hold session state (the router owns
+//! it) or block the router: the router only ever uses the non-blocking methods here.
+
+mod reader;
+mod writer;
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::broker::Registry;
+use crate::config::Config;
+use crate::mqtt::{Disconnect, Packet, PacketId, Publish, QoS};
+use crate::queue::QueueHandle;
+
+/// Something for the writer to put on the wire.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A message delivered to this client, shared with every other receiver of it.
+    Publish {
+        message: Arc<Publish>,
+        qos: QoS,
+        retain: bool,
+        packet_id: Option<PacketId>,
+        dup: bool,
+    },
+    /// PUBACK, PUBREC, PUBREL or PUBCOMP with a success code.
+    Ack(AckKind, PacketId),
+    /// Any other packet (CONNACK, SUBACK, UNSUBACK, PINGRESP, or an ack with a reason).
+    Packet(Box<Packet>),
+    /// Write the DISCONNECT if there is one (v5 only), then close the connection.
+    Close(Option<Box<Disconnect>>),
+}
+
+/// The four acknowledgements of the QoS 1 and 2 flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
+}
+
+/// The writer's mailbox. Cheap to clone; the writer stops once every handle is dropped and
+/// what was queued has been written.
+#[derive(Clone)]
+pub struct ClientHandle {
+    tx: Sender<Outbound>,
+    shared: Arc<WriterShared>,
+}
+
+/// State the writer shares with whoever holds its handle.
+struct WriterShared {
+    /// Beyond this many queued items `has_room` says no.
+    capacity: usize,
+    /// Set by the router when it kept messages back because the channel was full: the writer
+    /// then tells the router when it has caught up.
+    drain_requested: AtomicBool,
+    /// The router's slot for this connection's session, for the writer's drain notice.
+    session_slot: AtomicU32,
+}
+
+/// The writer has stopped; nothing sent to it will be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterGone;
+
+impl ClientHandle {
+    fn new(tx: Sender<Outbound>, capacity: usize) -> Self {
+        ClientHandle {
+            tx,
+            shared: Arc::new(WriterShared {
+                capacity,
+                drain_requested: AtomicBool::new(false),
+                session_slot: AtomicU32::new(u32::MAX),
+            }),
+        }
+    }
+
+    /// A handle whose "writer" is the returned receiver, for tests of the router.
+    #[cfg(test)]
+    pub(crate) fn for_tests(capacity: usize) -> (ClientHandle, Receiver<Outbound>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (ClientHandle::new(tx, capacity), rx)
+    }
+
+    /// Queues a control packet. These are not counted against the capacity: the protocol
+    /// bounds them (one per packet the client sent, or per in-flight message).
+    pub fn send(&self, item: Outbound) -> Result<(), WriterGone> {
+        self.tx.send(item).map_err(|_| WriterGone)
+    }
+
+    pub fn send_packet(&self, packet: Packet) -> Result<(), WriterGone> {
+        self.send(Outbound::Packet(Box::new(packet)))
+    }
+
+    /// Whether a delivery may be queued now: false once `capacity` items are waiting, in
+    /// which case the writer will send a drain notice when it has caught up.
+    pub fn has_room(&self) -> bool {
+        if self.tx.len() < self.shared.capacity {
+            return true;
+        }
+        self.shared.drain_requested.store(true, Ordering::Release);
+        // The writer may have emptied the channel between the two checks.
+        self.tx.len() < self.shared.capacity
+    }
+
+    /// Asks the writer to send `disconnect` (if any) and close the connection.
+    pub fn close(&self, disconnect: Option<Disconnect>) {
+        let _ = self.send(Outbound::Close(disconnect.map(Box::new)));
+    }
+
+    /// Records which session slot this connection belongs to, for drain notices.
+    pub fn bind_session(&self, slot: u32) {
+        self.shared.session_slot.store(slot, Ordering::Release);
+    }
+}
+
+/// Starts the reader thread for a freshly accepted connection; the reader starts the writer
+/// once it knows the protocol version. Returns an error only if the thread cannot start.
+pub fn spawn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    connection_id: u64,
+    queue: QueueHandle,
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+) -> io::Result<()> {
+    let stack_size = config.client_stack_size;
+    thread::Builder::new()
+        .name(format!("client-{connection_id}-rx"))
+        .stack_size(stack_size)
+        .spawn(move || {
+            let _registered = registry.register(connection_id, &stream);
+            reader::run(stream, peer, connection_id, queue, &config);
+        })?;
+    Ok(())
+}
+
+/// Starts the writer thread for `stream` and returns its handle.
+fn spawn_writer(
+    stream: TcpStream,
+    connection_id: u64,
+    version: crate::mqtt::ProtocolVersion,
+    queue: QueueHandle,
+    config: &Config,
+) -> io::Result<ClientHandle> {
+    let (tx, rx): (Sender<Outbound>, Receiver<Outbound>) = crossbeam_channel::unbounded();
+    let handle = ClientHandle::new(tx, config.writer_queue_capacity);
+    let shared = handle.shared.clone();
+    thread::Builder::new()
+        .name(format!("client-{connection_id}-tx"))
+        .stack_size(config.client_stack_size)
+        .spawn(move || writer::run(stream, rx, version, shared, connection_id, queue))?;
+    Ok(handle)
+}

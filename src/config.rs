@@ -1,0 +1,82 @@
+//! Broker settings and their defaults, read from the environment.
+//!
+//! Owns: every tunable limit in one place. Must not: open sockets or start threads.
+
+use std::env;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Limits and sizes; `Config::default()` is what `cargo run` uses without environment variables.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen (`SOCKET_ADDR`, default 127.0.0.1:1883).
+    pub socket_addr: SocketAddr,
+    /// Largest packet accepted, fixed header included (`MAX_PACKET_SIZE`, default 1 MiB).
+    /// Larger packets are refused before their body is read and the client is disconnected.
+    pub max_packet_size: usize,
+    /// QoS 1 and 2 messages sent to one client and not yet acknowledged
+    /// (`MAX_INFLIGHT_MESSAGES`, default 100); the rest wait in the session queue, in order.
+    pub max_inflight_messages: usize,
+    /// Messages waiting in one session's queue, online or offline, behind its in-flight window
+    /// (`MAX_QUEUED_MESSAGES`, default 1000). When full, new messages for that session are
+    /// dropped and counted, as mosquitto does; other sessions are unaffected.
+    pub max_queued_messages: usize,
+    /// Packets waiting in one client's writer channel before the router treats it as full
+    /// and keeps further messages in the session queue instead.
+    pub writer_queue_capacity: usize,
+    /// Messages waiting for the routing actor; readers block when it is full, which pushes
+    /// back on publishers through TCP.
+    pub router_queue_capacity: usize,
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Stack size of each client thread; two per client, so keep it small.
+    pub client_stack_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_packet_size: 1024 * 1024,
+            max_inflight_messages: 100,
+            max_queued_messages: 1000,
+            writer_queue_capacity: 1024,
+            router_queue_capacity: 4096,
+            connect_timeout: Duration::from_secs(10),
+            client_stack_size: 128 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults overridden by `SOCKET_ADDR`, `MAX_PACKET_SIZE`, `MAX_INFLIGHT_MESSAGES` and
+    /// `MAX_QUEUED_MESSAGES`. A value that does not parse is an error naming the variable.
+    pub fn from_env() -> Result<Config, String> {
+        let mut config = Config::default();
+        if let Some(addr) = var("SOCKET_ADDR")? {
+            config.socket_addr = addr;
+        }
+        if let Some(size) = var::<usize>("MAX_PACKET_SIZE")? {
+            // The remaining length can describe at most 268,435,455 bytes plus a 5-byte header.
+            config.max_packet_size = size.clamp(2, 268_435_460);
+        }
+        if let Some(n) = var::<usize>("MAX_INFLIGHT_MESSAGES")? {
+            config.max_inflight_messages = n.clamp(1, 65_535);
+        }
+        if let Some(n) = var("MAX_QUEUED_MESSAGES")? {
+            config.max_queued_messages = n;
+        }
+        Ok(config)
+    }
+}
+
+fn var<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
+    match env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name}={text:?} is not a valid value")),
+        Err(_) => Ok(None),
+    }
+}

@@ -1,0 +1,22 @@
+//! A small MQTT 3.1, 3.1.1 and 5.0 broker on std threads: per client one reader thread and one
+//! writer thread, and one routing actor, talking over crossbeam channels.
+//!
+//! # Layout
+//! - [`broker`]: bind, the accept loop, shutdown. `main` and the tests share `Broker`.
+//! - [`config`]: limits and defaults, from the environment.
+//! - [`client`]: one connection: `reader` (handshake, keepalive, packets in) and `writer`
+//!   (the only code writing the socket), joined by `ClientHandle`.
+//! - [`queue`]: the router actor (`QueueHandle` / `QueueActor`): sessions, subscriptions,
+//!   retained messages, in-flight windows and offline queues.
+//! - [`mqtt`]: the packet model and codec for all three protocol versions, and topics.
+//!
+//! See ARCHITECTURE.md for the threads, channels and invariants.
+
+pub mod broker;
+pub mod client;
+pub mod config;
+pub mod mqtt;
+pub mod queue;
+
+pub use broker::{Broker, Stopper};
+pub use config::Config;

@@ -1,0 +1,177 @@
+//! The message-queue actor's API: `QueueHandle` and the messages it sends.
+//!
+//! Owns: the vocabulary between client threads and the router. Must not: hold state; every
+//! method only builds a `Msg` and sends it (and, for requests, waits for the one reply).
+
+mod actor;
+mod retained;
+mod session;
+pub mod subscriptions;
+
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{Receiver, Sender};
+
+pub use actor::QueueActor;
+
+use crate::client::{AckKind, ClientHandle};
+use crate::config::Config;
+use crate::mqtt::{Disconnect, PacketId, ProtocolVersion, Publish, Subscribe, Unsubscribe, Will};
+
+/// The router has stopped (the broker is shutting down); the caller should end its loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterGone;
+
+/// Names one connection of one session: the session's slot in the router and the connection's
+/// broker-wide unique id. Messages from a connection that no longer owns the session (after a
+/// takeover) are recognised by the id and ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionRef {
+    pub slot: u32,
+    pub connection: u64,
+}
+
+/// What the router needs to attach a connection to a session.
+pub struct ConnectRequest {
+    pub connection_id: u64,
+    pub client_id: String,
+    /// The id was assigned by the server (v5 reports it in CONNACK).
+    pub assigned_client_id: bool,
+    pub clean_start: bool,
+    /// Seconds the session outlives the connection: 0 ends it with the connection,
+    /// `u32::MAX` never expires (3.1.1 clean session 0).
+    pub session_expiry: u32,
+    pub version: ProtocolVersion,
+    pub will: Option<Will>,
+    /// Most QoS 1 and 2 messages the client accepts unacknowledged (v5; 65535 otherwise).
+    pub receive_maximum: u16,
+    pub writer: ClientHandle,
+}
+
+/// How a connection ended.
+pub enum Ending {
+    /// The client sent DISCONNECT (with reason 0x04 the will is still published).
+    Disconnect(Box<Disconnect>),
+    /// Lost, timed out or closed for a protocol violation: the will is published.
+    Abnormal,
+}
+
+pub(crate) enum Msg {
+    Connect {
+        request: Box<ConnectRequest>,
+        reply: Sender<ConnectionRef>,
+    },
+    Publish {
+        from: ConnectionRef,
+        publish: Box<Publish>,
+    },
+    Ack {
+        from: ConnectionRef,
+        kind: AckKind,
+        packet_id: PacketId,
+    },
+    Subscribe {
+        from: ConnectionRef,
+        subscribe: Subscribe,
+    },
+    Unsubscribe {
+        from: ConnectionRef,
+        unsubscribe: Unsubscribe,
+    },
+    Disconnect {
+        from: ConnectionRef,
+        ending: Ending,
+    },
+    WriterDrained {
+        from: ConnectionRef,
+    },
+    Shutdown {
+        reply: Sender<()>,
+    },
+}
+
+/// The router's mailbox. Cheap to clone; the router stops when every handle has been dropped.
+#[derive(Clone)]
+pub struct QueueHandle {
+    tx: Sender<Msg>,
+}
+
+impl QueueHandle {
+    /// Starts the router on its own thread.
+    pub fn start(config: &Config) -> std::io::Result<(QueueHandle, JoinHandle<()>)> {
+        let (tx, rx): (Sender<Msg>, Receiver<Msg>) =
+            crossbeam_channel::bounded(config.router_queue_capacity);
+        let actor = QueueActor::new(rx, config);
+        let thread = thread::Builder::new()
+            .name("queue".into())
+            .spawn(move || actor.run())?;
+        Ok((QueueHandle { tx }, thread))
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), RouterGone> {
+        self.tx.send(msg).map_err(|_| RouterGone)
+    }
+
+    /// Attaches a connection to its session; the router sends CONNACK and any redeliveries.
+    pub fn connect(&self, request: ConnectRequest) -> Result<ConnectionRef, RouterGone> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::Connect {
+            request: Box::new(request),
+            reply,
+        })?;
+        rx.recv().map_err(|_| RouterGone)
+    }
+
+    /// Routes a PUBLISH received from a client; the router acknowledges it.
+    pub fn publish(&self, from: ConnectionRef, publish: Publish) -> Result<(), RouterGone> {
+        self.send(Msg::Publish {
+            from,
+            publish: Box::new(publish),
+        })
+    }
+
+    /// PUBACK, PUBREC or PUBCOMP for a message we sent, or PUBREL for one we received.
+    pub fn ack(
+        &self,
+        from: ConnectionRef,
+        kind: AckKind,
+        packet_id: PacketId,
+    ) -> Result<(), RouterGone> {
+        self.send(Msg::Ack {
+            from,
+            kind,
+            packet_id,
+        })
+    }
+
+    pub fn subscribe(&self, from: ConnectionRef, subscribe: Subscribe) -> Result<(), RouterGone> {
+        self.send(Msg::Subscribe { from, subscribe })
+    }
+
+    pub fn unsubscribe(
+        &self,
+        from: ConnectionRef,
+        unsubscribe: Unsubscribe,
+    ) -> Result<(), RouterGone> {
+        self.send(Msg::Unsubscribe { from, unsubscribe })
+    }
+
+    /// The connection has ended; the router publishes the will when due and keeps or ends the
+    /// session.
+    pub fn disconnect(&self, from: ConnectionRef, ending: Ending) -> Result<(), RouterGone> {
+        self.send(Msg::Disconnect { from, ending })
+    }
+
+    /// The writer has emptied a channel the router found full.
+    pub fn writer_drained(&self, from: ConnectionRef) -> Result<(), RouterGone> {
+        self.send(Msg::WriterDrained { from })
+    }
+
+    /// Closes every client connection (v5 clients get DISCONNECT 0x8B) and waits until the
+    /// router has done so.
+    pub fn shutdown(&self) -> Result<(), RouterGone> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::Shutdown { reply })?;
+        rx.recv().map_err(|_| RouterGone)
+    }
+}

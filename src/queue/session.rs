@@ -1,0 +1,449 @@
+//! One client session as the router keeps it: who is connected, what it subscribed to, and
+//! the outbound queue with its in-flight window.
+//!
+//! Owns: packet-id allocation, the QoS 1 and 2 outbound state machines, the bounded queue
+//! behind the window and its overflow policy, and the inbound QoS 2 ids awaiting PUBREL.
+//! Must not: match topics or touch other sessions; it only ever uses the non-blocking
+//! `ClientHandle` methods, so a slow client cannot stall the router.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU16;
+use std::sync::Arc;
+
+use crate::client::{AckKind, ClientHandle, Outbound};
+use crate::mqtt::{PacketId, ProtocolVersion, Publish, QoS, SubscriptionOptions, Will};
+
+/// One subscription as the index stores it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Subscription {
+    pub options: SubscriptionOptions,
+}
+
+/// The connection currently attached to a session.
+pub(super) struct Online {
+    pub connection_id: u64,
+    pub writer: ClientHandle,
+    pub version: ProtocolVersion,
+    pub will: Option<Will>,
+}
+
+pub(super) struct Session {
+    pub client_id: Arc<str>,
+    /// Seconds the session outlives its connection; 0 ends it with the connection.
+    pub expiry: u32,
+    pub online: Option<Online>,
+    /// Filters this session holds in the subscription index, to remove them when it ends.
+    pub filters: HashMap<String, Subscription>,
+    /// QoS 2 packet ids received and acknowledged with PUBREC, awaiting PUBREL: a PUBLISH
+    /// resent with one of these ids is not delivered again.
+    pub incoming_qos2: HashSet<PacketId>,
+    pub outbox: Outbox,
+}
+
+impl Session {
+    pub fn new(client_id: Arc<str>, expiry: u32, max_inflight: usize, max_queued: usize) -> Self {
+        Session {
+            client_id,
+            expiry,
+            online: None,
+            filters: HashMap::new(),
+            incoming_qos2: HashSet::new(),
+            outbox: Outbox::new(max_inflight, max_queued),
+        }
+    }
+
+    /// Queues a message for this session and sends what the window allows. False when the
+    /// message was dropped (offline QoS 0, or the queue full).
+    pub fn deliver(&mut self, message: Arc<Publish>, qos: QoS, retain: bool) -> bool {
+        let online = self.online.is_some();
+        let queued = self.outbox.enqueue(message, qos, retain, online);
+        self.pump();
+        queued
+    }
+
+    /// Sends queued messages while the window and the writer have room.
+    pub fn pump(&mut self) {
+        if let Some(online) = &self.online {
+            self.outbox.pump(&online.writer);
+        }
+    }
+}
+
+/// Where an outbound QoS 1 or 2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+struct InFlight {
+    packet_id: PacketId,
+    message: Arc<Publish>,
+    qos: QoS,
+    retain: bool,
+    stage: Stage,
+}
+
+struct Queued {
+    message: Arc<Publish>,
+    qos: QoS,
+    retain: bool,
+}
+
+/// Outbound messages of one session: the in-flight window, oldest first, and the queue behind
+/// it. Order is kept: nothing overtakes a queued message.
+pub(super) struct Outbox {
+    inflight: VecDeque<InFlight>,
+    queued: VecDeque<Queued>,
+    next_packet_id: u16,
+    /// The in-flight limit for the current connection.
+    window: usize,
+    max_inflight: usize,
+    max_queued: usize,
+    /// Messages dropped because the queue was full, since the session began.
+    pub dropped: u64,
+}
+
+/// What an acknowledgement from the client did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AckOutcome {
+    /// It completed or advanced a flow.
+    Matched,
+    /// No message in flight was waiting for it.
+    Unknown,
+}
+
+impl Outbox {
+    pub fn new(max_inflight: usize, max_queued: usize) -> Self {
+        Outbox {
+            inflight: VecDeque::new(),
+            queued: VecDeque::new(),
+            next_packet_id: 1,
+            window: max_inflight,
+            max_inflight,
+            max_queued,
+            dropped: 0,
+        }
+    }
+
+    /// Sets the window for a new connection: the configured limit, or less if the client's
+    /// receive maximum is lower.
+    pub fn set_receive_maximum(&mut self, receive_maximum: u16) {
+        self.window = self.max_inflight.min(usize::from(receive_maximum)).max(1);
+    }
+
+    fn enqueue(&mut self, message: Arc<Publish>, qos: QoS, retain: bool, online: bool) -> bool {
+        if !online && qos == QoS::AtMostOnce {
+            // QoS 0 messages are not stored for offline clients (as mosquitto does by default).
+            return false;
+        }
+        if self.queued.len() >= self.max_queued {
+            self.dropped += 1;
+            return false;
+        }
+        self.queued.push_back(Queued {
+            message,
+            qos,
+            retain,
+        });
+        true
+    }
+
+    fn pump(&mut self, writer: &ClientHandle) {
+        while let Some(next) = self.queued.front() {
+            if next.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
+                return;
+            }
+            if !writer.has_room() {
+                return;
+            }
+            let Queued {
+                message,
+                qos,
+                retain,
+            } = self.queued.pop_front().expect("front() was Some");
+            let packet_id = if qos == QoS::AtMostOnce {
+                None
+            } else {
+                let packet_id = self.allocate_packet_id();
+                self.inflight.push_back(InFlight {
+                    packet_id,
+                    message: Arc::clone(&message),
+                    qos,
+                    retain,
+                    stage: Stage::Published,
+                });
+                Some(packet_id)
+            };
+            let item = Outbound::Publish {
+                message,
+                qos,
+                retain,
+                packet_id,
+                dup: false,
+            };
+            if writer.send(item).is_err() {
+                // The connection is going; in-flight messages stay for the next one.
+                return;
+            }
+        }
+    }
+
+    /// Resends everything in flight, in order, for a resumed session: PUBLISH with DUP set for
+    /// unacknowledged messages, PUBREL for released ones [MQTT-4.4.0-1].
+    pub fn resend_inflight(&mut self, writer: &ClientHandle) {
+        for flight in &self.inflight {
+            let item = match flight.stage {
+                Stage::Published => Outbound::Publish {
+                    message: Arc::clone(&flight.message),
+                    qos: flight.qos,
+                    retain: flight.retain,
+                    packet_id: Some(flight.packet_id),
+                    dup: true,
+                },
+                Stage::Released => Outbound::Ack(AckKind::PubRel, flight.packet_id),
+            };
+            if writer.send(item).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Applies PUBACK, PUBREC or PUBCOMP from the client. PUBREC answers with PUBREL.
+    pub fn acknowledge(
+        &mut self,
+        kind: AckKind,
+        packet_id: PacketId,
+        writer: Option<&ClientHandle>,
+    ) -> AckOutcome {
+        let Some(index) = self.inflight.iter().position(|f| f.packet_id == packet_id) else {
+            return AckOutcome::Unknown;
+        };
+        let flight = &mut self.inflight[index];
+        match (kind, flight.qos, flight.stage) {
+            (AckKind::PubAck, QoS::AtLeastOnce, Stage::Published)
+            | (AckKind::PubComp, QoS::ExactlyOnce, Stage::Released) => {
+                self.inflight.remove(index);
+            }
+            (AckKind::PubRec, QoS::ExactlyOnce, Stage::Published) => {
+                flight.stage = Stage::Released;
+                if let Some(writer) = writer {
+                    let _ = writer.send(Outbound::Ack(AckKind::PubRel, packet_id));
+                }
+            }
+            (AckKind::PubRec, QoS::ExactlyOnce, Stage::Released) => {
+                // A repeated PUBREC: answer again, the PUBREL may have been lost.
+                if let Some(writer) = writer {
+                    let _ = writer.send(Outbound::Ack(AckKind::PubRel, packet_id));
+                }
+            }
+            _ => return AckOutcome::Unknown,
+        }
+        AckOutcome::Matched
+    }
+
+    #[cfg(test)]
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// The next packet id not in flight; ids count up from 1 and wrap, skipping 0.
+    fn allocate_packet_id(&mut self) -> PacketId {
+        loop {
+            let candidate = NonZeroU16::new(self.next_packet_id).unwrap_or(NonZeroU16::MIN);
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            // The window is far below 65535 ids, so a free one is always found.
+            if !self.inflight.iter().any(|f| f.packet_id == candidate) {
+                return candidate;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::PublishProperties;
+    use crossbeam_channel::Receiver;
+
+    fn message(payload: &str) -> Arc<Publish> {
+        Arc::new(Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: None,
+            properties: PublishProperties::default(),
+            payload: payload.as_bytes().into(),
+        })
+    }
+
+    fn id(n: u16) -> PacketId {
+        PacketId::new(n).expect("test ids are non-zero")
+    }
+
+    /// What the writer received, as (kind, packet id, payload or "", dup) tuples.
+    fn drain(rx: &Receiver<Outbound>) -> Vec<(&'static str, u16, String, bool)> {
+        rx.try_iter()
+            .map(|item| match item {
+                Outbound::Publish {
+                    message,
+                    packet_id,
+                    dup,
+                    ..
+                } => (
+                    "publish",
+                    packet_id.map_or(0, |p| p.get()),
+                    String::from_utf8_lossy(&message.payload).into_owned(),
+                    dup,
+                ),
+                Outbound::Ack(kind, packet_id) => {
+                    let name = match kind {
+                        AckKind::PubRel => "pubrel",
+                        _ => "other-ack",
+                    };
+                    (name, packet_id.get(), String::new(), false)
+                }
+                _ => ("other", 0, String::new(), false),
+            })
+            .collect()
+    }
+
+    fn session(max_inflight: usize, max_queued: usize) -> (Session, Receiver<Outbound>) {
+        let (writer, rx) = ClientHandle::for_tests(1000);
+        let mut session = Session::new("c".into(), u32::MAX, max_inflight, max_queued);
+        session.online = Some(Online {
+            connection_id: 1,
+            writer,
+            version: ProtocolVersion::V3_1_1,
+            will: None,
+        });
+        (session, rx)
+    }
+
+    #[test]
+    fn window_holds_back_qos1_and_acks_release_in_order() {
+        let (mut s, rx) = session(2, 10);
+        for p in ["a", "b", "c"] {
+            assert!(s.deliver(message(p), QoS::AtLeastOnce, false));
+        }
+        assert_eq!(
+            drain(&rx),
+            vec![
+                ("publish", 1, "a".into(), false),
+                ("publish", 2, "b".into(), false)
+            ]
+        );
+        assert_eq!(
+            s.outbox.acknowledge(AckKind::PubAck, id(1), None),
+            AckOutcome::Matched
+        );
+        s.pump();
+        assert_eq!(drain(&rx), vec![("publish", 3, "c".into(), false)]);
+        assert_eq!(
+            s.outbox.acknowledge(AckKind::PubAck, id(1), None),
+            AckOutcome::Unknown
+        );
+    }
+
+    #[test]
+    fn qos0_waits_behind_a_full_window_to_keep_order() {
+        let (mut s, rx) = session(1, 10);
+        s.deliver(message("a"), QoS::AtLeastOnce, false);
+        s.deliver(message("b"), QoS::AtLeastOnce, false);
+        s.deliver(message("c"), QoS::AtMostOnce, false);
+        assert_eq!(drain(&rx).len(), 1);
+        s.outbox.acknowledge(AckKind::PubAck, id(1), None);
+        s.pump();
+        assert_eq!(
+            drain(&rx),
+            vec![
+                ("publish", 2, "b".into(), false),
+                ("publish", 0, "c".into(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn qos2_flow_and_resend_after_reconnect() {
+        let (mut s, rx) = session(10, 10);
+        s.deliver(message("a"), QoS::ExactlyOnce, false);
+        s.deliver(message("b"), QoS::ExactlyOnce, false);
+        drain(&rx);
+        let writer = s.online.as_ref().map(|o| o.writer.clone());
+        s.outbox
+            .acknowledge(AckKind::PubRec, id(1), writer.as_ref());
+        assert_eq!(drain(&rx), vec![("pubrel", 1, String::new(), false)]);
+        // Reconnect: the released message gets PUBREL again, the other PUBLISH with DUP.
+        s.outbox.resend_inflight(writer.as_ref().expect("online"));
+        assert_eq!(
+            drain(&rx),
+            vec![
+                ("pubrel", 1, String::new(), false),
+                ("publish", 2, "b".into(), true)
+            ]
+        );
+        // PUBACK is the wrong acknowledgement for QoS 2.
+        assert_eq!(
+            s.outbox.acknowledge(AckKind::PubAck, id(2), None),
+            AckOutcome::Unknown
+        );
+        assert_eq!(
+            s.outbox.acknowledge(AckKind::PubComp, id(1), None),
+            AckOutcome::Matched
+        );
+        assert_eq!(s.outbox.inflight_len(), 1);
+    }
+
+    #[test]
+    fn offline_queue_is_bounded_and_skips_qos0() {
+        let mut s = Session::new("c".into(), u32::MAX, 10, 2);
+        assert!(!s.deliver(message("q0"), QoS::AtMostOnce, false));
+        assert!(s.deliver(message("a"), QoS::AtLeastOnce, false));
+        assert!(s.deliver(message("b"), QoS::AtLeastOnce, false));
+        assert!(!s.deliver(message("c"), QoS::AtLeastOnce, false));
+        assert_eq!(s.outbox.queued_len(), 2);
+        assert_eq!(s.outbox.dropped, 1);
+    }
+
+    #[test]
+    fn full_writer_keeps_messages_queued() {
+        let (writer, rx) = ClientHandle::for_tests(2);
+        let mut s = Session::new("c".into(), u32::MAX, 100, 100);
+        s.online = Some(Online {
+            connection_id: 1,
+            writer,
+            version: ProtocolVersion::V3_1_1,
+            will: None,
+        });
+        for p in ["a", "b", "c", "d"] {
+            s.deliver(message(p), QoS::AtMostOnce, false);
+        }
+        assert_eq!(drain(&rx).len(), 2);
+        assert_eq!(s.outbox.queued_len(), 2);
+        s.pump();
+        assert_eq!(drain(&rx).len(), 2);
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_flight() {
+        let mut outbox = Outbox::new(10, 10);
+        outbox.next_packet_id = u16::MAX;
+        assert_eq!(outbox.allocate_packet_id().get(), u16::MAX);
+        assert_eq!(outbox.allocate_packet_id().get(), 1);
+        outbox.inflight.push_back(InFlight {
+            packet_id: id(2),
+            message: message("x"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            stage: Stage::Published,
+        });
+        assert_eq!(outbox.allocate_packet_id().get(), 3);
+    }
+}

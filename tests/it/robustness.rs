@@ -1,0 +1,79 @@
+//! Bad input ends only the offending connection: garbage, oversized packets, invalid UTF-8,
+//! wildcard topic names, packets a client may not send.
+
+use mqtt_broker::mqtt::{ProtocolVersion, QoS};
+
+use crate::support::{config_with, start_broker, start_broker_with, RawClient};
+
+/// Checks that a healthy client still gets messages after `attack` ran on another connection.
+fn survives(broker: &crate::support::TestBroker, attack: impl FnOnce(&mut RawClient)) {
+    let (mut healthy, _) =
+        RawClient::connect(broker.addr, "healthy", ProtocolVersion::V3_1_1, true);
+    healthy.subscribe(1, &[("ok", QoS::AtLeastOnce)]);
+    let (mut bad, _) = RawClient::connect(broker.addr, "bad", ProtocolVersion::V3_1_1, true);
+    attack(&mut bad);
+    bad.expect_closed();
+    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V3_1_1, true);
+    publisher.publish("ok", b"still here", QoS::AtLeastOnce, false, 1);
+    assert_eq!(&healthy.recv_publish().payload[..], b"still here");
+}
+
+#[test]
+fn garbage_closes_only_that_connection() {
+    let broker = start_broker();
+    survives(&broker, |bad| {
+        bad.send_raw(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01])
+    });
+}
+
+#[test]
+fn invalid_utf8_topic_closes_the_connection() {
+    // [MQTT-1.5.3-1] PUBLISH to a topic with bytes C3 28 (not UTF-8).
+    let broker = start_broker();
+    survives(&broker, |bad| {
+        bad.send_raw(&[0x30, 0x06, 0x00, 0x02, 0xC3, 0x28, b'h', b'i'])
+    });
+}
+
+#[test]
+fn null_character_in_topic_closes_the_connection() {
+    // [MQTT-1.5.3-2]
+    let broker = start_broker();
+    survives(&broker, |bad| {
+        bad.send_raw(&[0x30, 0x05, 0x00, 0x03, b'a', 0x00, b'b'])
+    });
+}
+
+#[test]
+fn wildcard_in_topic_name_closes_the_connection() {
+    // [MQTT-3.3.2-2]
+    let broker = start_broker();
+    survives(&broker, |bad| {
+        bad.publish("a/+/b", b"x", QoS::AtMostOnce, false, 0)
+    });
+}
+
+#[test]
+fn oversized_packet_is_refused_before_it_is_read() {
+    let broker = start_broker_with(config_with(|c| c.max_packet_size = 1024));
+    // Announce a 200 MB PUBLISH and send only its header: refused from the length alone.
+    survives(&broker, |bad| bad.send_raw(&[0x30, 0x80, 0x80, 0x80, 0x60]));
+}
+
+#[test]
+fn server_packets_from_a_client_are_violations() {
+    let broker = start_broker();
+    // SUBACK sent by a client.
+    survives(&broker, |bad| bad.send_raw(&[0x90, 0x03, 0x00, 0x01, 0x00]));
+}
+
+#[test]
+fn truncated_packet_then_close_is_handled() {
+    let broker = start_broker();
+    survives(&broker, |bad| {
+        bad.send_raw(&[0x30, 0x0A, 0x00, 0x01]);
+        bad.stream_for_tests()
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half close");
+    });
+}
