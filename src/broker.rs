@@ -138,7 +138,7 @@ impl Broker {
 /// Every open client socket, so that shutdown can close those not yet attached to a session.
 #[derive(Default)]
 pub struct Registry {
-    sockets: Mutex<HashMap<u64, TcpStream>>,
+    sockets: Mutex<HashMap<u64, Arc<TcpStream>>>,
 }
 
 /// Removes its connection from the registry when the reader thread ends.
@@ -154,10 +154,8 @@ impl Drop for Registered<'_> {
 }
 
 impl Registry {
-    pub fn register<'a>(&'a self, id: u64, stream: &TcpStream) -> Registered<'a> {
-        if let Ok(clone) = stream.try_clone() {
-            self.sockets.lock().insert(id, clone);
-        }
+    pub fn register<'a>(&'a self, id: u64, stream: &Arc<TcpStream>) -> Registered<'a> {
+        self.sockets.lock().insert(id, Arc::clone(stream));
         Registered { registry: self, id }
     }
 
@@ -166,12 +164,7 @@ impl Registry {
     }
 
     fn close_all(&self) {
-        let sockets: Vec<TcpStream> = self
-            .sockets
-            .lock()
-            .values()
-            .filter_map(|s| s.try_clone().ok())
-            .collect();
+        let sockets: Vec<Arc<TcpStream>> = self.sockets.lock().values().cloned().collect();
         for socket in sockets {
             let _ = socket.shutdown(Shutdown::Both);
         }

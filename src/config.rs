@@ -24,6 +24,9 @@ pub struct Config {
     /// Packets waiting in one client's writer channel before the router treats it as full
     /// and keeps further messages in the session queue instead.
     pub writer_queue_capacity: usize,
+    /// Items waiting for one writer, deliveries and control packets together, beyond which the
+    /// client is taken to have stopped reading and is disconnected.
+    pub writer_backlog_limit: usize,
     /// Messages waiting for the routing actor; readers block when it is full, which pushes
     /// back on publishers through TCP.
     pub router_queue_capacity: usize,
@@ -41,6 +44,7 @@ impl Default for Config {
             max_inflight_messages: 100,
             max_queued_messages: 1000,
             writer_queue_capacity: 1024,
+            writer_backlog_limit: 16 * 1024,
             router_queue_capacity: 4096,
             connect_timeout: Duration::from_secs(10),
             client_stack_size: 128 * 1024,

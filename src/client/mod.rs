@@ -117,6 +117,11 @@ impl ClientHandle {
         let _ = self.send(Outbound::Close(disconnect.map(Box::new)));
     }
 
+    /// Items waiting to be written.
+    pub fn backlog(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Records which session slot this connection belongs to, for drain notices.
     pub fn bind_session(&self, slot: u32) {
         self.shared.session_slot.store(slot, Ordering::Release);
@@ -138,6 +143,9 @@ pub fn spawn(
         .name(format!("client-{connection_id}-rx"))
         .stack_size(stack_size)
         .spawn(move || {
+            // One socket, shared: the reader reads it, the writer writes it, the registry can
+            // shut it down. It closes when the last of them lets go.
+            let stream = Arc::new(stream);
             let _registered = registry.register(connection_id, &stream);
             reader::run(stream, peer, connection_id, queue, &config);
         })?;
@@ -146,7 +154,7 @@ pub fn spawn(
 
 /// Starts the writer thread for `stream` and returns its handle.
 fn spawn_writer(
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     connection_id: u64,
     version: crate::mqtt::ProtocolVersion,
     queue: QueueHandle,

@@ -8,6 +8,7 @@
 use std::io::{self, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::{debug, info, warn};
@@ -29,7 +30,7 @@ const BODY_BUFFER_KEEP: usize = 64 * 1024;
 static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(1);
 
 pub(super) fn run(
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     peer: SocketAddr,
     connection_id: u64,
     queue: QueueHandle,
@@ -37,7 +38,7 @@ pub(super) fn run(
 ) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(config.connect_timeout));
-    let mut reader = BufReader::with_capacity(READ_BUFFER, &stream);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, &*stream);
     let mut body = Vec::new();
     let packet = read_packet(
         &mut reader,
@@ -85,17 +86,14 @@ pub(super) fn run(
 
 /// Answers a refused CONNECT with a CONNACK carrying `reason` and closes.
 fn refuse(
-    stream: &TcpStream,
+    stream: &Arc<TcpStream>,
     connection_id: u64,
     version: ProtocolVersion,
     reason: ReasonCode,
     queue: QueueHandle,
     config: &Config,
 ) {
-    let Ok(write_half) = stream.try_clone() else {
-        return;
-    };
-    if let Ok(writer) = spawn_writer(write_half, connection_id, version, queue, config) {
+    if let Ok(writer) = spawn_writer(Arc::clone(stream), connection_id, version, queue, config) {
         let _ = writer.send_packet(Packet::ConnAck(ConnAck {
             session_present: false,
             reason,
@@ -118,7 +116,7 @@ struct Session {
 
 /// Validates CONNECT, starts the writer and registers with the router, which answers CONNACK.
 fn handshake(
-    stream: &TcpStream,
+    stream: &Arc<TcpStream>,
     peer: SocketAddr,
     connection_id: u64,
     connect: Connect,
@@ -160,8 +158,13 @@ fn handshake(
         return None;
     }
 
-    let write_half = stream.try_clone().ok()?;
-    let writer = match spawn_writer(write_half, connection_id, version, queue.clone(), config) {
+    let writer = match spawn_writer(
+        Arc::clone(stream),
+        connection_id,
+        version,
+        queue.clone(),
+        config,
+    ) {
         Ok(writer) => writer,
         Err(e) => {
             warn!("{peer}: cannot start writer thread: {e}");
@@ -249,6 +252,15 @@ impl Session {
                 };
             if body.capacity() > BODY_BUFFER_KEEP {
                 body = Vec::new();
+            }
+            // Each packet may queue an answer; a client that never reads would make the queue
+            // grow without end.
+            let backlog = self.writer.backlog();
+            if backlog > config.writer_backlog_limit {
+                break Closed::Violation(
+                    ReasonCode::QuotaExceeded,
+                    format!("client does not read: {backlog} packets wait to be written"),
+                );
             }
             match self.handle(packet) {
                 Ok(None) => {}

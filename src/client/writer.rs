@@ -9,6 +9,7 @@ use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use log::{debug, trace};
@@ -21,15 +22,19 @@ use crate::queue::{ConnectionRef, QueueHandle};
 const BATCH_BYTES: usize = 64 * 1024;
 /// After a burst the buffer shrinks back to this, so idle clients stay small.
 const IDLE_BUFFER: usize = 4 * 1024;
+/// A client whose socket accepts nothing for this long is taken for dead: the writer gives up,
+/// which closes the connection (and the will is published).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) fn run(
-    mut stream: TcpStream,
+    stream: Arc<TcpStream>,
     rx: Receiver<Outbound>,
     version: ProtocolVersion,
     shared: Arc<WriterShared>,
     connection_id: u64,
     queue: QueueHandle,
 ) {
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut out = Vec::with_capacity(IDLE_BUFFER);
     // `recv` fails once every handle is dropped and the channel is empty.
     'connection: while let Ok(first) = rx.recv() {
@@ -47,7 +52,7 @@ pub(super) fn run(
         }
         if !out.is_empty() {
             trace!("client {connection_id}: writing {} bytes", out.len());
-            if let Err(e) = stream.write_all(&out) {
+            if let Err(e) = (&*stream).write_all(&out) {
                 debug!("client {connection_id}: write failed: {e}");
                 break 'connection;
             }

@@ -77,3 +77,52 @@ fn truncated_packet_then_close_is_handled() {
             .expect("half close");
     });
 }
+
+#[test]
+fn a_subscriber_that_stops_reading_does_not_hold_up_others() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let broker = start_broker();
+    let (mut stuck, _) = RawClient::connect(broker.addr, "stuck", ProtocolVersion::V3_1_1, true);
+    stuck.subscribe(1, &[("flood", QoS::AtMostOnce)]);
+    let (mut healthy, _) =
+        RawClient::connect(broker.addr, "healthy", ProtocolVersion::V3_1_1, true);
+    healthy.subscribe(1, &[("flood", QoS::AtMostOnce)]);
+    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V3_1_1, true);
+    // 40 MB in all, far more than the socket buffers of the subscriber that never reads; sent
+    // in rounds the healthy subscriber keeps up with, so none of its messages may be dropped.
+    let payload = vec![b'x'; 4096];
+    let (rounds, per_round) = (20, 500);
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&received);
+    let reader = std::thread::spawn(move || {
+        for _ in 0..rounds * per_round {
+            assert_eq!(healthy.recv_publish().payload.len(), 4096);
+            counter.fetch_add(1, Ordering::Release);
+        }
+        healthy
+    });
+    for round in 1..=rounds {
+        for _ in 0..per_round {
+            let packet =
+                crate::support::publish_packet("flood", &payload, QoS::AtMostOnce, false, 0);
+            publisher.send(&packet);
+        }
+        let deadline = std::time::Instant::now() + crate::support::WAIT;
+        while received.load(Ordering::Acquire) < round * per_round {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "healthy subscriber starved"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    let mut healthy = reader
+        .join()
+        .expect("the healthy subscriber got every message");
+    healthy.ping();
+    publisher.ping();
+    // The stuck client is still connected: what it cannot take is dropped, not buffered.
+    drop(stuck);
+}
