@@ -30,6 +30,17 @@ pub struct Config {
     /// Messages waiting for the routing actor; readers block when it is full, which pushes
     /// back on publishers through TCP.
     pub router_queue_capacity: usize,
+    /// QoS 2 messages a client may have sent us and not yet released with PUBREL; announced
+    /// to MQTT 5 clients as Receive Maximum (`RECEIVE_MAXIMUM`, default 65535), and a client
+    /// that exceeds it is disconnected with 0x93. QoS 1 messages are acknowledged at once.
+    pub receive_maximum: u16,
+    /// Topic aliases an MQTT 5 client may set on its connection (`TOPIC_ALIAS_MAXIMUM`,
+    /// default 10, as mosquitto); 0 turns inbound aliases off.
+    pub topic_alias_maximum: u16,
+    /// Longest keepalive accepted, in seconds (`MAX_KEEPALIVE`, default 65535: no cap). MQTT 5
+    /// clients asking for more (or for none) are told the cap as Server Keep Alive; 3.1 and
+    /// 3.1.1 clients are refused with "identifier rejected", as mosquitto does.
+    pub max_keep_alive: u16,
     /// How long a new connection may take to send CONNECT.
     pub connect_timeout: Duration,
     /// Stack size of each client thread; two per client, so keep it small.
@@ -46,6 +57,9 @@ impl Default for Config {
             writer_queue_capacity: 1024,
             writer_backlog_limit: 16 * 1024,
             router_queue_capacity: 4096,
+            receive_maximum: u16::MAX,
+            topic_alias_maximum: 10,
+            max_keep_alive: u16::MAX,
             connect_timeout: Duration::from_secs(10),
             client_stack_size: 128 * 1024,
         }
@@ -53,8 +67,8 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Defaults overridden by `SOCKET_ADDR`, `MAX_PACKET_SIZE`, `MAX_INFLIGHT_MESSAGES` and
-    /// `MAX_QUEUED_MESSAGES`. A value that does not parse is an error naming the variable.
+    /// Defaults overridden by the environment variables named on each field. A value that does
+    /// not parse is an error naming the variable.
     pub fn from_env() -> Result<Config, String> {
         let mut config = Config::default();
         if let Some(addr) = var("SOCKET_ADDR")? {
@@ -69,6 +83,15 @@ impl Config {
         }
         if let Some(n) = var("MAX_QUEUED_MESSAGES")? {
             config.max_queued_messages = n;
+        }
+        if let Some(n) = var::<u16>("RECEIVE_MAXIMUM")? {
+            config.receive_maximum = n.max(1);
+        }
+        if let Some(n) = var("TOPIC_ALIAS_MAXIMUM")? {
+            config.topic_alias_maximum = n;
+        }
+        if let Some(n) = var::<u16>("MAX_KEEPALIVE")? {
+            config.max_keep_alive = n.max(1);
         }
         Ok(config)
     }

@@ -5,6 +5,7 @@
 //! the router and the reader reach the writer. Must not: hold session state (the router owns
 //! it) or block the router: the router only ever uses the non-blocking methods here.
 
+mod handshake;
 mod reader;
 mod writer;
 
@@ -18,17 +19,16 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::broker::Registry;
 use crate::config::Config;
-use crate::mqtt::{Disconnect, Packet, PacketId, Publish, QoS};
+use crate::mqtt::{Disconnect, Packet, PacketId, ProtocolVersion};
+use crate::queue::message::Delivery;
 use crate::queue::QueueHandle;
 
 /// Something for the writer to put on the wire.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A message delivered to this client, shared with every other receiver of it.
+    /// A message delivered to this client; its `Message` is shared with every other receiver.
     Publish {
-        message: Arc<Publish>,
-        qos: QoS,
-        retain: bool,
+        delivery: Delivery,
         packet_id: Option<PacketId>,
         dup: bool,
     },
@@ -152,11 +152,18 @@ pub fn spawn(
     Ok(())
 }
 
-/// Starts the writer thread for `stream` and returns its handle.
-fn spawn_writer(
+/// What the writer needs to know about the connection it writes.
+struct WriterSetup {
     stream: Arc<TcpStream>,
     connection_id: u64,
-    version: crate::mqtt::ProtocolVersion,
+    version: ProtocolVersion,
+    /// The client's Topic Alias Maximum (MQTT 5): how many outbound aliases it accepts.
+    topic_alias_maximum: u16,
+}
+
+/// Starts the writer thread and returns its handle.
+fn spawn_writer(
+    setup: WriterSetup,
     queue: QueueHandle,
     config: &Config,
 ) -> io::Result<ClientHandle> {
@@ -164,8 +171,8 @@ fn spawn_writer(
     let handle = ClientHandle::new(tx, config.writer_queue_capacity);
     let shared = handle.shared.clone();
     thread::Builder::new()
-        .name(format!("client-{connection_id}-tx"))
+        .name(format!("client-{}-tx", setup.connection_id))
         .stack_size(config.client_stack_size)
-        .spawn(move || writer::run(stream, rx, version, shared, connection_id, queue))?;
+        .spawn(move || writer::run(setup, rx, shared, queue))?;
     Ok(handle)
 }

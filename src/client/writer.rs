@@ -1,21 +1,24 @@
 //! The writer thread: the only code that writes a client's socket.
 //!
 //! Owns: encoding `Outbound` items in batches into one reusable buffer and writing them with a
-//! single syscall per batch, and closing the socket when told to or when every handle is gone.
+//! single syscall per batch, outbound topic aliases (MQTT 5), the remaining message expiry at
+//! the moment of writing, and closing the socket when told to or when every handle is gone.
 //! Must not: read the socket, decide what to send, or block on anything but its own channel and
 //! its own socket (the one send it makes, a drain notice to the router, never waits on a writer).
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use log::{debug, trace};
 
-use super::{AckKind, Outbound, WriterShared};
+use super::{AckKind, Outbound, WriterSetup, WriterShared};
 use crate::mqtt::{encode_publish, Ack, Packet, ProtocolVersion, PublishView};
+use crate::queue::message::Delivery;
 use crate::queue::{ConnectionRef, QueueHandle};
 
 /// A batch is written once it reaches this size, even if more items are waiting.
@@ -27,21 +30,29 @@ const IDLE_BUFFER: usize = 4 * 1024;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) fn run(
-    stream: Arc<TcpStream>,
+    setup: WriterSetup,
     rx: Receiver<Outbound>,
-    version: ProtocolVersion,
     shared: Arc<WriterShared>,
-    connection_id: u64,
     queue: QueueHandle,
 ) {
+    let WriterSetup {
+        stream,
+        connection_id,
+        version,
+        topic_alias_maximum,
+    } = setup;
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let mut encoder = Encoder {
+        version,
+        aliases: TopicAliases::new(topic_alias_maximum),
+    };
     let mut out = Vec::with_capacity(IDLE_BUFFER);
     // `recv` fails once every handle is dropped and the channel is empty.
     'connection: while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         let mut closing = false;
         while let Some(item) = next.take() {
-            if encode(item, version, &mut out) {
+            if encoder.encode(item, &mut out) {
                 closing = true;
                 break;
             }
@@ -82,52 +93,127 @@ pub(super) fn run(
     debug!("client {connection_id}: writer stopped");
 }
 
-/// Appends `item` to `out`; true when the connection is to be closed after writing it.
-fn encode(item: Outbound, version: ProtocolVersion, out: &mut Vec<u8>) -> bool {
-    match item {
-        Outbound::Publish {
-            message,
-            qos,
-            retain,
-            packet_id,
-            dup,
-        } => {
-            let view = PublishView {
-                dup,
-                qos,
-                retain,
+/// Turns `Outbound` items into bytes for one connection.
+struct Encoder {
+    version: ProtocolVersion,
+    aliases: TopicAliases,
+}
+
+impl Encoder {
+    /// Appends `item` to `out`; true when the connection is to be closed after writing it.
+    fn encode(&mut self, item: Outbound, out: &mut Vec<u8>) -> bool {
+        let version = self.version;
+        match item {
+            Outbound::Publish {
+                delivery,
                 packet_id,
-                topic: &message.topic,
-                payload: &message.payload,
-                properties: &message.properties,
-                subscription_identifiers: &[],
-                message_expiry_interval: None,
-            };
-            encode_publish(out, version, &view);
-            false
-        }
-        Outbound::Ack(kind, packet_id) => {
-            let ack = Ack::new(packet_id);
-            let packet = match kind {
-                AckKind::PubAck => Packet::PubAck(ack),
-                AckKind::PubRec => Packet::PubRec(ack),
-                AckKind::PubRel => Packet::PubRel(ack),
-                AckKind::PubComp => Packet::PubComp(ack),
-            };
-            packet.encode(version, out);
-            false
-        }
-        Outbound::Packet(packet) => {
-            packet.encode(version, out);
-            false
-        }
-        Outbound::Close(disconnect) => {
-            if let Some(disconnect) = disconnect {
-                if version.is_v5() {
-                    Packet::Disconnect(*disconnect).encode(version, out);
-                }
+                dup,
+            } => {
+                self.encode_publish(&delivery, packet_id, dup, out);
+                false
             }
-            true
+            Outbound::Ack(kind, packet_id) => {
+                let ack = Ack::new(packet_id);
+                let packet = match kind {
+                    AckKind::PubAck => Packet::PubAck(ack),
+                    AckKind::PubRec => Packet::PubRec(ack),
+                    AckKind::PubRel => Packet::PubRel(ack),
+                    AckKind::PubComp => Packet::PubComp(ack),
+                };
+                packet.encode(version, out);
+                false
+            }
+            Outbound::Packet(packet) => {
+                packet.encode(version, out);
+                false
+            }
+            Outbound::Close(disconnect) => {
+                if let Some(disconnect) = disconnect {
+                    if version.is_v5() {
+                        Packet::Disconnect(*disconnect).encode(version, out);
+                    }
+                }
+                true
+            }
         }
+    }
+
+    fn encode_publish(
+        &mut self,
+        delivery: &Delivery,
+        packet_id: Option<crate::mqtt::PacketId>,
+        dup: bool,
+        out: &mut Vec<u8>,
+    ) {
+        let message = &delivery.message;
+        let publish = &message.publish;
+        let (topic, topic_alias) = if self.version.is_v5() {
+            self.aliases.apply(&publish.topic)
+        } else {
+            (publish.topic.as_str(), None)
+        };
+        let view = PublishView {
+            dup,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            packet_id,
+            topic,
+            payload: &publish.payload,
+            properties: &publish.properties,
+            subscription_identifiers: delivery.subscription_ids.as_slice(),
+            // [MQTT-3.3.2-6] What is left of the expiry interval, not what was published.
+            message_expiry_interval: message.remaining_expiry(Instant::now()),
+            topic_alias,
+        };
+        encode_publish(out, self.version, &view);
+    }
+}
+
+/// Outbound topic aliases of one connection (MQTT 5): the first topics sent get an alias each,
+/// up to the client's Topic Alias Maximum; later messages to those topics carry only the alias.
+struct TopicAliases {
+    maximum: u16,
+    by_topic: HashMap<String, u16>,
+}
+
+impl TopicAliases {
+    fn new(maximum: u16) -> Self {
+        TopicAliases {
+            maximum,
+            by_topic: HashMap::new(),
+        }
+    }
+
+    /// The topic and alias to write for `topic`: the full topic with a new alias the first
+    /// time, an empty topic with the alias after that [MQTT-3.3.2-12], or the full topic with
+    /// no alias once every alias is taken.
+    fn apply<'a>(&mut self, topic: &'a str) -> (&'a str, Option<u16>) {
+        if let Some(&alias) = self.by_topic.get(topic) {
+            return ("", Some(alias));
+        }
+        let used = self.by_topic.len();
+        if used < usize::from(self.maximum) {
+            let alias = u16::try_from(used + 1).expect("at most the u16 maximum");
+            self.by_topic.insert(topic.to_owned(), alias);
+            return (topic, Some(alias));
+        }
+        (topic, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_are_assigned_until_the_maximum_then_topics_go_in_full() {
+        let mut aliases = TopicAliases::new(2);
+        assert_eq!(aliases.apply("a"), ("a", Some(1)));
+        assert_eq!(aliases.apply("a"), ("", Some(1)));
+        assert_eq!(aliases.apply("b"), ("b", Some(2)));
+        assert_eq!(aliases.apply("c"), ("c", None));
+        assert_eq!(aliases.apply("b"), ("", Some(2)));
+        let mut none = TopicAliases::new(0);
+        assert_eq!(none.apply("a"), ("a", None));
     }
 }

@@ -17,6 +17,9 @@ pub enum DecodeError {
     Malformed(&'static str),
     /// A valid packet where the protocol forbids it: v5 reason 0x82.
     Protocol(&'static str),
+    /// A topic alias of 0 [MQTT-3.3.2-8]: v5 reason 0x94. (Aliases above the maximum or never
+    /// set are the broker's to find: only it knows the connection's aliases.)
+    TopicAliasInvalid(&'static str),
     /// Remaining length over the limit, refused before the body was read: v5 reason 0x95.
     TooLarge { size: usize, max: usize },
     /// CONNECT with a protocol name or level we do not speak; `level` is what it asked for.
@@ -31,6 +34,7 @@ impl DecodeError {
             DecodeError::Io(_) => ReasonCode::UnspecifiedError,
             DecodeError::Malformed(_) => ReasonCode::MalformedPacket,
             DecodeError::Protocol(_) => ReasonCode::ProtocolError,
+            DecodeError::TopicAliasInvalid(_) => ReasonCode::TopicAliasInvalid,
             DecodeError::TooLarge { .. } => ReasonCode::PacketTooLarge,
             DecodeError::UnsupportedProtocol { .. } => ReasonCode::UnsupportedProtocolVersion,
         }
@@ -43,6 +47,7 @@ impl fmt::Display for DecodeError {
             DecodeError::Io(e) => write!(f, "i/o: {e}"),
             DecodeError::Malformed(why) => write!(f, "malformed packet: {why}"),
             DecodeError::Protocol(why) => write!(f, "protocol error: {why}"),
+            DecodeError::TopicAliasInvalid(why) => write!(f, "topic alias invalid: {why}"),
             DecodeError::TooLarge { size, max } => {
                 write!(f, "packet of {size} bytes exceeds the maximum of {max}")
             }

@@ -230,7 +230,11 @@ fn read_property<'a>(r: &mut Reader<'a>) -> Result<Property<'a>, DecodeError> {
         },
         id::TOPIC_ALIAS_MAXIMUM => TopicAliasMaximum(r.u16()?),
         id::TOPIC_ALIAS => match r.u16()? {
-            0 => return Err(DecodeError::Protocol("[MQTT-3.3.2-8] topic alias is 0")),
+            0 => {
+                return Err(DecodeError::TopicAliasInvalid(
+                    "[MQTT-3.3.2-8] topic alias is 0",
+                ))
+            }
             v => TopicAlias(v),
         },
         id::MAXIMUM_QOS => match r.u8()? {
@@ -595,7 +599,13 @@ impl Properties for ConnAckProperties {
 impl PublishProperties {
     /// Visits the properties as written for one receiver: `expiry` replaces the message expiry
     /// interval when `Some`, and `extra_ids` follow the struct's own subscription identifiers.
-    pub(crate) fn visit_for<S: Sink>(&self, s: &mut S, expiry: Option<u32>, extra_ids: &[u32]) {
+    pub(crate) fn visit_for<S: Sink>(
+        &self,
+        s: &mut S,
+        expiry: Option<u32>,
+        extra_ids: &[u32],
+        alias: Option<u16>,
+    ) {
         opt_byte(
             s,
             id::PAYLOAD_FORMAT_INDICATOR,
@@ -612,14 +622,19 @@ impl PublishProperties {
         for &v in self.subscription_identifiers.iter().chain(extra_ids) {
             subscription_identifier(s, v);
         }
-        opt_two(s, id::TOPIC_ALIAS, self.topic_alias);
+        opt_two(s, id::TOPIC_ALIAS, alias.or(self.topic_alias));
         users(s, &self.user);
     }
 
     /// `Properties::len` for `visit_for`.
-    pub(crate) fn len_for(&self, expiry: Option<u32>, extra_ids: &[u32]) -> usize {
+    pub(crate) fn len_for(
+        &self,
+        expiry: Option<u32>,
+        extra_ids: &[u32],
+        alias: Option<u16>,
+    ) -> usize {
         let mut c = Counter(0);
-        self.visit_for(&mut c, expiry, extra_ids);
+        self.visit_for(&mut c, expiry, extra_ids, alias);
         c.0
     }
 }
@@ -649,7 +664,7 @@ impl Properties for PublishProperties {
     }
 
     fn visit<S: Sink>(&self, s: &mut S) {
-        self.visit_for(s, None, &[]);
+        self.visit_for(s, None, &[], None);
     }
 }
 
@@ -786,7 +801,7 @@ mod tests {
         match r {
             Ok(_) => Want::Ok,
             Err(DecodeError::Malformed(_)) => Want::Malformed,
-            Err(DecodeError::Protocol(_)) => Want::Protocol,
+            Err(DecodeError::Protocol(_) | DecodeError::TopicAliasInvalid(_)) => Want::Protocol,
             Err(e) => panic!("unexpected {e:?}"),
         }
     }
@@ -1077,8 +1092,8 @@ mod tests {
             ..Default::default()
         };
         let mut out = Vec::new();
-        p.visit_for(&mut out, Some(40), &[2, 0, 300]);
+        p.visit_for(&mut out, Some(40), &[2, 0, 300], None);
         assert_eq!(out, [0x02, 0, 0, 0, 40, 0x0B, 1, 0x0B, 2, 0x0B, 0xAC, 0x02]);
-        assert_eq!(p.len_for(Some(40), &[2, 0, 300]), out.len());
+        assert_eq!(p.len_for(Some(40), &[2, 0, 300], None), out.len());
     }
 }

@@ -31,6 +31,9 @@ pub struct PublishView<'a> {
     pub subscription_identifiers: &'a [u32],
     /// v5 only: replaces `properties.message_expiry_interval` when `Some`.
     pub message_expiry_interval: Option<u32>,
+    /// v5 only: replaces `properties.topic_alias` when `Some` (an outbound alias chosen by the
+    /// writer; `topic` is then empty once the alias is known to the receiver).
+    pub topic_alias: Option<u16>,
 }
 
 impl<'a> PublishView<'a> {
@@ -47,6 +50,7 @@ impl<'a> PublishView<'a> {
             properties: &publish.properties,
             subscription_identifiers: &[],
             message_expiry_interval: None,
+            topic_alias: None,
         }
     }
 
@@ -66,8 +70,11 @@ impl<'a> PublishView<'a> {
     }
 
     fn props_len(&self) -> usize {
-        self.properties
-            .len_for(self.message_expiry_interval, self.subscription_identifiers)
+        self.properties.len_for(
+            self.message_expiry_interval,
+            self.subscription_identifiers,
+            self.topic_alias,
+        )
     }
 
     /// Bytes after the fixed header.
@@ -119,6 +126,7 @@ pub fn encode_publish(out: &mut Vec<u8>, version: ProtocolVersion, view: &Publis
             out,
             view.message_expiry_interval,
             view.subscription_identifiers,
+            view.topic_alias,
         );
         debug_assert_eq!(out.len() - start, block_size(props_len));
     }

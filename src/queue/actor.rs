@@ -1,49 +1,68 @@
-//! The router: the singleton actor that owns every session, the subscription index and the
-//! retained messages, and decides who receives each PUBLISH.
+//! The router: the singleton actor that owns every session, the subscription index, shared
+//! subscription groups, retained messages and timers, and decides who receives each PUBLISH.
 //!
-//! Owns: session lifecycle (create, resume, take over, end), routing with one shared
-//! allocation per message, acknowledgements to publishers, SUBACK and UNSUBACK, wills and
-//! retained messages. Must not: block on a client (writers are only reached through the
-//! non-blocking `ClientHandle` methods) or do socket I/O.
+//! Owns: session lifecycle (create, resume, take over, expire, end), routing with one shared
+//! allocation per message, acknowledgements to publishers, CONNACK, SUBACK and UNSUBACK, wills
+//! (delayed or not) and retained messages. Must not: block on a client (writers are only
+//! reached through the non-blocking `ClientHandle` methods) or do socket I/O.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, info, warn};
 
+use super::message::{Delivery, Message, SubscriptionIds};
 use super::retained::RetainedStore;
 use super::session::{AckOutcome, Online, Session, Subscription};
+use super::shared::SharedGroups;
 use super::subscriptions::SubscriptionTree;
+use super::timers::{Timer, TimerKind, Timers};
 use super::{ConnectRequest, ConnectionRef, Ending, Msg};
-use crate::client::{AckKind, Outbound};
+use crate::client::{AckKind, ClientHandle, Outbound};
 use crate::config::Config;
 use crate::mqtt::topic::{split_shared, validate_topic_filter};
 use crate::mqtt::{
-    Ack, ConnAck, ConnAckProperties, Disconnect, Packet, PacketId, Publish, PublishProperties, QoS,
-    ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+    Ack, AckProperties, ConnAck, ConnAckProperties, Disconnect, DisconnectProperties, Packet,
+    PacketId, Publish, PublishProperties, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe, Will,
 };
+
+/// Who a subscription in the index belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Target {
+    Session(u32),
+    /// A shared subscription group; one member gets each message.
+    Group(u32),
+}
+
+/// One matching subscription while routing.
+#[derive(Clone, Copy)]
+struct Match {
+    slot: u32,
+    qos: QoS,
+    retain_as_published: bool,
+    identifier: Option<u32>,
+}
 
 pub struct QueueActor {
     rx: Receiver<Msg>,
     max_inflight: usize,
     max_queued: usize,
+    receive_maximum: u16,
+    topic_alias_maximum: u16,
+    max_packet_size: u32,
     /// Sessions by slot; a slot is reused after its session ends.
     sessions: Vec<Option<Session>>,
     free_slots: Vec<u32>,
     by_client_id: HashMap<Arc<str>, u32>,
-    subscriptions: SubscriptionTree<u32, Subscription>,
+    subscriptions: SubscriptionTree<Target, Subscription>,
+    shared: SharedGroups,
     retained: RetainedStore,
-    /// Receivers of the message being routed; kept between messages to avoid reallocating.
-    receivers: Vec<Receiver_>,
-}
-
-/// One matching subscription while routing.
-#[derive(Clone, Copy)]
-struct Receiver_ {
-    slot: u32,
-    qos: QoS,
-    retain_as_published: bool,
+    timers: Timers,
+    /// Matches of the message being routed; kept between messages to avoid reallocating.
+    matches: Vec<Match>,
 }
 
 impl QueueActor {
@@ -52,19 +71,40 @@ impl QueueActor {
             rx,
             max_inflight: config.max_inflight_messages,
             max_queued: config.max_queued_messages,
+            receive_maximum: config.receive_maximum,
+            topic_alias_maximum: config.topic_alias_maximum,
+            max_packet_size: u32::try_from(config.max_packet_size).unwrap_or(u32::MAX),
             sessions: Vec::new(),
             free_slots: Vec::new(),
             by_client_id: HashMap::new(),
             subscriptions: SubscriptionTree::new(),
+            shared: SharedGroups::default(),
             retained: RetainedStore::default(),
-            receivers: Vec::new(),
+            timers: Timers::default(),
+            matches: Vec::new(),
         }
     }
 
-    /// Handles messages until every `QueueHandle` has been dropped.
+    /// Handles messages and timers until every `QueueHandle` has been dropped.
     pub fn run(mut self) {
-        while let Ok(msg) = self.rx.recv() {
-            self.handle(msg);
+        loop {
+            let next = match self.timers.next_deadline() {
+                Some(deadline) => match self.rx.recv_deadline(deadline) {
+                    Ok(msg) => Some(msg),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match self.rx.recv() {
+                    Ok(msg) => Some(msg),
+                    Err(_) => break,
+                },
+            };
+            if let Some(msg) = next {
+                self.handle(msg);
+            }
+            if self.timers.next_deadline().is_some() {
+                self.fire_timers(Instant::now());
+            }
         }
         debug!("router stopped");
     }
@@ -85,7 +125,7 @@ impl QueueActor {
             Msg::Unsubscribe { from, unsubscribe } => self.handle_unsubscribe(from, unsubscribe),
             Msg::Disconnect { from, ending } => self.handle_disconnect(from, ending),
             Msg::WriterDrained { from } => {
-                if let Some(session) = self.session_of(from) {
+                if let Some(session) = attached(&mut self.sessions, from) {
                     session.pump();
                 }
             }
@@ -96,30 +136,29 @@ impl QueueActor {
         }
     }
 
-    fn session_of(&mut self, from: ConnectionRef) -> Option<&mut Session> {
-        attached(&mut self.sessions, from)
-    }
-
     fn handle_connect(&mut self, request: ConnectRequest) -> ConnectionRef {
         let client_id: Arc<str> = Arc::from(request.client_id.as_str());
         let mut session_present = false;
-        let slot = match self.by_client_id.get(&client_id).copied() {
+        let resumed = match self.by_client_id.get(&client_id).copied() {
             Some(slot) => {
                 self.take_over(slot);
-                let ended = self.sessions[slot as usize]
-                    .as_ref()
-                    .is_some_and(|s| s.expiry == 0);
-                if request.clean_start || ended {
+                let session = self.sessions[slot as usize]
+                    .as_mut()
+                    .expect("the client id map points at live sessions");
+                if request.clean_start || session.expiry == 0 {
+                    // [MQTT-3.1.2-4] Clean start discards the session (a delayed will goes now).
                     self.end_session(slot);
                     None
                 } else {
+                    // [MQTT-3.1.3-9] A new connection before the will delay passed: no will.
+                    session.delayed_will = None;
                     session_present = true;
                     Some(slot)
                 }
             }
             None => None,
         };
-        let slot = slot.unwrap_or_else(|| {
+        let slot = resumed.unwrap_or_else(|| {
             let session = Session::new(
                 Arc::clone(&client_id),
                 request.session_expiry,
@@ -137,12 +176,22 @@ impl QueueActor {
         let mut properties = ConnAckProperties::default();
         if version.is_v5() {
             if request.assigned_client_id {
+                // [MQTT-3.2.2-16]
                 properties.assigned_client_identifier = Some(request.client_id.clone());
             }
-            // Until shared subscriptions and subscription identifiers are implemented, a v5
-            // client is told they are unavailable [MQTT-3.2.2-?]: see docs of the MQTT 5 issue.
-            properties.shared_subscription_available = Some(false);
-            properties.subscription_identifiers_available = Some(false);
+            if self.receive_maximum < u16::MAX {
+                properties.receive_maximum = Some(self.receive_maximum);
+            }
+            properties.maximum_packet_size = Some(self.max_packet_size);
+            if self.topic_alias_maximum > 0 {
+                properties.topic_alias_maximum = Some(self.topic_alias_maximum);
+            }
+            properties.server_keep_alive = request.server_keep_alive;
+            if request.response_information {
+                properties.response_information = Some(format!("response/{}", request.client_id));
+            }
+            // Retain, wildcard, subscription identifier and shared subscriptions are all
+            // available, and QoS 2 is supported: their defaults say so, no property needed.
         }
         let _ = writer.send_packet(Packet::ConnAck(ConnAck {
             session_present,
@@ -154,6 +203,7 @@ impl QueueActor {
             .as_mut()
             .expect("slot was just filled or resumed");
         session.expiry = request.session_expiry;
+        session.last_connection = request.connection_id;
         session.outbox.set_receive_maximum(request.receive_maximum);
         // [MQTT-4.4.0-1] Resend unacknowledged messages before anything new.
         session.outbox.resend_inflight(&writer);
@@ -162,6 +212,8 @@ impl QueueActor {
             writer,
             version,
             will: request.will,
+            max_packet_size: request.max_packet_size,
+            problem_information: request.problem_information,
         });
         session.pump();
         ConnectionRef {
@@ -170,8 +222,8 @@ impl QueueActor {
         }
     }
 
-    /// Closes the connection currently attached to `slot`, if any, publishing its will
-    /// [MQTT-3.1.4-2].
+    /// Closes the connection currently attached to `slot`, if any, and handles its will as for
+    /// a lost connection [MQTT-3.1.4-3].
     fn take_over(&mut self, slot: u32) {
         let Some(session) = self.sessions[slot as usize].as_mut() else {
             return;
@@ -185,10 +237,10 @@ impl QueueActor {
         );
         old.writer.close(Some(Disconnect {
             reason: ReasonCode::SessionTakenOver,
-            properties: Default::default(),
+            properties: DisconnectProperties::default(),
         }));
         if let Some(will) = old.will {
-            self.publish_will(slot, will);
+            self.schedule_will(slot, will);
         }
     }
 
@@ -205,13 +257,14 @@ impl QueueActor {
         }
     }
 
-    /// Removes a session and its subscriptions.
+    /// Removes a session and its subscriptions; a will still waiting out its delay is
+    /// published now [MQTT-3.1.2-8].
     fn end_session(&mut self, slot: u32) {
-        let Some(session) = self.sessions[slot as usize].take() else {
+        let Some(mut session) = self.sessions[slot as usize].take() else {
             return;
         };
         for filter in session.filters.keys() {
-            self.subscriptions.remove(filter, slot);
+            self.remove_subscription(filter, slot);
         }
         if session.outbox.dropped > 0 {
             warn!(
@@ -222,10 +275,14 @@ impl QueueActor {
         self.by_client_id.remove(&session.client_id);
         self.free_slots.push(slot);
         debug!("session of client {} ended", session.client_id);
+        if let Some(will) = session.delayed_will.take() {
+            self.publish_will(slot, will);
+        }
     }
 
     fn handle_publish(&mut self, from: ConnectionRef, publish: Publish) {
-        let Some(session) = self.session_of(from) else {
+        let receive_maximum = usize::from(self.receive_maximum);
+        let Some(session) = attached(&mut self.sessions, from) else {
             return;
         };
         let Some(online) = &session.online else {
@@ -242,10 +299,20 @@ impl QueueActor {
                 send_ack(&writer, AckKind::PubAck, packet_id, v5 && matched == 0);
             }
             (QoS::ExactlyOnce, Some(packet_id)) => {
+                let first = !session.incoming_qos2.contains(&packet_id);
+                if first && session.incoming_qos2.len() >= receive_maximum {
+                    // [MQTT-3.3.4-8] More unacknowledged QoS 2 messages than we allowed.
+                    warn!("client {}: receive maximum exceeded", session.client_id);
+                    writer.close(Some(Disconnect {
+                        reason: ReasonCode::ReceiveMaximumExceeded,
+                        properties: DisconnectProperties::default(),
+                    }));
+                    return;
+                }
                 // [MQTT-4.3.3-2] Deliver once: a resent PUBLISH whose id awaits PUBREL is
                 // only acknowledged again.
-                let first = session.incoming_qos2.insert(packet_id);
                 let matched = if first {
+                    session.incoming_qos2.insert(packet_id);
                     self.route(from.slot, publish)
                 } else {
                     1
@@ -262,55 +329,100 @@ impl QueueActor {
         publish.dup = false;
         publish.packet_id = None;
         publish.properties.topic_alias = None;
-        let message = Arc::new(publish);
-        if message.retain {
+        let now = Instant::now();
+        let message = Arc::new(Message::new(publish, now));
+        if message.publish.retain {
             self.retained.update(&message);
         }
 
-        let mut receivers = std::mem::take(&mut self.receivers);
-        receivers.clear();
+        let mut matches = std::mem::take(&mut self.matches);
+        matches.clear();
+        let mut groups = Vec::new();
         self.subscriptions
-            .for_each_match(&message.topic, |slot, subscription| {
-                let options = subscription.options;
-                // [MQTT-3.8.3-3] No Local: not back to the publisher.
-                if options.no_local && slot == publisher {
-                    return;
-                }
-                receivers.push(Receiver_ {
+            .for_each_match(
+                &message.publish.topic,
+                |target, subscription| match target {
+                    Target::Session(slot) => {
+                        let options = subscription.options;
+                        // [MQTT-3.8.3-3] No Local: not back to the publisher.
+                        if options.no_local && slot == publisher {
+                            return;
+                        }
+                        matches.push(Match {
+                            slot,
+                            qos: options.qos,
+                            retain_as_published: options.retain_as_published,
+                            identifier: subscription.identifier,
+                        });
+                    }
+                    Target::Group(group) => groups.push(group),
+                },
+            );
+        for group in groups {
+            let sessions = &self.sessions;
+            let picked = self.shared.pick(
+                group,
+                |slot| is_online(sessions, slot),
+                |slot| {
+                    sessions[slot as usize]
+                        .as_ref()
+                        .is_some_and(|s| s.expiry != 0)
+                },
+            );
+            if let Some((slot, subscription)) = picked {
+                matches.push(Match {
                     slot,
-                    qos: options.qos,
-                    retain_as_published: options.retain_as_published,
+                    qos: subscription.options.qos,
+                    retain_as_published: subscription.options.retain_as_published,
+                    identifier: subscription.identifier,
                 });
-            });
-        // Overlapping subscriptions of one client get one copy at the highest QoS.
-        receivers.sort_unstable_by_key(|r| r.slot);
-        receivers.dedup_by(|later, kept| {
-            if later.slot != kept.slot {
-                return false;
             }
-            kept.qos = kept.qos.max(later.qos);
-            kept.retain_as_published |= later.retain_as_published;
-            true
-        });
-        let matched = receivers.len();
-        for receiver in &receivers {
-            let Some(session) = self.sessions[receiver.slot as usize].as_mut() else {
+        }
+        // Overlapping subscriptions of one client get one copy, at the highest QoS, with every
+        // matching subscription identifier [MQTT-3.3.4-2, MQTT-3.3.4-3].
+        matches.sort_unstable_by_key(|m| m.slot);
+        let mut matched = 0;
+        let mut start = 0;
+        while start < matches.len() {
+            let slot = matches[start].slot;
+            let end = start
+                + matches[start..]
+                    .iter()
+                    .take_while(|m| m.slot == slot)
+                    .count();
+            let mut qos = QoS::AtMostOnce;
+            let mut retain_as_published = false;
+            let mut subscription_ids = SubscriptionIds::None;
+            for m in &matches[start..end] {
+                qos = qos.max(m.qos);
+                retain_as_published |= m.retain_as_published;
+                if let Some(id) = m.identifier {
+                    subscription_ids.add(id);
+                }
+            }
+            start = end;
+            matched += 1;
+            let Some(session) = self.sessions[slot as usize].as_mut() else {
                 continue;
             };
-            // [MQTT-3.3.1-9] The retain flag is cleared on forwarding, unless Retain As
-            // Published asks to keep it.
-            let retain = message.retain && receiver.retain_as_published;
-            let qos = message.qos.min(receiver.qos);
-            if !session.deliver(Arc::clone(&message), qos, retain) {
+            // [MQTT-3.3.1-12] The retain flag is cleared on forwarding, unless Retain As
+            // Published asks to keep it [MQTT-3.3.1-13].
+            let delivery = Delivery {
+                message: Arc::clone(&message),
+                qos: message.publish.qos.min(qos),
+                retain: message.publish.retain && retain_as_published,
+                subscription_ids,
+            };
+            if !session.deliver(delivery) {
                 note_drop(session);
             }
         }
-        self.receivers = receivers;
+        self.matches = matches;
         matched
     }
 
     fn handle_ack(&mut self, from: ConnectionRef, kind: AckKind, packet_id: PacketId) {
-        let Some(session) = self.session_of(from) else {
+        let Some(session) = attached(&mut self.sessions, from) else {
             return;
         };
         let Some(online) = &session.online else {
@@ -319,14 +431,13 @@ impl QueueActor {
         let writer = online.writer.clone();
         if kind == AckKind::PubRel {
             let known = session.incoming_qos2.remove(&packet_id);
-            let v5 = online.version.is_v5();
-            if known || !v5 {
+            if known || !online.version.is_v5() {
                 let _ = writer.send(Outbound::Ack(AckKind::PubComp, packet_id));
             } else {
                 let _ = writer.send_packet(Packet::PubComp(Ack {
                     packet_id,
                     reason: ReasonCode::PacketIdentifierNotFound,
-                    properties: Default::default(),
+                    properties: AckProperties::default(),
                 }));
             }
             return;
@@ -348,7 +459,11 @@ impl QueueActor {
             return;
         };
         let writer = online.writer.clone();
+        let problem_information = online.problem_information;
+        let v5 = online.version.is_v5();
+        let identifier = subscribe.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        let mut problems = Vec::new();
         let mut retained_for: Vec<(String, QoS)> = Vec::new();
         for (filter, options) in subscribe.filters {
             if let Err(e) = validate_topic_filter(&filter) {
@@ -356,48 +471,101 @@ impl QueueActor {
                     "client {}: invalid filter {filter:?}: {e}",
                     session.client_id
                 );
+                problems.push(format!("{filter:?}: {e}"));
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }
-            if split_shared(&filter).is_some() {
-                reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
-                continue;
+            let shared = split_shared(&filter).map(|(_, inner)| inner.to_owned());
+            if shared.is_some() && options.no_local {
+                // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
+                writer.close(Some(Disconnect {
+                    reason: ReasonCode::ProtocolError,
+                    properties: DisconnectProperties {
+                        reason_string: Some("No Local set on a shared subscription".into()),
+                        ..Default::default()
+                    },
+                }));
+                return;
             }
-            let subscription = Subscription { options };
+            let subscription = Subscription {
+                options,
+                identifier,
+            };
             let existed = session
                 .filters
                 .insert(filter.clone(), subscription)
                 .is_some();
-            self.subscriptions.insert(&filter, from.slot, subscription);
             reasons.push(ReasonCode::granted(options.qos));
-            // [MQTT-3.3.1-6] Matching retained messages are sent on (re)subscribe.
-            let send_retained = match options.retain_handling {
-                RetainHandling::SendOnSubscribe => true,
-                RetainHandling::SendIfNewSubscription => !existed,
-                RetainHandling::DoNotSend => false,
-            };
-            if send_retained {
-                retained_for.push((filter, options.qos));
+            if let Some(inner) = shared {
+                let joined = self.shared.join(&filter, &inner, from.slot, subscription);
+                if joined.new_group {
+                    self.subscriptions
+                        .insert(&inner, Target::Group(joined.group), subscription);
+                }
+                // [MQTT-3.8.4-?] Retained messages are not sent for shared subscriptions.
+            } else {
+                self.subscriptions
+                    .insert(&filter, Target::Session(from.slot), subscription);
+                // [MQTT-3.3.1-9..11] Retained messages on subscribe, as Retain Handling says.
+                let send_retained = match options.retain_handling {
+                    RetainHandling::SendOnSubscribe => true,
+                    RetainHandling::SendIfNewSubscription => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+                if send_retained {
+                    retained_for.push((filter, options.qos));
+                }
             }
+        }
+        let mut properties = AckProperties::default();
+        if v5 && problem_information && !problems.is_empty() {
+            // [MQTT-3.1.2-29] Only when the client did not ask us to leave it out.
+            properties.reason_string =
+                Some(format!("invalid topic filter {}", problems.join("; ")));
         }
         // [MQTT-3.8.4-1] SUBACK before the retained messages it lets through.
         let _ = writer.send_packet(Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             reasons,
-            properties: Default::default(),
+            properties,
         }));
+        let now = Instant::now();
         for (filter, granted) in retained_for {
-            let messages: Vec<Arc<Publish>> = self.retained.matching(&filter).cloned().collect();
+            let messages = self.retained.matching(&filter, now);
             let Some(session) = self.sessions[from.slot as usize].as_mut() else {
                 return;
             };
             for message in messages {
-                let qos = message.qos.min(granted);
                 // [MQTT-3.3.1-8] Sent because of a new subscription: retain flag set.
-                if !session.deliver(message, qos, true) {
+                let delivery = Delivery {
+                    qos: message.publish.qos.min(granted),
+                    message,
+                    retain: true,
+                    subscription_ids: identifier
+                        .map_or(SubscriptionIds::None, SubscriptionIds::One),
+                };
+                if !session.deliver(delivery) {
                     note_drop(session);
                 }
             }
+        }
+    }
+
+    /// Removes `slot`'s subscription to `filter` (plain or `$share/...`) from the index;
+    /// true if there was one.
+    fn remove_subscription(&mut self, filter: &str, slot: u32) -> bool {
+        match split_shared(filter) {
+            Some(_) => {
+                let (removed, emptied) = self.shared.leave(filter, slot);
+                if let Some((group, inner)) = emptied {
+                    self.subscriptions.remove(&inner, Target::Group(group));
+                }
+                removed
+            }
+            None => self
+                .subscriptions
+                .remove(filter, Target::Session(slot))
+                .is_some(),
         }
     }
 
@@ -411,12 +579,16 @@ impl QueueActor {
         let writer = online.writer.clone();
         let v5 = online.version.is_v5();
         let mut reasons = Vec::new();
+        let mut existed_all = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
-            let existed = session.filters.remove(filter.as_str()).is_some();
+            existed_all.push(session.filters.remove(filter.as_str()).is_some());
+        }
+        for (filter, existed) in unsubscribe.filters.iter().zip(existed_all) {
             if existed {
-                self.subscriptions.remove(filter, from.slot);
+                self.remove_subscription(filter, from.slot);
             }
             if v5 {
+                // [MQTT-3.11.3-2] 0x11 where there was no such subscription.
                 reasons.push(if existed {
                     ReasonCode::Success
                 } else {
@@ -428,12 +600,12 @@ impl QueueActor {
         let _ = writer.send_packet(Packet::UnsubAck(UnsubAck {
             packet_id: unsubscribe.packet_id,
             reasons,
-            properties: Default::default(),
+            properties: AckProperties::default(),
         }));
     }
 
     fn handle_disconnect(&mut self, from: ConnectionRef, ending: Ending) {
-        let Some(session) = self.session_of(from) else {
+        let Some(session) = attached(&mut self.sessions, from) else {
             // A connection that was taken over: its session belongs to the new one.
             return;
         };
@@ -443,23 +615,83 @@ impl QueueActor {
         let publish_will = match ending {
             Ending::Abnormal => true,
             Ending::Disconnect(disconnect) => {
+                // [MQTT-3.14.2-2] The reader refused a change from 0 to non-zero.
                 if let Some(expiry) = disconnect.properties.session_expiry_interval {
-                    // [MQTT-3.14.2-2] Changing 0 to non-zero is a protocol error; ignore it.
-                    if session.expiry != 0 {
-                        session.expiry = expiry;
-                    }
+                    session.expiry = expiry;
                 }
                 // [MQTT-3.14.4-3] A normal DISCONNECT discards the will; 0x04 keeps it.
                 disconnect.reason == ReasonCode::DisconnectWithWillMessage
             }
         };
-        let ends = session.expiry == 0;
         drop(online.writer);
         if let (true, Some(will)) = (publish_will, online.will) {
-            self.publish_will(from.slot, will);
+            self.schedule_will(from.slot, will);
         }
-        if ends {
-            self.end_session(from.slot);
+        self.schedule_session_end(from.slot);
+    }
+
+    /// Ends the session of `slot` now if its expiry is 0, or arms its expiry timer.
+    fn schedule_session_end(&mut self, slot: u32) {
+        let Some(session) = self.sessions[slot as usize].as_ref() else {
+            return;
+        };
+        match session.expiry {
+            0 => self.end_session(slot),
+            u32::MAX => {}
+            secs => self.timers.arm(
+                Duration::from_secs(u64::from(secs)),
+                Timer {
+                    kind: TimerKind::SessionExpiry,
+                    slot,
+                    token: session.last_connection,
+                },
+            ),
+        }
+    }
+
+    /// Publishes a will now, or keeps it for its Will Delay Interval [MQTT-3.1.3-9]. A session
+    /// that ends sooner publishes it then.
+    fn schedule_will(&mut self, slot: u32, will: Will) {
+        let delay = will.properties.will_delay_interval.unwrap_or(0);
+        let Some(session) = self.sessions[slot as usize].as_mut() else {
+            return;
+        };
+        if delay == 0 || session.expiry == 0 {
+            self.publish_will(slot, will);
+            return;
+        }
+        session.delayed_will = Some(will);
+        let token = session.last_connection;
+        self.timers.arm(
+            Duration::from_secs(u64::from(delay)),
+            Timer {
+                kind: TimerKind::WillDelay,
+                slot,
+                token,
+            },
+        );
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(timer) = self.timers.pop_due(now) {
+            let Some(session) = self.sessions[timer.slot as usize].as_mut() else {
+                continue;
+            };
+            // A connection attached since the timer was armed makes it stale.
+            if session.online.is_some() || session.last_connection != timer.token {
+                continue;
+            }
+            match timer.kind {
+                TimerKind::WillDelay => {
+                    if let Some(will) = session.delayed_will.take() {
+                        self.publish_will(timer.slot, will);
+                    }
+                }
+                TimerKind::SessionExpiry => {
+                    debug!("session of client {} expired", session.client_id);
+                    self.end_session(timer.slot);
+                }
+            }
         }
     }
 
@@ -472,6 +704,7 @@ impl QueueActor {
             properties,
         } = will;
         debug!("publishing will to {topic}");
+        // [MQTT-3.1.3-10] The will's properties go with it.
         let publish = Publish {
             dup: false,
             qos,
@@ -498,7 +731,7 @@ impl QueueActor {
             if let Some(online) = session.online.take() {
                 online.writer.close(Some(Disconnect {
                     reason: ReasonCode::ServerShuttingDown,
-                    properties: Default::default(),
+                    properties: DisconnectProperties::default(),
                 }));
             }
         }
@@ -515,13 +748,15 @@ fn attached(sessions: &mut [Option<Session>], from: ConnectionRef) -> Option<&mu
     }
 }
 
+fn is_online(sessions: &[Option<Session>], slot: u32) -> bool {
+    sessions
+        .get(slot as usize)
+        .and_then(Option::as_ref)
+        .is_some_and(|s| s.online.is_some())
+}
+
 /// Acknowledges a QoS 1 or 2 PUBLISH; v5 says 0x10 when nobody was subscribed.
-fn send_ack(
-    writer: &crate::client::ClientHandle,
-    kind: AckKind,
-    packet_id: PacketId,
-    no_subscribers: bool,
-) {
+fn send_ack(writer: &ClientHandle, kind: AckKind, packet_id: PacketId, no_subscribers: bool) {
     if !no_subscribers {
         let _ = writer.send(Outbound::Ack(kind, packet_id));
         return;
@@ -529,7 +764,7 @@ fn send_ack(
     let ack = Ack {
         packet_id,
         reason: ReasonCode::NoMatchingSubscribers,
-        properties: Default::default(),
+        properties: AckProperties::default(),
     };
     let packet = match kind {
         AckKind::PubRec => Packet::PubRec(ack),

@@ -4,9 +4,12 @@
 //! method only builds a `Msg` and sends it (and, for requests, waits for the one reply).
 
 mod actor;
+pub mod message;
 mod retained;
 mod session;
+mod shared;
 pub mod subscriptions;
+mod timers;
 
 use std::thread::{self, JoinHandle};
 
@@ -45,6 +48,14 @@ pub struct ConnectRequest {
     pub will: Option<Will>,
     /// Most QoS 1 and 2 messages the client accepts unacknowledged (v5; 65535 otherwise).
     pub receive_maximum: u16,
+    /// The client's Maximum Packet Size (v5).
+    pub max_packet_size: Option<u32>,
+    /// Request Problem Information (v5; true otherwise).
+    pub problem_information: bool,
+    /// Request Response Information (v5).
+    pub response_information: bool,
+    /// The keepalive the server imposes, when it capped the client's (v5).
+    pub server_keep_alive: Option<u16>,
     pub writer: ClientHandle,
 }
 

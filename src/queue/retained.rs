@@ -1,37 +1,42 @@
 //! Retained messages: the last retained PUBLISH per topic.
 //!
-//! Owns: storing, replacing and clearing retained messages, and finding those a new
-//! subscription matches. Must not: deliver anything (the router does) or copy payloads.
+//! Owns: storing, replacing and clearing retained messages, dropping expired ones, and finding
+//! those a new subscription matches. Must not: deliver anything (the router does) or copy
+//! payloads.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
+use super::message::Message;
 use crate::mqtt::topic::matches;
-use crate::mqtt::Publish;
 
 #[derive(Default)]
 pub(super) struct RetainedStore {
-    by_topic: HashMap<String, Arc<Publish>>,
+    by_topic: HashMap<String, Arc<Message>>,
 }
 
 impl RetainedStore {
     /// Stores `message` as its topic's retained message, or clears the topic when the payload
     /// is empty [MQTT-3.3.1-10, MQTT-3.3.1-11].
-    pub fn update(&mut self, message: &Arc<Publish>) {
-        if message.payload.is_empty() {
-            self.by_topic.remove(message.topic.as_str());
+    pub fn update(&mut self, message: &Arc<Message>) {
+        let topic = &message.publish.topic;
+        if message.publish.payload.is_empty() {
+            self.by_topic.remove(topic.as_str());
         } else {
-            self.by_topic
-                .insert(message.topic.clone(), Arc::clone(message));
+            self.by_topic.insert(topic.clone(), Arc::clone(message));
         }
     }
 
-    /// Every retained message whose topic `filter` matches.
-    pub fn matching<'a>(&'a self, filter: &'a str) -> impl Iterator<Item = &'a Arc<Publish>> + 'a {
+    /// Every live retained message whose topic `filter` matches; expired ones are removed
+    /// on the way [MQTT-3.3.2-5].
+    pub fn matching(&mut self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
+        self.by_topic.retain(|_, message| !message.is_expired(now));
         self.by_topic
             .iter()
-            .filter(move |(topic, _)| matches(filter, topic))
-            .map(|(_, message)| message)
+            .filter(|(topic, _)| matches(filter, topic))
+            .map(|(_, message)| Arc::clone(message))
+            .collect()
     }
 
     #[cfg(test)]
@@ -43,22 +48,35 @@ impl RetainedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mqtt::{PublishProperties, QoS};
+    use crate::mqtt::{Publish, PublishProperties, QoS};
+    use std::time::Duration;
 
-    fn message(topic: &str, payload: &[u8]) -> Arc<Publish> {
-        Arc::new(Publish {
+    fn message_at(topic: &str, payload: &[u8], expiry: Option<u32>, now: Instant) -> Arc<Message> {
+        let publish = Publish {
             dup: false,
             qos: QoS::AtLeastOnce,
             retain: true,
             topic: topic.into(),
             packet_id: None,
-            properties: PublishProperties::default(),
+            properties: PublishProperties {
+                message_expiry_interval: expiry,
+                ..Default::default()
+            },
             payload: payload.into(),
-        })
+        };
+        Arc::new(Message::new(publish, now))
     }
 
-    fn topics(store: &RetainedStore, filter: &str) -> Vec<String> {
-        let mut found: Vec<String> = store.matching(filter).map(|m| m.topic.clone()).collect();
+    fn message(topic: &str, payload: &[u8]) -> Arc<Message> {
+        message_at(topic, payload, None, Instant::now())
+    }
+
+    fn topics(store: &mut RetainedStore, filter: &str) -> Vec<String> {
+        let mut found: Vec<String> = store
+            .matching(filter, Instant::now())
+            .iter()
+            .map(|m| m.publish.topic.clone())
+            .collect();
         found.sort();
         found
     }
@@ -70,10 +88,14 @@ mod tests {
         store.update(&message("a/c", b"two"));
         store.update(&message("a/b", b"three"));
         assert_eq!(store.len(), 2);
-        let latest: Vec<_> = store.matching("a/b").map(|m| m.payload.to_vec()).collect();
+        let latest: Vec<_> = store
+            .matching("a/b", Instant::now())
+            .iter()
+            .map(|m| m.publish.payload.to_vec())
+            .collect();
         assert_eq!(latest, vec![b"three".to_vec()]);
         store.update(&message("a/b", b""));
-        assert_eq!(topics(&store, "#"), vec!["a/c"]);
+        assert_eq!(topics(&mut store, "#"), vec!["a/c"]);
     }
 
     #[test]
@@ -81,7 +103,17 @@ mod tests {
         let mut store = RetainedStore::default();
         store.update(&message("$SYS/uptime", b"1"));
         store.update(&message("x", b"2"));
-        assert_eq!(topics(&store, "#"), vec!["x"]);
-        assert_eq!(topics(&store, "$SYS/#"), vec!["$SYS/uptime"]);
+        assert_eq!(topics(&mut store, "#"), vec!["x"]);
+        assert_eq!(topics(&mut store, "$SYS/#"), vec!["$SYS/uptime"]);
+    }
+
+    #[test]
+    fn expired_messages_leave_the_store() {
+        let mut store = RetainedStore::default();
+        let past = Instant::now() - Duration::from_secs(5);
+        store.update(&message_at("old", b"x", Some(2), past));
+        store.update(&message_at("fresh", b"y", Some(60), past));
+        assert_eq!(topics(&mut store, "#"), vec!["fresh"]);
+        assert_eq!(store.len(), 1);
     }
 }

@@ -9,14 +9,20 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
+use std::time::Instant;
 
+use log::debug;
+
+use super::message::Delivery;
 use crate::client::{AckKind, ClientHandle, Outbound};
-use crate::mqtt::{PacketId, ProtocolVersion, Publish, QoS, SubscriptionOptions, Will};
+use crate::mqtt::{PacketId, ProtocolVersion, PublishView, QoS, SubscriptionOptions, Will};
 
 /// One subscription as the index stores it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Subscription {
     pub options: SubscriptionOptions,
+    /// The Subscription Identifier given with it (MQTT 5), sent back with each delivery.
+    pub identifier: Option<u32>,
 }
 
 /// The connection currently attached to a session.
@@ -25,6 +31,11 @@ pub(super) struct Online {
     pub writer: ClientHandle,
     pub version: ProtocolVersion,
     pub will: Option<Will>,
+    /// The client's Maximum Packet Size (MQTT 5): larger messages are not sent to it.
+    pub max_packet_size: Option<u32>,
+    /// Whether reason strings and user properties may go on acknowledgements (MQTT 5
+    /// Request Problem Information).
+    pub problem_information: bool,
 }
 
 pub(super) struct Session {
@@ -38,6 +49,11 @@ pub(super) struct Session {
     /// resent with one of these ids is not delivered again.
     pub incoming_qos2: HashSet<PacketId>,
     pub outbox: Outbox,
+    /// The id of the last connection attached; timers armed when it ended carry it, so a
+    /// timer outlived by a reconnect is recognised and ignored.
+    pub last_connection: u64,
+    /// A will waiting out its Will Delay Interval after the connection ended (MQTT 5).
+    pub delayed_will: Option<Will>,
 }
 
 impl Session {
@@ -49,14 +65,16 @@ impl Session {
             filters: HashMap::new(),
             incoming_qos2: HashSet::new(),
             outbox: Outbox::new(max_inflight, max_queued),
+            last_connection: 0,
+            delayed_will: None,
         }
     }
 
     /// Queues a message for this session and sends what the window allows. False when the
     /// message was dropped (offline QoS 0, or the queue full).
-    pub fn deliver(&mut self, message: Arc<Publish>, qos: QoS, retain: bool) -> bool {
+    pub fn deliver(&mut self, delivery: Delivery) -> bool {
         let online = self.online.is_some();
-        let queued = self.outbox.enqueue(message, qos, retain, online);
+        let queued = self.outbox.enqueue(delivery, online);
         self.pump();
         queued
     }
@@ -64,7 +82,7 @@ impl Session {
     /// Sends queued messages while the window and the writer have room.
     pub fn pump(&mut self) {
         if let Some(online) = &self.online {
-            self.outbox.pump(&online.writer);
+            self.outbox.pump(online);
         }
     }
 }
@@ -80,23 +98,15 @@ enum Stage {
 
 struct InFlight {
     packet_id: PacketId,
-    message: Arc<Publish>,
-    qos: QoS,
-    retain: bool,
+    delivery: Delivery,
     stage: Stage,
-}
-
-struct Queued {
-    message: Arc<Publish>,
-    qos: QoS,
-    retain: bool,
 }
 
 /// Outbound messages of one session: the in-flight window, oldest first, and the queue behind
 /// it. Order is kept: nothing overtakes a queued message.
 pub(super) struct Outbox {
     inflight: VecDeque<InFlight>,
-    queued: VecDeque<Queued>,
+    queued: VecDeque<Delivery>,
     next_packet_id: u16,
     /// The in-flight limit for the current connection.
     window: usize,
@@ -134,8 +144,8 @@ impl Outbox {
         self.window = self.max_inflight.min(usize::from(receive_maximum)).max(1);
     }
 
-    fn enqueue(&mut self, message: Arc<Publish>, qos: QoS, retain: bool, online: bool) -> bool {
-        if !online && qos == QoS::AtMostOnce {
+    fn enqueue(&mut self, delivery: Delivery, online: bool) -> bool {
+        if !online && delivery.qos == QoS::AtMostOnce {
             // QoS 0 messages are not stored for offline clients (as mosquitto does by default).
             return false;
         }
@@ -143,15 +153,13 @@ impl Outbox {
             self.dropped += 1;
             return false;
         }
-        self.queued.push_back(Queued {
-            message,
-            qos,
-            retain,
-        });
+        self.queued.push_back(delivery);
         true
     }
 
-    fn pump(&mut self, writer: &ClientHandle) {
+    fn pump(&mut self, online: &Online) {
+        let writer = &online.writer;
+        let now = Instant::now();
         while let Some(next) = self.queued.front() {
             if next.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
                 return;
@@ -159,28 +167,31 @@ impl Outbox {
             if !writer.has_room() {
                 return;
             }
-            let Queued {
-                message,
-                qos,
-                retain,
-            } = self.queued.pop_front().expect("front() was Some");
-            let packet_id = if qos == QoS::AtMostOnce {
+            let delivery = self.queued.pop_front().expect("front() was Some");
+            if delivery.message.is_expired(now) {
+                continue;
+            }
+            if let Some(max) = online.max_packet_size {
+                // [MQTT-3.1.2-25] Too large for this client: discarded as if sent.
+                let size = delivery_size(&delivery, online.version);
+                if size > max as usize {
+                    debug!("message of {size} bytes exceeds the client's maximum of {max}");
+                    continue;
+                }
+            }
+            let packet_id = if delivery.qos == QoS::AtMostOnce {
                 None
             } else {
                 let packet_id = self.allocate_packet_id();
                 self.inflight.push_back(InFlight {
                     packet_id,
-                    message: Arc::clone(&message),
-                    qos,
-                    retain,
+                    delivery: delivery.clone(),
                     stage: Stage::Published,
                 });
                 Some(packet_id)
             };
             let item = Outbound::Publish {
-                message,
-                qos,
-                retain,
+                delivery,
                 packet_id,
                 dup: false,
             };
@@ -197,9 +208,7 @@ impl Outbox {
         for flight in &self.inflight {
             let item = match flight.stage {
                 Stage::Published => Outbound::Publish {
-                    message: Arc::clone(&flight.message),
-                    qos: flight.qos,
-                    retain: flight.retain,
+                    delivery: flight.delivery.clone(),
                     packet_id: Some(flight.packet_id),
                     dup: true,
                 },
@@ -222,7 +231,7 @@ impl Outbox {
             return AckOutcome::Unknown;
         };
         let flight = &mut self.inflight[index];
-        match (kind, flight.qos, flight.stage) {
+        match (kind, flight.delivery.qos, flight.stage) {
             (AckKind::PubAck, QoS::AtLeastOnce, Stage::Published)
             | (AckKind::PubComp, QoS::ExactlyOnce, Stage::Released) => {
                 self.inflight.remove(index);
@@ -266,22 +275,52 @@ impl Outbox {
     }
 }
 
+/// The size of `delivery` on the wire for a client speaking `version`, as the writer will
+/// write it (an outbound topic alias can only make it smaller).
+fn delivery_size(delivery: &Delivery, version: ProtocolVersion) -> usize {
+    let publish = &delivery.message.publish;
+    PublishView {
+        dup: false,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        packet_id: (delivery.qos != QoS::AtMostOnce).then_some(NonZeroU16::MIN),
+        topic: &publish.topic,
+        payload: &publish.payload,
+        properties: &publish.properties,
+        subscription_identifiers: delivery.subscription_ids.as_slice(),
+        message_expiry_interval: delivery.message.expires_at.map(|_| u32::MAX),
+        topic_alias: None,
+    }
+    .encoded_len(version)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mqtt::PublishProperties;
+    use crate::mqtt::{Publish, PublishProperties};
+    use crate::queue::message::{Message, SubscriptionIds};
     use crossbeam_channel::Receiver;
 
-    fn message(payload: &str) -> Arc<Publish> {
-        Arc::new(Publish {
+    fn delivery_with(payload: &str, qos: QoS, properties: PublishProperties) -> Delivery {
+        let publish = Publish {
             dup: false,
             qos: QoS::ExactlyOnce,
             retain: false,
             topic: "t".into(),
             packet_id: None,
-            properties: PublishProperties::default(),
+            properties,
             payload: payload.as_bytes().into(),
-        })
+        };
+        Delivery {
+            message: Arc::new(Message::new(publish, Instant::now())),
+            qos,
+            retain: false,
+            subscription_ids: SubscriptionIds::None,
+        }
+    }
+
+    fn message(payload: &str, qos: QoS) -> Delivery {
+        delivery_with(payload, qos, PublishProperties::default())
     }
 
     fn id(n: u16) -> PacketId {
@@ -293,14 +332,13 @@ mod tests {
         rx.try_iter()
             .map(|item| match item {
                 Outbound::Publish {
-                    message,
+                    delivery,
                     packet_id,
                     dup,
-                    ..
                 } => (
                     "publish",
                     packet_id.map_or(0, |p| p.get()),
-                    String::from_utf8_lossy(&message.payload).into_owned(),
+                    String::from_utf8_lossy(&delivery.message.publish.payload).into_owned(),
                     dup,
                 ),
                 Outbound::Ack(kind, packet_id) => {
@@ -323,6 +361,8 @@ mod tests {
             writer,
             version: ProtocolVersion::V3_1_1,
             will: None,
+            max_packet_size: None,
+            problem_information: true,
         });
         (session, rx)
     }
@@ -331,7 +371,7 @@ mod tests {
     fn window_holds_back_qos1_and_acks_release_in_order() {
         let (mut s, rx) = session(2, 10);
         for p in ["a", "b", "c"] {
-            assert!(s.deliver(message(p), QoS::AtLeastOnce, false));
+            assert!(s.deliver(message(p, QoS::AtLeastOnce)));
         }
         assert_eq!(
             drain(&rx),
@@ -355,9 +395,9 @@ mod tests {
     #[test]
     fn qos0_waits_behind_a_full_window_to_keep_order() {
         let (mut s, rx) = session(1, 10);
-        s.deliver(message("a"), QoS::AtLeastOnce, false);
-        s.deliver(message("b"), QoS::AtLeastOnce, false);
-        s.deliver(message("c"), QoS::AtMostOnce, false);
+        s.deliver(message("a", QoS::AtLeastOnce));
+        s.deliver(message("b", QoS::AtLeastOnce));
+        s.deliver(message("c", QoS::AtMostOnce));
         assert_eq!(drain(&rx).len(), 1);
         s.outbox.acknowledge(AckKind::PubAck, id(1), None);
         s.pump();
@@ -373,8 +413,8 @@ mod tests {
     #[test]
     fn qos2_flow_and_resend_after_reconnect() {
         let (mut s, rx) = session(10, 10);
-        s.deliver(message("a"), QoS::ExactlyOnce, false);
-        s.deliver(message("b"), QoS::ExactlyOnce, false);
+        s.deliver(message("a", QoS::ExactlyOnce));
+        s.deliver(message("b", QoS::ExactlyOnce));
         drain(&rx);
         let writer = s.online.as_ref().map(|o| o.writer.clone());
         s.outbox
@@ -404,10 +444,10 @@ mod tests {
     #[test]
     fn offline_queue_is_bounded_and_skips_qos0() {
         let mut s = Session::new("c".into(), u32::MAX, 10, 2);
-        assert!(!s.deliver(message("q0"), QoS::AtMostOnce, false));
-        assert!(s.deliver(message("a"), QoS::AtLeastOnce, false));
-        assert!(s.deliver(message("b"), QoS::AtLeastOnce, false));
-        assert!(!s.deliver(message("c"), QoS::AtLeastOnce, false));
+        assert!(!s.deliver(message("q0", QoS::AtMostOnce)));
+        assert!(s.deliver(message("a", QoS::AtLeastOnce)));
+        assert!(s.deliver(message("b", QoS::AtLeastOnce)));
+        assert!(!s.deliver(message("c", QoS::AtLeastOnce)));
         assert_eq!(s.outbox.queued_len(), 2);
         assert_eq!(s.outbox.dropped, 1);
     }
@@ -421,9 +461,11 @@ mod tests {
             writer,
             version: ProtocolVersion::V3_1_1,
             will: None,
+            max_packet_size: None,
+            problem_information: true,
         });
         for p in ["a", "b", "c", "d"] {
-            s.deliver(message(p), QoS::AtMostOnce, false);
+            s.deliver(message(p, QoS::AtMostOnce));
         }
         assert_eq!(drain(&rx).len(), 2);
         assert_eq!(s.outbox.queued_len(), 2);
@@ -439,9 +481,7 @@ mod tests {
         assert_eq!(outbox.allocate_packet_id().get(), 1);
         outbox.inflight.push_back(InFlight {
             packet_id: id(2),
-            message: message("x"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
+            delivery: message("x", QoS::AtLeastOnce),
             stage: Stage::Published,
         });
         assert_eq!(outbox.allocate_packet_id().get(), 3);

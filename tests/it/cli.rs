@@ -79,3 +79,99 @@ fn persistent_session_queues_while_offline() {
         assert_eq!(sub.messages(3), vec!["one", "two", "three"], "-V {version}");
     }
 }
+
+#[test]
+fn mqtt5_properties_end_to_end() {
+    // mosquitto_pub -D publish ... and mosquitto_sub -F show every PUBLISH property arriving
+    // unchanged, plus the subscription identifier of the subscription that matched.
+    let broker = start_broker();
+    let port = broker.addr.port();
+    let format = "%t|%p|%P|%C|%R|%D|%E|%F|%S";
+    let mut sub = Sub::start(
+        port,
+        &[
+            "-V",
+            "5",
+            "-t",
+            "props/#",
+            "-F",
+            format,
+            "-D",
+            "subscribe",
+            "subscription-identifier",
+            "42",
+        ],
+    );
+    publish(
+        port,
+        &[
+            "-V",
+            "5",
+            "-t",
+            "props/x",
+            "-m",
+            "hello",
+            "-D",
+            "publish",
+            "user-property",
+            "k1",
+            "v1",
+            "-D",
+            "publish",
+            "user-property",
+            "k2",
+            "v2",
+            "-D",
+            "publish",
+            "content-type",
+            "text/plain",
+            "-D",
+            "publish",
+            "response-topic",
+            "reply/to",
+            "-D",
+            "publish",
+            "correlation-data",
+            "abc",
+            "-D",
+            "publish",
+            "message-expiry-interval",
+            "60",
+            "-D",
+            "publish",
+            "payload-format-indicator",
+            "1",
+        ],
+    );
+    assert_eq!(
+        sub.messages(1),
+        vec!["props/x|hello|k1:v1 k2:v2|text/plain|reply/to|abc|60|1|42"]
+    );
+}
+
+#[test]
+fn mqtt5_and_mqtt311_clients_share_a_topic() {
+    let broker = start_broker();
+    let port = broker.addr.port();
+    let mut old = Sub::start(port, &["-V", "311", "-t", "mix", "-v"]);
+    let mut new = Sub::start(port, &["-V", "5", "-t", "mix", "-F", "%t %p %P"]);
+    publish(
+        port,
+        &[
+            "-V",
+            "5",
+            "-t",
+            "mix",
+            "-m",
+            "m",
+            "-D",
+            "publish",
+            "user-property",
+            "a",
+            "b",
+        ],
+    );
+    publish(port, &["-V", "311", "-t", "mix", "-m", "n"]);
+    assert_eq!(old.messages(2), vec!["mix m", "mix n"]);
+    assert_eq!(new.messages(2), vec!["mix m a:b", "mix n "]);
+}

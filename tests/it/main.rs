@@ -12,4 +12,7 @@ mod robustness;
 mod session;
 mod shutdown;
 mod support;
+mod v5_connect;
+mod v5_publish;
+mod v5_subscribe;
 mod will;

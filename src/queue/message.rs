@@ -1,0 +1,141 @@
+//! A routed message and its deliveries.
+//!
+//! Owns: `Message` (a PUBLISH as the router keeps it, with its expiry deadline), `Delivery`
+//! (that message on its way to one session, with the QoS, retain flag and subscription
+//! identifiers that session gets) and `SubscriptionIds`. Must not: copy the PUBLISH: every
+//! delivery of one message shares one `Arc<Message>`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::mqtt::{Publish, QoS};
+
+/// A PUBLISH accepted by the router: DUP and packet id cleared, topic alias resolved.
+#[derive(Debug)]
+pub struct Message {
+    pub publish: Publish,
+    /// When the Message Expiry Interval runs out; `None` never expires.
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    pub fn new(publish: Publish, now: Instant) -> Message {
+        let expires_at = publish
+            .properties
+            .message_expiry_interval
+            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        Message {
+            publish,
+            expires_at,
+        }
+    }
+
+    /// [MQTT-3.3.2-5] An expired message is not delivered to anyone any more.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|deadline| deadline <= now)
+    }
+
+    /// The Message Expiry Interval to send now: the time left, in whole seconds rounded up so
+    /// that a live message never goes out as 0 [MQTT-3.3.2-6].
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        let left = self.expires_at?.saturating_duration_since(now);
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        Some(u32::try_from(secs.max(1)).unwrap_or(u32::MAX))
+    }
+}
+
+/// The subscription identifiers of the subscriptions a delivery matched (MQTT 5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SubscriptionIds {
+    #[default]
+    None,
+    One(u32),
+    Many(Box<[u32]>),
+}
+
+impl SubscriptionIds {
+    pub fn as_slice(&self) -> &[u32] {
+        match self {
+            SubscriptionIds::None => &[],
+            SubscriptionIds::One(id) => std::slice::from_ref(id),
+            SubscriptionIds::Many(ids) => ids,
+        }
+    }
+
+    /// Adds `id`, keeping each identifier once.
+    pub fn add(&mut self, id: u32) {
+        *self = match std::mem::take(self) {
+            SubscriptionIds::None => SubscriptionIds::One(id),
+            SubscriptionIds::One(first) if first == id => SubscriptionIds::One(first),
+            SubscriptionIds::One(first) => SubscriptionIds::Many(Box::new([first, id])),
+            SubscriptionIds::Many(ids) if ids.contains(&id) => SubscriptionIds::Many(ids),
+            SubscriptionIds::Many(ids) => {
+                let mut ids = ids.into_vec();
+                ids.push(id);
+                SubscriptionIds::Many(ids.into_boxed_slice())
+            }
+        };
+    }
+}
+
+/// One message for one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: SubscriptionIds,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::PublishProperties;
+
+    fn message(expiry: Option<u32>, now: Instant) -> Message {
+        Message::new(
+            Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: "t".into(),
+                packet_id: None,
+                properties: PublishProperties {
+                    message_expiry_interval: expiry,
+                    ..Default::default()
+                },
+                payload: Arc::from(&b""[..]),
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn expiry_counts_down_and_rounds_up() {
+        let now = Instant::now();
+        let m = message(Some(10), now);
+        assert_eq!(m.remaining_expiry(now), Some(10));
+        assert_eq!(
+            m.remaining_expiry(now + Duration::from_millis(2500)),
+            Some(8)
+        );
+        assert!(!m.is_expired(now + Duration::from_millis(9999)));
+        assert!(m.is_expired(now + Duration::from_secs(10)));
+        let forever = message(None, now);
+        assert_eq!(forever.remaining_expiry(now), None);
+        assert!(!forever.is_expired(now + Duration::from_secs(1 << 30)));
+    }
+
+    #[test]
+    fn subscription_ids_are_kept_once_each() {
+        let mut ids = SubscriptionIds::default();
+        assert!(ids.as_slice().is_empty());
+        ids.add(3);
+        ids.add(3);
+        assert_eq!(ids.as_slice(), &[3]);
+        ids.add(7);
+        ids.add(3);
+        ids.add(9);
+        assert_eq!(ids.as_slice(), &[3, 7, 9]);
+    }
+}
