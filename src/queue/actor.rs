@@ -502,7 +502,7 @@ impl QueueActor {
                     self.subscriptions
                         .insert(&inner, Target::Group(joined.group), subscription);
                 }
-                // [MQTT-3.8.4-?] Retained messages are not sent for shared subscriptions.
+                // 5.0 section 4.8.2: no retained messages for a shared subscription.
             } else {
                 self.subscriptions
                     .insert(&filter, Target::Session(from.slot), subscription);

@@ -474,6 +474,27 @@ mod tests {
     }
 
     #[test]
+    fn expired_and_too_large_messages_are_skipped_when_sent() {
+        let (mut s, rx) = session(10, 10);
+        if let Some(online) = s.online.as_mut() {
+            online.max_packet_size = Some(64);
+        }
+        let expired = delivery_with(
+            "old",
+            QoS::AtLeastOnce,
+            PublishProperties {
+                message_expiry_interval: Some(0),
+                ..Default::default()
+            },
+        );
+        s.deliver(expired);
+        s.deliver(message(&"x".repeat(100), QoS::AtLeastOnce));
+        s.deliver(message("fits", QoS::AtLeastOnce));
+        assert_eq!(drain(&rx), vec![("publish", 1, "fits".into(), false)]);
+        assert_eq!(s.outbox.inflight_len(), 1);
+    }
+
+    #[test]
     fn packet_ids_skip_zero_and_ids_in_flight() {
         let mut outbox = Outbox::new(10, 10);
         outbox.next_packet_id = u16::MAX;

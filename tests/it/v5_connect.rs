@@ -118,7 +118,7 @@ fn client_receive_maximum_limits_messages_in_flight() {
 
 #[test]
 fn server_receive_maximum_is_announced_and_enforced() {
-    // [MQTT-3.2.2-?] Receive Maximum in CONNACK; exceeding it: DISCONNECT 0x93 [MQTT-3.3.4-8].
+    // 5.0 section 3.2.2.3.3: Receive Maximum in CONNACK; exceeding it: DISCONNECT 0x93 [MQTT-3.3.4-8].
     let broker = start_broker_with(config_with(|c| c.receive_maximum = 2));
     let (mut c, connack) = RawClient::connect(broker.addr, "greedy", V5, true);
     assert_eq!(connack.properties.receive_maximum, Some(2));
@@ -151,7 +151,7 @@ fn client_maximum_packet_size_skips_larger_messages() {
 
 #[test]
 fn server_maximum_packet_size_is_announced_and_enforced() {
-    // [MQTT-3.2.2-?] Maximum Packet Size in CONNACK; larger packets: DISCONNECT 0x95.
+    // 5.0 section 3.2.2.3.6: Maximum Packet Size in CONNACK; larger packets: DISCONNECT 0x95.
     let broker = start_broker_with(config_with(|c| c.max_packet_size = 512));
     let (mut c, connack) = RawClient::connect(broker.addr, "big", V5, true);
     assert_eq!(connack.properties.maximum_packet_size, Some(512));
@@ -187,7 +187,7 @@ fn capped_keepalive_is_announced_as_server_keep_alive() {
 
 #[test]
 fn features_are_announced_as_available() {
-    // Absent properties mean available [MQTT-3.2.2-?]: retain, wildcards, subscription
+    // Absent properties mean available (5.0 sections 3.2.2.3.4, .5, .11, .12, .13): retain, wildcards, subscription
     // identifiers, shared subscriptions, QoS 2.
     let broker = start_broker();
     let (_, connack) = RawClient::connect(broker.addr, "features", V5, true);

@@ -127,7 +127,7 @@ fn retain_handling_options() {
 
 #[test]
 fn shared_subscription_gives_each_message_to_one_member_in_turn() {
-    // [MQTT-4.8.2-?] One member of the group per message, round-robin.
+    // 5.0 section 4.8.2: each message to one member of the group (here round-robin).
     let broker = start_broker();
     let mut a = v5(broker.addr, "a");
     let mut b = v5(broker.addr, "b");
