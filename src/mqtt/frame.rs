@@ -257,6 +257,27 @@ impl Packet {
         1 + varint_len(body) + body
     }
 
+    /// The packet type's name as the specification spells it, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Packet::Connect(_) => "CONNECT",
+            Packet::ConnAck(_) => "CONNACK",
+            Packet::Publish(_) => "PUBLISH",
+            Packet::PubAck(_) => "PUBACK",
+            Packet::PubRec(_) => "PUBREC",
+            Packet::PubRel(_) => "PUBREL",
+            Packet::PubComp(_) => "PUBCOMP",
+            Packet::Subscribe(_) => "SUBSCRIBE",
+            Packet::SubAck(_) => "SUBACK",
+            Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+            Packet::UnsubAck(_) => "UNSUBACK",
+            Packet::PingReq => "PINGREQ",
+            Packet::PingResp => "PINGRESP",
+            Packet::Disconnect(_) => "DISCONNECT",
+            Packet::Auth(_) => "AUTH",
+        }
+    }
+
     /// The first byte of the fixed header for every packet but PUBLISH, whose flags vary.
     fn first_byte(&self) -> u8 {
         match self {
@@ -563,6 +584,7 @@ mod tests {
             }),
         ];
         for packet in &packets {
+            assert!(!packet.name().is_empty());
             for version in ALL {
                 let mut out = Vec::new();
                 packet.encode(version, &mut out);

@@ -114,29 +114,6 @@ pub enum Packet {
     Auth(Auth),
 }
 
-impl Packet {
-    /// The packet type's name as the specification writes it, for logs.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Packet::Connect(_) => "CONNECT",
-            Packet::ConnAck(_) => "CONNACK",
-            Packet::Publish(_) => "PUBLISH",
-            Packet::PubAck(_) => "PUBACK",
-            Packet::PubRec(_) => "PUBREC",
-            Packet::PubRel(_) => "PUBREL",
-            Packet::PubComp(_) => "PUBCOMP",
-            Packet::Subscribe(_) => "SUBSCRIBE",
-            Packet::SubAck(_) => "SUBACK",
-            Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-            Packet::UnsubAck(_) => "UNSUBACK",
-            Packet::PingReq => "PINGREQ",
-            Packet::PingResp => "PINGRESP",
-            Packet::Disconnect(_) => "DISCONNECT",
-            Packet::Auth(_) => "AUTH",
-        }
-    }
-}
-
 /// CONNECT. `protocol` is what the client asked for; decoding fails with
 /// `DecodeError::UnsupportedProtocol` for a level we do not speak.
 #[derive(Debug, Clone, PartialEq)]

@@ -597,14 +597,15 @@ impl Properties for ConnAckProperties {
 }
 
 impl PublishProperties {
-    /// Visits the properties as written for one receiver: `expiry` replaces the message expiry
-    /// interval when `Some`, and `extra_ids` follow the struct's own subscription identifiers.
+    /// Visits the properties as written for one receiver: `expiry` and `alias` replace the
+    /// message expiry interval and topic alias when `Some`, and `extra_ids` follow the struct's
+    /// own subscription identifiers.
     pub(crate) fn visit_for<S: Sink>(
         &self,
         s: &mut S,
         expiry: Option<u32>,
-        extra_ids: &[u32],
         alias: Option<u16>,
+        extra_ids: &[u32],
     ) {
         opt_byte(
             s,
@@ -630,11 +631,11 @@ impl PublishProperties {
     pub(crate) fn len_for(
         &self,
         expiry: Option<u32>,
-        extra_ids: &[u32],
         alias: Option<u16>,
+        extra_ids: &[u32],
     ) -> usize {
         let mut c = Counter(0);
-        self.visit_for(&mut c, expiry, extra_ids, alias);
+        self.visit_for(&mut c, expiry, alias, extra_ids);
         c.0
     }
 }
@@ -664,7 +665,7 @@ impl Properties for PublishProperties {
     }
 
     fn visit<S: Sink>(&self, s: &mut S) {
-        self.visit_for(s, None, &[], None);
+        self.visit_for(s, None, None, &[]);
     }
 }
 
@@ -1092,8 +1093,11 @@ mod tests {
             ..Default::default()
         };
         let mut out = Vec::new();
-        p.visit_for(&mut out, Some(40), &[2, 0, 300], None);
-        assert_eq!(out, [0x02, 0, 0, 0, 40, 0x0B, 1, 0x0B, 2, 0x0B, 0xAC, 0x02]);
-        assert_eq!(p.len_for(Some(40), &[2, 0, 300], None), out.len());
+        p.visit_for(&mut out, Some(40), Some(7), &[2, 0, 300]);
+        assert_eq!(
+            out,
+            [0x02, 0, 0, 0, 40, 0x0B, 1, 0x0B, 2, 0x0B, 0xAC, 0x02, 0x23, 0, 7]
+        );
+        assert_eq!(p.len_for(Some(40), Some(7), &[2, 0, 300]), out.len());
     }
 }

@@ -31,8 +31,8 @@ pub struct PublishView<'a> {
     pub subscription_identifiers: &'a [u32],
     /// v5 only: replaces `properties.message_expiry_interval` when `Some`.
     pub message_expiry_interval: Option<u32>,
-    /// v5 only: replaces `properties.topic_alias` when `Some` (an outbound alias chosen by the
-    /// writer; `topic` is then empty once the alias is known to the receiver).
+    /// v5 only: replaces `properties.topic_alias` when `Some` (the receiver's own outbound
+    /// alias; `topic` may then be empty [MQTT-3.3.2-12]).
     pub topic_alias: Option<u16>,
 }
 
@@ -72,8 +72,8 @@ impl<'a> PublishView<'a> {
     fn props_len(&self) -> usize {
         self.properties.len_for(
             self.message_expiry_interval,
-            self.subscription_identifiers,
             self.topic_alias,
+            self.subscription_identifiers,
         )
     }
 
@@ -98,7 +98,7 @@ impl<'a> PublishView<'a> {
 }
 
 /// Appends one PUBLISH. 3.1 and 3.1.1 never carry properties; in v5 the view's subscription
-/// identifiers follow the properties' own and its expiry replaces theirs.
+/// identifiers follow the properties' own, and its expiry and topic alias replace theirs.
 pub fn encode_publish(out: &mut Vec<u8>, version: ProtocolVersion, view: &PublishView<'_>) {
     let (packet_id, qos) = view.id_and_qos();
     // DUP is written as given: the broker sets it only when redelivering a QoS 1 or 2 message
@@ -125,8 +125,8 @@ pub fn encode_publish(out: &mut Vec<u8>, version: ProtocolVersion, view: &Publis
         view.properties.visit_for(
             out,
             view.message_expiry_interval,
-            view.subscription_identifiers,
             view.topic_alias,
+            view.subscription_identifiers,
         );
         debug_assert_eq!(out.len() - start, block_size(props_len));
     }
@@ -399,6 +399,39 @@ mod tests {
             assert_eq!(out, b"\x32\x07\x00\x01t\x00\x09hi");
             assert_eq!(view.encoded_len(version), out.len());
         }
+    }
+
+    #[test]
+    fn view_topic_alias_replaces_the_properties_one_in_v5_only() {
+        let mut p = publish(QoS::AtMostOnce, 0, "a/b", b"x");
+        p.properties.topic_alias = Some(9);
+        let view = PublishView {
+            topic: "",
+            topic_alias: Some(4),
+            ..PublishView::of(&p)
+        };
+        let mut out = Vec::new();
+        encode_publish(&mut out, V5, &view);
+        assert_eq!(out, b"\x30\x07\x00\x00\x03\x23\x00\x04x");
+        assert_eq!(view.encoded_len(V5), out.len());
+        let mut expected = publish(QoS::AtMostOnce, 0, "", b"x");
+        expected.properties.topic_alias = Some(4);
+        assert_eq!(
+            decode_packet(out[0], &out[2..], V5).unwrap(),
+            Packet::Publish(expected)
+        );
+        // Without an override the properties' own alias is written.
+        let mut out = Vec::new();
+        encode_publish(&mut out, V5, &PublishView::of(&p));
+        assert_eq!(out, b"\x30\x0A\x00\x03a/b\x03\x23\x00\x09x");
+        // 3.1.1 has no aliases at all.
+        let view = PublishView {
+            topic_alias: Some(4),
+            ..PublishView::of(&p)
+        };
+        let mut out = Vec::new();
+        encode_publish(&mut out, V3_1_1, &view);
+        assert_eq!(out, b"\x30\x06\x00\x03a/bx");
     }
 
     #[test]
