@@ -15,7 +15,7 @@ use log::{debug, info, warn};
 
 use super::message::{Delivery, Message, SubscriptionIds};
 use super::retained::RetainedStore;
-use super::session::{AckOutcome, Online, Session, Subscription};
+use super::session::{AckOutcome, Enqueued, Online, Session, Subscription};
 use super::shared::SharedGroups;
 use super::subscriptions::SubscriptionTree;
 use super::timers::{Timer, TimerKind, Timers};
@@ -63,6 +63,10 @@ pub struct QueueActor {
     timers: Timers,
     /// Matches of the message being routed; kept between messages to avoid reallocating.
     matches: Vec<Match>,
+    /// Congested sessions the message being routed was queued for.
+    congested: Vec<u32>,
+    /// Numbers held acknowledgements, so that a stale one is recognised.
+    next_held_seq: u64,
 }
 
 impl QueueActor {
@@ -82,6 +86,8 @@ impl QueueActor {
             retained: RetainedStore::default(),
             timers: Timers::default(),
             matches: Vec::new(),
+            congested: Vec::new(),
+            next_held_seq: 0,
         }
     }
 
@@ -127,6 +133,7 @@ impl QueueActor {
             Msg::WriterDrained { from } => {
                 if let Some(session) = attached(&mut self.sessions, from) {
                     session.pump();
+                    self.release_held(from.slot, false);
                 }
             }
             Msg::Shutdown { reply } => {
@@ -204,6 +211,9 @@ impl QueueActor {
             .expect("slot was just filled or resumed");
         session.expiry = request.session_expiry;
         session.last_connection = request.connection_id;
+        // Acknowledgements held for the previous connection are gone with it: the client
+        // resends those PUBLISH packets.
+        session.held_acks.clear();
         session.outbox.set_receive_maximum(request.receive_maximum);
         // [MQTT-4.4.0-1] Resend unacknowledged messages before anything new.
         session.outbox.resend_inflight(&writer);
@@ -239,6 +249,7 @@ impl QueueActor {
             reason: ReasonCode::SessionTakenOver,
             properties: DisconnectProperties::default(),
         }));
+        self.release_held(slot, true);
         if let Some(will) = old.will {
             self.schedule_will(slot, will);
         }
@@ -260,6 +271,7 @@ impl QueueActor {
     /// Removes a session and its subscriptions; a will still waiting out its delay is
     /// published now [MQTT-3.1.2-8].
     fn end_session(&mut self, slot: u32) {
+        self.release_held(slot, true);
         let Some(mut session) = self.sessions[slot as usize].take() else {
             return;
         };
@@ -296,7 +308,8 @@ impl QueueActor {
             }
             (QoS::AtLeastOnce, Some(packet_id)) => {
                 let matched = self.route(from.slot, publish);
-                send_ack(&writer, AckKind::PubAck, packet_id, v5 && matched == 0);
+                let reason = ack_reason(v5, matched);
+                self.acknowledge(from.slot, AckKind::PubAck, packet_id, reason);
             }
             (QoS::ExactlyOnce, Some(packet_id)) => {
                 let first = !session.incoming_qos2.contains(&packet_id);
@@ -315,9 +328,11 @@ impl QueueActor {
                     session.incoming_qos2.insert(packet_id);
                     self.route(from.slot, publish)
                 } else {
+                    self.congested.clear();
                     1
                 };
-                send_ack(&writer, AckKind::PubRec, packet_id, v5 && matched == 0);
+                let reason = ack_reason(v5, matched);
+                self.acknowledge(from.slot, AckKind::PubRec, packet_id, reason);
             }
             (_, None) => debug!("PUBLISH with QoS > 0 and no packet id cannot be decoded"),
         }
@@ -335,6 +350,7 @@ impl QueueActor {
             self.retained.update(&message);
         }
 
+        self.congested.clear();
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
         let mut groups = Vec::new();
@@ -413,12 +429,69 @@ impl QueueActor {
                 retain: message.publish.retain && retain_as_published,
                 subscription_ids,
             };
-            if !session.deliver(delivery) {
-                note_drop(session);
+            match session.deliver(delivery) {
+                Enqueued::Accepted => {}
+                Enqueued::Congested => self.congested.push(slot),
+                Enqueued::Dropped => note_drop(session),
             }
         }
         self.matches = matches;
         matched
+    }
+
+    /// Acknowledges a QoS 1 or 2 PUBLISH just routed: at once, or, when it was queued for
+    /// congested sessions (or earlier acknowledgements are held), once they have drained.
+    fn acknowledge(
+        &mut self,
+        publisher: u32,
+        kind: AckKind,
+        packet_id: PacketId,
+        reason: ReasonCode,
+    ) {
+        let congested = std::mem::take(&mut self.congested);
+        let seq = self.next_held_seq;
+        if let Some(session) = self.sessions[publisher as usize].as_mut() {
+            if congested.is_empty() && session.held_acks.is_empty() {
+                if let Some(online) = &session.online {
+                    send_ack(&online.writer, kind, packet_id, reason);
+                }
+            } else {
+                self.next_held_seq += 1;
+                let waits = u32::try_from(congested.len()).unwrap_or(u32::MAX);
+                session.held_acks.hold(seq, kind, packet_id, reason, waits);
+                for &slot in &congested {
+                    if let Some(receiver) = self.sessions[slot as usize].as_mut() {
+                        receiver.holding.push((publisher, seq));
+                    }
+                }
+            }
+        }
+        let mut congested = congested;
+        congested.clear();
+        self.congested = congested;
+    }
+
+    /// Lets go of the acknowledgements `slot` holds back, when its queue has drained or
+    /// (`force`) when its connection has gone.
+    fn release_held(&mut self, slot: u32, force: bool) {
+        let Some(session) = self.sessions[slot as usize].as_mut() else {
+            return;
+        };
+        if session.holding.is_empty() || !(force || session.outbox.is_drained()) {
+            return;
+        }
+        let holding = std::mem::take(&mut session.holding);
+        for (publisher, seq) in holding {
+            let Some(publisher) = self.sessions[publisher as usize].as_mut() else {
+                continue;
+            };
+            let ready = publisher.held_acks.release(seq);
+            if let Some(online) = &publisher.online {
+                for held in ready {
+                    send_ack(&online.writer, held.kind, held.packet_id, held.reason);
+                }
+            }
+        }
     }
 
     fn handle_ack(&mut self, from: ConnectionRef, kind: AckKind, packet_id: PacketId) {
@@ -449,6 +522,7 @@ impl QueueActor {
             );
         }
         session.pump();
+        self.release_held(from.slot, false);
     }
 
     fn handle_subscribe(&mut self, from: ConnectionRef, subscribe: Subscribe) {
@@ -544,7 +618,7 @@ impl QueueActor {
                     subscription_ids: identifier
                         .map_or(SubscriptionIds::None, SubscriptionIds::One),
                 };
-                if !session.deliver(delivery) {
+                if session.deliver(delivery) == Enqueued::Dropped {
                     note_drop(session);
                 }
             }
@@ -624,6 +698,8 @@ impl QueueActor {
             }
         };
         drop(online.writer);
+        session.held_acks.clear();
+        self.release_held(from.slot, true);
         if let (true, Some(will)) = (publish_will, online.will) {
             self.schedule_will(from.slot, will);
         }
@@ -755,15 +831,25 @@ fn is_online(sessions: &[Option<Session>], slot: u32) -> bool {
         .is_some_and(|s| s.online.is_some())
 }
 
-/// Acknowledges a QoS 1 or 2 PUBLISH; v5 says 0x10 when nobody was subscribed.
-fn send_ack(writer: &ClientHandle, kind: AckKind, packet_id: PacketId, no_subscribers: bool) {
-    if !no_subscribers {
+/// The reason code acknowledging a PUBLISH that matched `matched` sessions: v5 says 0x10 when
+/// nobody was subscribed.
+fn ack_reason(v5: bool, matched: usize) -> ReasonCode {
+    if v5 && matched == 0 {
+        ReasonCode::NoMatchingSubscribers
+    } else {
+        ReasonCode::Success
+    }
+}
+
+/// Sends PUBACK or PUBREC for a received PUBLISH.
+fn send_ack(writer: &ClientHandle, kind: AckKind, packet_id: PacketId, reason: ReasonCode) {
+    if reason == ReasonCode::Success {
         let _ = writer.send(Outbound::Ack(kind, packet_id));
         return;
     }
     let ack = Ack {
         packet_id,
-        reason: ReasonCode::NoMatchingSubscribers,
+        reason,
         properties: AckProperties::default(),
     };
     let packet = match kind {

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use log::debug;
 
+use super::flow::HeldAcks;
 use super::message::Delivery;
 use crate::client::{AckKind, ClientHandle, Outbound};
 use crate::mqtt::{PacketId, ProtocolVersion, PublishView, QoS, SubscriptionOptions, Will};
@@ -54,6 +55,22 @@ pub(super) struct Session {
     pub last_connection: u64,
     /// A will waiting out its Will Delay Interval after the connection ended (MQTT 5).
     pub delayed_will: Option<Will>,
+    /// This session as a publisher: its acknowledgements held back by congested receivers.
+    pub held_acks: HeldAcks,
+    /// This session as a congested receiver: the `(publisher slot, sequence)` acknowledgements
+    /// it holds back until its queue drains.
+    pub holding: Vec<(u32, u64)>,
+}
+
+/// What became of a message handed to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Enqueued {
+    /// Sent or queued.
+    Accepted,
+    /// Queued, but the session is congested: hold the publisher's acknowledgement back.
+    Congested,
+    /// Dropped: QoS 0 for an offline or congested session, or a queue at its hard limit.
+    Dropped,
 }
 
 impl Session {
@@ -67,16 +84,24 @@ impl Session {
             outbox: Outbox::new(max_inflight, max_queued),
             last_connection: 0,
             delayed_will: None,
+            held_acks: HeldAcks::default(),
+            holding: Vec::new(),
         }
     }
 
-    /// Queues a message for this session and sends what the window allows. False when the
-    /// message was dropped (offline QoS 0, or the queue full).
-    pub fn deliver(&mut self, delivery: Delivery) -> bool {
+    /// Queues a message for this session and sends what the window allows.
+    pub fn deliver(&mut self, delivery: Delivery) -> Enqueued {
         let online = self.online.is_some();
-        let queued = self.outbox.enqueue(delivery, online);
+        let qos = delivery.qos;
+        if !self.outbox.enqueue(delivery, online) {
+            return Enqueued::Dropped;
+        }
         self.pump();
-        queued
+        if online && qos != QoS::AtMostOnce && self.outbox.is_congested() {
+            Enqueued::Congested
+        } else {
+            Enqueued::Accepted
+        }
     }
 
     /// Sends queued messages while the window and the writer have room.
@@ -144,17 +169,33 @@ impl Outbox {
         self.window = self.max_inflight.min(usize::from(receive_maximum)).max(1);
     }
 
+    /// The queue policy. Offline: QoS 0 is not stored (as mosquitto does by default) and QoS
+    /// 1/2 up to `max_queued`. Online: QoS 0 up to `max_queued`; QoS 1/2 beyond it too, while
+    /// the router holds back the publishers' acknowledgements, up to a hard limit of ten times
+    /// `max_queued` that only publishers ignoring flow control can reach.
     fn enqueue(&mut self, delivery: Delivery, online: bool) -> bool {
-        if !online && delivery.qos == QoS::AtMostOnce {
-            // QoS 0 messages are not stored for offline clients (as mosquitto does by default).
-            return false;
-        }
-        if self.queued.len() >= self.max_queued {
+        let qos0 = delivery.qos == QoS::AtMostOnce;
+        let limit = match (online, qos0) {
+            (false, true) => return false,
+            (false, false) | (true, true) => self.max_queued,
+            (true, false) => self.max_queued.saturating_mul(10),
+        };
+        if self.queued.len() >= limit {
             self.dropped += 1;
             return false;
         }
         self.queued.push_back(delivery);
         true
+    }
+
+    /// More is queued than `max_queued`: publishers to this session are to be slowed down.
+    pub fn is_congested(&self) -> bool {
+        self.queued.len() > self.max_queued
+    }
+
+    /// The queue is back to half of `max_queued`: held acknowledgements may go.
+    pub fn is_drained(&self) -> bool {
+        self.queued.len() <= self.max_queued / 2
     }
 
     fn pump(&mut self, online: &Online) {
@@ -371,7 +412,7 @@ mod tests {
     fn window_holds_back_qos1_and_acks_release_in_order() {
         let (mut s, rx) = session(2, 10);
         for p in ["a", "b", "c"] {
-            assert!(s.deliver(message(p, QoS::AtLeastOnce)));
+            assert_eq!(s.deliver(message(p, QoS::AtLeastOnce)), Enqueued::Accepted);
         }
         assert_eq!(
             drain(&rx),
@@ -444,10 +485,16 @@ mod tests {
     #[test]
     fn offline_queue_is_bounded_and_skips_qos0() {
         let mut s = Session::new("c".into(), u32::MAX, 10, 2);
-        assert!(!s.deliver(message("q0", QoS::AtMostOnce)));
-        assert!(s.deliver(message("a", QoS::AtLeastOnce)));
-        assert!(s.deliver(message("b", QoS::AtLeastOnce)));
-        assert!(!s.deliver(message("c", QoS::AtLeastOnce)));
+        assert_eq!(s.deliver(message("q0", QoS::AtMostOnce)), Enqueued::Dropped);
+        assert_eq!(
+            s.deliver(message("a", QoS::AtLeastOnce)),
+            Enqueued::Accepted
+        );
+        assert_eq!(
+            s.deliver(message("b", QoS::AtLeastOnce)),
+            Enqueued::Accepted
+        );
+        assert_eq!(s.deliver(message("c", QoS::AtLeastOnce)), Enqueued::Dropped);
         assert_eq!(s.outbox.queued_len(), 2);
         assert_eq!(s.outbox.dropped, 1);
     }
@@ -492,6 +539,48 @@ mod tests {
         s.deliver(message("fits", QoS::AtLeastOnce));
         assert_eq!(drain(&rx), vec![("publish", 1, "fits".into(), false)]);
         assert_eq!(s.outbox.inflight_len(), 1);
+    }
+
+    #[test]
+    fn online_congestion_slows_qos1_and_drops_qos0() {
+        // A writer with room for nothing: everything stays queued.
+        let (writer, _rx) = ClientHandle::for_tests(0);
+        let mut s = Session::new("c".into(), u32::MAX, 10, 2);
+        s.online = Some(Online {
+            connection_id: 1,
+            writer,
+            version: ProtocolVersion::V3_1_1,
+            will: None,
+            max_packet_size: None,
+            problem_information: true,
+        });
+        assert_eq!(
+            s.deliver(message("1", QoS::AtLeastOnce)),
+            Enqueued::Accepted
+        );
+        assert_eq!(
+            s.deliver(message("2", QoS::AtLeastOnce)),
+            Enqueued::Accepted
+        );
+        // Past max_queued: QoS 1 is kept but congested, QoS 0 is dropped.
+        assert_eq!(
+            s.deliver(message("3", QoS::AtLeastOnce)),
+            Enqueued::Congested
+        );
+        assert_eq!(s.deliver(message("q0", QoS::AtMostOnce)), Enqueued::Dropped);
+        assert!(s.outbox.is_congested() && !s.outbox.is_drained());
+        // Up to the hard limit of ten times max_queued.
+        for _ in 3..20 {
+            assert_eq!(
+                s.deliver(message("n", QoS::AtLeastOnce)),
+                Enqueued::Congested
+            );
+        }
+        assert_eq!(
+            s.deliver(message("over", QoS::AtLeastOnce)),
+            Enqueued::Dropped
+        );
+        assert_eq!(s.outbox.queued_len(), 20);
     }
 
     #[test]

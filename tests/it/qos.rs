@@ -115,3 +115,61 @@ fn qos1_messages_keep_publisher_order() {
         sub.send(&Packet::PubAck(Ack::new(message.packet_id.expect("id"))));
     }
 }
+
+#[test]
+fn slow_subscriber_slows_a_qos1_publisher_instead_of_losing_messages() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    // Small queues, and messages large enough to fill the loopback socket buffers.
+    let broker = start_broker_with(config_with(|c| {
+        c.max_queued_messages = 10;
+        c.writer_queue_capacity = 4;
+    }));
+    let (mut sub, _) = RawClient::connect(broker.addr, "slow", ProtocolVersion::V3_1_1, true);
+    sub.subscribe(1, &[("big", QoS::AtLeastOnce)]);
+    let (mut publisher, _) = RawClient::connect(broker.addr, "fast", ProtocolVersion::V3_1_1, true);
+    let total: u16 = 300;
+    let window = 50;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&acked);
+    let sender = std::thread::spawn(move || {
+        let payload = vec![7u8; 64 * 1024];
+        let mut sent = 0u16;
+        let mut outstanding = 0;
+        while counter.load(Ordering::Acquire) < usize::from(total) {
+            if sent < total && outstanding < window {
+                sent += 1;
+                let mut packet = publish_packet("big", &payload, QoS::AtLeastOnce, false, sent);
+                if let Packet::Publish(p) = &mut packet {
+                    p.payload = Arc::from(&[&sent.to_be_bytes()[..], &payload[..]].concat()[..]);
+                }
+                publisher.send(&packet);
+                outstanding += 1;
+                continue;
+            }
+            match publisher.recv() {
+                Packet::PubAck(_) => {
+                    outstanding -= 1;
+                    counter.fetch_add(1, Ordering::Release);
+                }
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+        }
+    });
+    // While the subscriber reads nothing, the publisher cannot get everything acknowledged.
+    std::thread::sleep(Duration::from_millis(500));
+    let acked_while_stuck = acked.load(Ordering::Acquire);
+    assert!(
+        acked_while_stuck < usize::from(total),
+        "all {total} acknowledged while the subscriber read nothing"
+    );
+    // Then every message arrives, in order, and every one is acknowledged.
+    for i in 1..=total {
+        let message = sub.recv_publish();
+        assert_eq!(&message.payload[..2], &i.to_be_bytes(), "message {i}");
+        sub.send(&Packet::PubAck(Ack::new(message.packet_id.expect("id"))));
+    }
+    sender.join().expect("the publisher got every PUBACK");
+    assert_eq!(acked.load(Ordering::Acquire), usize::from(total));
+}
