@@ -87,6 +87,9 @@ impl Broker {
     pub fn run(self) {
         let next_id = AtomicU64::new(1);
         info!("listening on {}", self.stopper.addr);
+        if let Some((clients, limit)) = crate::limits::client_capacity() {
+            info!("this machine's limits allow about {clients} clients ({limit} is the tightest)");
+        }
         let listener = self.listener;
         for stream in listener.incoming() {
             if self.stopper.stopping.load(Ordering::Acquire) {
@@ -114,7 +117,12 @@ impl Broker {
                 Arc::clone(&self.config),
                 Arc::clone(&self.registry),
             ) {
-                error!("{peer}: cannot start client thread: {e}");
+                let hint = crate::limits::client_capacity()
+                    .map(|(clients, limit)| {
+                        format!(" (about {clients} clients fit; raise {limit} for more)")
+                    })
+                    .unwrap_or_default();
+                error!("{peer}: cannot start client thread: {e}{hint}");
             }
         }
         drop(listener);

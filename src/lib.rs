@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`broker`]: bind, the accept loop, shutdown. `main` and the tests share `Broker`.
 //! - [`config`]: limits and defaults, from the environment.
+//! - [`limits`]: how many clients the machine's thread, map and file limits allow.
 //! - [`client`]: one connection: `reader` (handshake, keepalive, packets in) and `writer`
 //!   (the only code writing the socket), joined by `ClientHandle`.
 //! - [`queue`]: the router actor (`QueueHandle` / `QueueActor`): sessions, subscriptions,
@@ -15,6 +16,7 @@
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod limits;
 pub mod mqtt;
 pub mod queue;
 

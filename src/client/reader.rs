@@ -24,8 +24,9 @@ use crate::mqtt::{
 };
 use crate::queue::{Ending, QueueHandle, RouterGone};
 
-/// Bytes read from the socket at a time; small, because every idle client holds one.
-const READ_BUFFER: usize = 4 * 1024;
+/// Bytes read from the socket at a time (dozens of small packets); small, because every idle
+/// client holds one.
+const READ_BUFFER: usize = 2 * 1024;
 /// A body buffer grown beyond this by a large packet is given back afterwards.
 const BODY_BUFFER_KEEP: usize = 64 * 1024;
 

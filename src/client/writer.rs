@@ -23,8 +23,9 @@ use crate::queue::{ConnectionRef, QueueHandle};
 
 /// A batch is written once it reaches this size, even if more items are waiting.
 const BATCH_BYTES: usize = 64 * 1024;
-/// After a burst the buffer shrinks back to this, so idle clients stay small.
-const IDLE_BUFFER: usize = 4 * 1024;
+/// A buffer grown beyond this by a burst is given back once the burst is written, so that idle
+/// clients stay small; below it the buffer is kept, so that busy ones do not reallocate.
+const KEEP_BUFFER: usize = 4 * BATCH_BYTES;
 /// A client whose socket accepts nothing for this long is taken for dead: the writer gives up,
 /// which closes the connection (and the will is published).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,7 +47,7 @@ pub(super) fn run(
         version,
         aliases: TopicAliases::new(topic_alias_maximum),
     };
-    let mut out = Vec::with_capacity(IDLE_BUFFER);
+    let mut out = Vec::new();
     // `recv` fails once every handle is dropped and the channel is empty.
     'connection: while let Ok(first) = rx.recv() {
         let mut next = Some(first);
@@ -73,8 +74,8 @@ pub(super) fn run(
             break;
         }
         if rx.is_empty() {
-            if out.capacity() > IDLE_BUFFER {
-                out.shrink_to(IDLE_BUFFER);
+            if out.capacity() > KEEP_BUFFER {
+                out = Vec::new();
             }
             if shared.drain_requested.swap(false, Ordering::AcqRel) {
                 let slot = shared.session_slot.load(Ordering::Acquire);
