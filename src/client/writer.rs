@@ -11,7 +11,7 @@ use std::io::Write;
 use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use log::{debug, trace};
@@ -163,7 +163,7 @@ impl Encoder {
             properties: &publish.properties,
             subscription_identifiers: delivery.subscription_ids.as_slice(),
             // [MQTT-3.3.2-6] What is left of the expiry interval, not what was published.
-            message_expiry_interval: message.remaining_expiry(Instant::now()),
+            message_expiry_interval: message.remaining_expiry(),
             topic_alias,
         };
         encode_publish(out, self.version, &view);

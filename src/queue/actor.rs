@@ -344,8 +344,7 @@ impl QueueActor {
         publish.dup = false;
         publish.packet_id = None;
         publish.properties.topic_alias = None;
-        let now = Instant::now();
-        let message = Arc::new(Message::new(publish, now));
+        let message = Arc::new(Message::new(publish));
         if message.publish.retain {
             self.retained.update(&message);
         }

@@ -19,7 +19,19 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn new(publish: Publish, now: Instant) -> Message {
+    /// A message received now. The clock is read only for a message that can expire: reading
+    /// it costs more than routing a small message.
+    pub fn new(publish: Publish) -> Message {
+        match publish.properties.message_expiry_interval {
+            Some(_) => Message::received_at(publish, Instant::now()),
+            None => Message {
+                publish,
+                expires_at: None,
+            },
+        }
+    }
+
+    pub fn received_at(publish: Publish, now: Instant) -> Message {
         let expires_at = publish
             .properties
             .message_expiry_interval
@@ -31,13 +43,23 @@ impl Message {
     }
 
     /// [MQTT-3.3.2-5] An expired message is not delivered to anyone any more.
-    pub fn is_expired(&self, now: Instant) -> bool {
+    pub fn is_expired(&self) -> bool {
+        self.expires_at.is_some() && self.is_expired_at(Instant::now())
+    }
+
+    pub fn is_expired_at(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|deadline| deadline <= now)
     }
 
-    /// The Message Expiry Interval to send now: the time left, in whole seconds rounded up so
-    /// that a live message never goes out as 0 [MQTT-3.3.2-6].
-    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+    /// The Message Expiry Interval to send now, if the message has one.
+    pub fn remaining_expiry(&self) -> Option<u32> {
+        self.expires_at?;
+        self.remaining_expiry_at(Instant::now())
+    }
+
+    /// The Message Expiry Interval to send at `now`: the time left, in whole seconds rounded up
+    /// so that a live message never goes out as 0 [MQTT-3.3.2-6].
+    pub fn remaining_expiry_at(&self, now: Instant) -> Option<u32> {
         let left = self.expires_at?.saturating_duration_since(now);
         let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
         Some(u32::try_from(secs.max(1)).unwrap_or(u32::MAX))
@@ -93,7 +115,7 @@ mod tests {
     use crate::mqtt::PublishProperties;
 
     fn message(expiry: Option<u32>, now: Instant) -> Message {
-        Message::new(
+        Message::received_at(
             Publish {
                 dup: false,
                 qos: QoS::AtMostOnce,
@@ -114,16 +136,16 @@ mod tests {
     fn expiry_counts_down_and_rounds_up() {
         let now = Instant::now();
         let m = message(Some(10), now);
-        assert_eq!(m.remaining_expiry(now), Some(10));
+        assert_eq!(m.remaining_expiry_at(now), Some(10));
         assert_eq!(
-            m.remaining_expiry(now + Duration::from_millis(2500)),
+            m.remaining_expiry_at(now + Duration::from_millis(2500)),
             Some(8)
         );
-        assert!(!m.is_expired(now + Duration::from_millis(9999)));
-        assert!(m.is_expired(now + Duration::from_secs(10)));
+        assert!(!m.is_expired_at(now + Duration::from_millis(9999)));
+        assert!(m.is_expired_at(now + Duration::from_secs(10)));
         let forever = message(None, now);
-        assert_eq!(forever.remaining_expiry(now), None);
-        assert!(!forever.is_expired(now + Duration::from_secs(1 << 30)));
+        assert_eq!(forever.remaining_expiry_at(now), None);
+        assert!(!forever.is_expired_at(now + Duration::from_secs(1 << 30)));
     }
 
     #[test]

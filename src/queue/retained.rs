@@ -31,7 +31,8 @@ impl RetainedStore {
     /// Every live retained message whose topic `filter` matches; expired ones are removed
     /// on the way [MQTT-3.3.2-5].
     pub fn matching(&mut self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
-        self.by_topic.retain(|_, message| !message.is_expired(now));
+        self.by_topic
+            .retain(|_, message| !message.is_expired_at(now));
         self.by_topic
             .iter()
             .filter(|(topic, _)| matches(filter, topic))
@@ -64,7 +65,7 @@ mod tests {
             },
             payload: payload.into(),
         };
-        Arc::new(Message::new(publish, now))
+        Arc::new(Message::received_at(publish, now))
     }
 
     fn message(topic: &str, payload: &[u8]) -> Arc<Message> {

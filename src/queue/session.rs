@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
-use std::time::Instant;
 
 use log::debug;
 
@@ -200,7 +199,6 @@ impl Outbox {
 
     fn pump(&mut self, online: &Online) {
         let writer = &online.writer;
-        let now = Instant::now();
         while let Some(next) = self.queued.front() {
             if next.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
                 return;
@@ -209,7 +207,7 @@ impl Outbox {
                 return;
             }
             let delivery = self.queued.pop_front().expect("front() was Some");
-            if delivery.message.is_expired(now) {
+            if delivery.message.is_expired() {
                 continue;
             }
             if let Some(max) = online.max_packet_size {
@@ -353,7 +351,7 @@ mod tests {
             payload: payload.as_bytes().into(),
         };
         Delivery {
-            message: Arc::new(Message::new(publish, Instant::now())),
+            message: Arc::new(Message::new(publish)),
             qos,
             retain: false,
             subscription_ids: SubscriptionIds::None,
