@@ -121,7 +121,11 @@ impl QueueActor {
                 let from = self.handle_connect(*request);
                 let _ = reply.send(from);
             }
-            Msg::Publish { from, publish } => self.handle_publish(from, *publish),
+            Msg::Publish {
+                from,
+                message,
+                packet_id,
+            } => self.handle_publish(from, message, packet_id),
             Msg::Ack {
                 from,
                 kind,
@@ -292,7 +296,12 @@ impl QueueActor {
         }
     }
 
-    fn handle_publish(&mut self, from: ConnectionRef, publish: Publish) {
+    fn handle_publish(
+        &mut self,
+        from: ConnectionRef,
+        message: Arc<Message>,
+        packet_id: Option<PacketId>,
+    ) {
         let receive_maximum = usize::from(self.receive_maximum);
         let Some(session) = attached(&mut self.sessions, from) else {
             return;
@@ -300,14 +309,13 @@ impl QueueActor {
         let Some(online) = &session.online else {
             return;
         };
-        let writer = online.writer.clone();
         let v5 = online.version.is_v5();
-        match (publish.qos, publish.packet_id) {
+        match (message.publish.qos, packet_id) {
             (QoS::AtMostOnce, _) => {
-                self.route(from.slot, publish);
+                self.route(from.slot, message);
             }
             (QoS::AtLeastOnce, Some(packet_id)) => {
-                let matched = self.route(from.slot, publish);
+                let matched = self.route(from.slot, message);
                 let reason = ack_reason(v5, matched);
                 self.acknowledge(from.slot, AckKind::PubAck, packet_id, reason);
             }
@@ -316,7 +324,7 @@ impl QueueActor {
                 if first && session.incoming_qos2.len() >= receive_maximum {
                     // [MQTT-3.3.4-8] More unacknowledged QoS 2 messages than we allowed.
                     warn!("client {}: receive maximum exceeded", session.client_id);
-                    writer.close(Some(Disconnect {
+                    online.writer.close(Some(Disconnect {
                         reason: ReasonCode::ReceiveMaximumExceeded,
                         properties: DisconnectProperties::default(),
                     }));
@@ -326,7 +334,7 @@ impl QueueActor {
                 // only acknowledged again.
                 let matched = if first {
                     session.incoming_qos2.insert(packet_id);
-                    self.route(from.slot, publish)
+                    self.route(from.slot, message)
                 } else {
                     self.congested.clear();
                     1
@@ -340,11 +348,7 @@ impl QueueActor {
 
     /// Delivers `publish` to every matching session and updates the retained store. Returns
     /// how many sessions it matched.
-    fn route(&mut self, publisher: u32, mut publish: Publish) -> usize {
-        publish.dup = false;
-        publish.packet_id = None;
-        publish.properties.topic_alias = None;
-        let message = Arc::new(Message::new(publish));
+    fn route(&mut self, publisher: u32, message: Arc<Message>) -> usize {
         if message.publish.retain {
             self.retained.update(&message);
         }
@@ -500,13 +504,14 @@ impl QueueActor {
         let Some(online) = &session.online else {
             return;
         };
-        let writer = online.writer.clone();
         if kind == AckKind::PubRel {
             let known = session.incoming_qos2.remove(&packet_id);
             if known || !online.version.is_v5() {
-                let _ = writer.send(Outbound::Ack(AckKind::PubComp, packet_id));
+                let _ = online
+                    .writer
+                    .send(Outbound::Ack(AckKind::PubComp, packet_id));
             } else {
-                let _ = writer.send_packet(Packet::PubComp(Ack {
+                let _ = online.writer.send_packet(Packet::PubComp(Ack {
                     packet_id,
                     reason: ReasonCode::PacketIdentifierNotFound,
                     properties: AckProperties::default(),
@@ -514,7 +519,10 @@ impl QueueActor {
             }
             return;
         }
-        if session.outbox.acknowledge(kind, packet_id, Some(&writer)) == AckOutcome::Unknown {
+        let outcome = session
+            .outbox
+            .acknowledge(kind, packet_id, Some(&online.writer));
+        if outcome == AckOutcome::Unknown {
             debug!(
                 "client {}: {kind:?} for packet id {packet_id} matches nothing in flight",
                 session.client_id
@@ -798,7 +806,7 @@ impl QueueActor {
             },
             payload,
         };
-        self.route(slot, publish);
+        self.route(slot, Arc::new(Message::new(publish)));
     }
 
     fn handle_shutdown(&mut self) {

@@ -12,11 +12,13 @@ mod shared;
 pub mod subscriptions;
 mod timers;
 
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{Receiver, Sender};
 
 pub use actor::QueueActor;
+use message::Message;
 
 use crate::client::{AckKind, ClientHandle};
 use crate::config::Config;
@@ -75,7 +77,9 @@ pub(crate) enum Msg {
     },
     Publish {
         from: ConnectionRef,
-        publish: Box<Publish>,
+        message: Arc<Message>,
+        /// The PUBLISH's packet id (QoS 1 and 2), for its acknowledgement.
+        packet_id: Option<PacketId>,
     },
     Ack {
         from: ConnectionRef,
@@ -134,11 +138,16 @@ impl QueueHandle {
         rx.recv().map_err(|_| RouterGone)
     }
 
-    /// Routes a PUBLISH received from a client; the router acknowledges it.
-    pub fn publish(&self, from: ConnectionRef, publish: Publish) -> Result<(), RouterGone> {
+    /// Routes a PUBLISH received from a client; the router acknowledges it. The shared
+    /// `Message` is built here, on the client's thread, to keep allocation off the router's.
+    pub fn publish(&self, from: ConnectionRef, mut publish: Publish) -> Result<(), RouterGone> {
+        let packet_id = publish.packet_id.take();
+        publish.dup = false;
+        publish.properties.topic_alias = None;
         self.send(Msg::Publish {
             from,
-            publish: Box::new(publish),
+            message: Arc::new(Message::new(publish)),
+            packet_id,
         })
     }
 
