@@ -877,3 +877,126 @@ fn note_drop(session: &Session) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The router driven without threads: messages are queued, every handle dropped, and the
+    //! actor run to completion on the test thread; then what each writer got is checked.
+
+    use super::*;
+    use crate::mqtt::{ProtocolVersion, SubscribeProperties, SubscriptionOptions};
+    use crossbeam_channel::Sender;
+
+    struct Client {
+        from: ConnectionRef,
+        rx: Receiver<Outbound>,
+    }
+
+    fn connect(tx: &Sender<Msg>, id: &str, connection_id: u64, slot: u32) -> Client {
+        let (writer, rx) = ClientHandle::for_tests(100);
+        let (reply, _) = crossbeam_channel::bounded(1);
+        let request = ConnectRequest {
+            connection_id,
+            client_id: id.into(),
+            assigned_client_id: false,
+            clean_start: true,
+            session_expiry: 0,
+            version: ProtocolVersion::V3_1_1,
+            will: None,
+            receive_maximum: u16::MAX,
+            max_packet_size: None,
+            problem_information: true,
+            response_information: false,
+            server_keep_alive: None,
+            writer,
+        };
+        tx.send(Msg::Connect {
+            request: Box::new(request),
+            reply,
+        })
+        .expect("queued");
+        Client {
+            // Slots are given out in connection order from 0.
+            from: ConnectionRef {
+                slot,
+                connection: connection_id,
+            },
+            rx,
+        }
+    }
+
+    fn names(rx: &Receiver<Outbound>) -> Vec<String> {
+        rx.try_iter()
+            .map(|item| match item {
+                Outbound::Publish { delivery, .. } => {
+                    format!("PUBLISH {}", delivery.message.publish.topic)
+                }
+                Outbound::Ack(kind, id) => format!("{kind:?} {id}"),
+                Outbound::Packet(packet) => packet.name().to_string(),
+                Outbound::Close(_) => "close".to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn routes_a_qos1_publish_and_acknowledges_it() {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let actor = QueueActor::new(rx, &Config::default());
+        let subscriber = connect(&tx, "sub", 1, 0);
+        let publisher = connect(&tx, "pub", 2, 1);
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        tx.send(Msg::Subscribe {
+            from: subscriber.from,
+            subscribe: Subscribe {
+                packet_id: PacketId::new(1).expect("non-zero"),
+                filters: vec![("a/+".into(), options)],
+                properties: SubscribeProperties::default(),
+            },
+        })
+        .expect("queued");
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "a/b".into(),
+            packet_id: None,
+            properties: PublishProperties::default(),
+            payload: Arc::from(&b"x"[..]),
+        };
+        tx.send(Msg::Publish {
+            from: publisher.from,
+            message: Arc::new(Message::new(publish)),
+            packet_id: PacketId::new(7),
+        })
+        .expect("queued");
+        drop(tx);
+        actor.run();
+        assert_eq!(names(&subscriber.rx), ["CONNACK", "SUBACK", "PUBLISH a/b"]);
+        assert_eq!(names(&publisher.rx), ["CONNACK", "PubAck 7"]);
+    }
+
+    #[test]
+    fn messages_from_a_taken_over_connection_are_ignored() {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let actor = QueueActor::new(rx, &Config::default());
+        let old = connect(&tx, "same", 1, 0);
+        let new = connect(&tx, "same", 2, 0);
+        tx.send(Msg::Subscribe {
+            from: old.from,
+            subscribe: Subscribe {
+                packet_id: PacketId::new(1).expect("non-zero"),
+                filters: vec![("t".into(), SubscriptionOptions::default())],
+                properties: SubscribeProperties::default(),
+            },
+        })
+        .expect("queued");
+        drop(tx);
+        actor.run();
+        // The old connection was closed by the takeover and its SUBSCRIBE went nowhere.
+        assert_eq!(names(&old.rx), ["CONNACK", "close"]);
+        assert_eq!(names(&new.rx), ["CONNACK"]);
+    }
+}
