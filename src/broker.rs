@@ -90,6 +90,8 @@ impl Broker {
         if let Some((clients, limit)) = crate::limits::client_capacity() {
             info!("this machine's limits allow about {clients} clients ({limit} is the tightest)");
         }
+        let max_connections = self.config.max_connections;
+        let mut refused_since_log = 0u64;
         let listener = self.listener;
         for stream in listener.incoming() {
             if self.stopper.stopping.load(Ordering::Acquire) {
@@ -108,6 +110,17 @@ impl Broker {
                 Ok(peer) => peer,
                 Err(_) => continue,
             };
+            if self.registry.len() >= max_connections {
+                // Closed at once: the connections already held carry on.
+                refused_since_log += 1;
+                if refused_since_log == 1 || refused_since_log.is_multiple_of(1000) {
+                    warn!(
+                        "{peer}: refused, {max_connections} connections held already \
+                         (MAX_CONNECTIONS; {refused_since_log} refused so far)"
+                    );
+                }
+                continue;
+            }
             let id = next_id.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = client::spawn(
                 stream,

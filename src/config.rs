@@ -41,6 +41,9 @@ pub struct Config {
     /// clients asking for more (or for none) are told the cap as Server Keep Alive; 3.1 and
     /// 3.1.1 clients are refused with "identifier rejected", as mosquitto does.
     pub max_keep_alive: u16,
+    /// Connections held at once (`MAX_CONNECTIONS`; default: what this machine's thread, memory
+    /// map and file limits allow, see `limits`). Further connections are closed at once.
+    pub max_connections: usize,
     /// How long a new connection may take to send CONNECT.
     pub connect_timeout: Duration,
     /// Stack size of each client thread; two per client, so keep it small.
@@ -60,6 +63,7 @@ impl Default for Config {
             receive_maximum: u16::MAX,
             topic_alias_maximum: 10,
             max_keep_alive: u16::MAX,
+            max_connections: crate::limits::default_max_connections(),
             connect_timeout: Duration::from_secs(10),
             client_stack_size: 128 * 1024,
         }
@@ -89,6 +93,10 @@ impl Config {
         }
         if let Some(n) = var("TOPIC_ALIAS_MAXIMUM")? {
             config.topic_alias_maximum = n;
+        }
+        if let Some(n) = var::<usize>("MAX_CONNECTIONS")? {
+            // More than the machine allows would end in an abort, not a refusal.
+            config.max_connections = n.min(crate::limits::default_max_connections());
         }
         if let Some(n) = var::<u16>("MAX_KEEPALIVE")? {
             config.max_keep_alive = n.max(1);

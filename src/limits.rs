@@ -9,8 +9,23 @@ use std::fs;
 /// Memory maps one client's two threads take: per thread a stack and its guard page, and the
 /// signal stack and its guard page that Rust's runtime gives every thread.
 const MAPS_PER_CLIENT: u64 = 8;
+/// Memory maps kept free for everything else: the allocator's arenas, large messages (each
+/// allocation of 128 KiB or more is a map of its own), the executable and its libraries.
+const MAPS_RESERVED: u64 = 4096;
+/// File descriptors kept free for the listener, logs and the like.
+const FILES_RESERVED: u64 = 64;
 
-/// The most clients the machine's limits allow, and which limit is the tightest.
+/// The default connection limit: what the machine allows, less reserves. Running out of memory
+/// maps is the one limit that cannot be met gracefully (Rust's runtime aborts the process when
+/// a new thread cannot map its signal stack), so the broker refuses connections before it.
+pub fn default_max_connections() -> usize {
+    client_capacity().map_or(usize::MAX, |(clients, _)| {
+        usize::try_from(clients).unwrap_or(usize::MAX)
+    })
+}
+
+/// The most clients the machine's limits allow (after reserves), and which limit is the
+/// tightest.
 pub fn client_capacity() -> Option<(u64, &'static str)> {
     let mut tightest: Option<(u64, &'static str)> = None;
     let mut consider = |clients: Option<u64>, name: &'static str| {
@@ -21,7 +36,8 @@ pub fn client_capacity() -> Option<(u64, &'static str)> {
         }
     };
     consider(
-        read_number("/proc/sys/vm/max_map_count").map(|n| n / MAPS_PER_CLIENT),
+        read_number("/proc/sys/vm/max_map_count")
+            .map(|n| n.saturating_sub(MAPS_RESERVED) / MAPS_PER_CLIENT),
         "vm.max_map_count",
     );
     consider(
@@ -32,7 +48,10 @@ pub fn client_capacity() -> Option<(u64, &'static str)> {
         read_number("/proc/sys/kernel/threads-max").map(|n| n / 2),
         "kernel.threads-max",
     );
-    consider(open_files_limit(), "the open files limit (ulimit -n)");
+    consider(
+        open_files_limit().map(|n| n.saturating_sub(FILES_RESERVED)),
+        "the open files limit (ulimit -n)",
+    );
     tightest
 }
 

@@ -126,3 +126,30 @@ fn a_subscriber_that_stops_reading_does_not_hold_up_others() {
     // The stuck client is still connected: what it cannot take is dropped, not buffered.
     drop(stuck);
 }
+
+#[test]
+fn connections_beyond_the_limit_are_refused_and_the_others_carry_on() {
+    let broker = start_broker_with(config_with(|c| c.max_connections = 2));
+    let (mut first, _) = RawClient::connect(broker.addr, "one", ProtocolVersion::V3_1_1, true);
+    let (mut second, _) = RawClient::connect(broker.addr, "two", ProtocolVersion::V3_1_1, true);
+    let mut third = RawClient::tcp(broker.addr);
+    assert!(third.expect_closed().is_empty(), "closed without a word");
+    first.ping();
+    second.ping();
+    // A place frees up when a client leaves.
+    second.disconnect();
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let mut next = RawClient::tcp(broker.addr);
+        next.send(&mqtt_broker::mqtt::Packet::Connect(Box::new(
+            crate::support::connect_packet("three", ProtocolVersion::V3_1_1, true),
+        )));
+        if let Ok(mqtt_broker::mqtt::Packet::ConnAck(_)) =
+            next.try_recv(std::time::Duration::from_secs(1))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no place freed up");
+    }
+    first.ping();
+}
