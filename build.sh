@@ -20,7 +20,8 @@ Subcommands:
   test       install missing test tools (apt-get, as root), then cargo fmt --check, cargo clippy,
              cargo test, and tests/image.sh (builds, runs and stops the real image). This is the
              project's test command; CI runs it through .ci/run.
-  bench      benchmarks (not yet)
+  bench      the benchmark: our broker, mosquitto and rumqttd side by side on loopback
+             (benches/compare.sh; its options follow, e.g. ./build.sh bench --quick)
   help       this text
 
 Options (image and binary; --engine also for test):
@@ -249,6 +250,10 @@ main() {
     cmd=$1
     shift
   fi
+  # The benchmark takes its own options.
+  if [[ "$cmd" == bench ]]; then
+    exec bash benches/compare.sh "$@"
+  fi
   while [[ $# -gt 0 ]]; do
     case "$1" in
       -t | --tag) [[ $# -ge 2 ]] || die "$1 needs a value"; tag=$2; shift 2 ;;
@@ -286,7 +291,6 @@ main() {
       fi
       ;;
     test) run_tests ;;
-    bench) die "bench: not yet (another engineer is adding it)" ;;
     *) usage >&2; die "unknown subcommand '$cmd'" ;;
   esac
 }
