@@ -393,7 +393,16 @@ mod tests {
     }
 
     fn session(max_inflight: usize, max_queued: usize) -> (Session, Receiver<Outbound>) {
-        let (writer, rx) = ClientHandle::for_tests(1000);
+        session_with_writer(1000, max_inflight, max_queued)
+    }
+
+    /// An online session whose writer takes at most `capacity` deliveries.
+    fn session_with_writer(
+        capacity: usize,
+        max_inflight: usize,
+        max_queued: usize,
+    ) -> (Session, Receiver<Outbound>) {
+        let (writer, rx) = ClientHandle::for_tests(capacity);
         let mut session = Session::new("c".into(), u32::MAX, max_inflight, max_queued);
         session.online = Some(Online {
             connection_id: 1,
@@ -499,16 +508,7 @@ mod tests {
 
     #[test]
     fn full_writer_keeps_messages_queued() {
-        let (writer, rx) = ClientHandle::for_tests(2);
-        let mut s = Session::new("c".into(), u32::MAX, 100, 100);
-        s.online = Some(Online {
-            connection_id: 1,
-            writer,
-            version: ProtocolVersion::V3_1_1,
-            will: None,
-            max_packet_size: None,
-            problem_information: true,
-        });
+        let (mut s, rx) = session_with_writer(2, 100, 100);
         for p in ["a", "b", "c", "d"] {
             s.deliver(message(p, QoS::AtMostOnce));
         }
@@ -542,16 +542,7 @@ mod tests {
     #[test]
     fn online_congestion_slows_qos1_and_drops_qos0() {
         // A writer with room for nothing: everything stays queued.
-        let (writer, _rx) = ClientHandle::for_tests(0);
-        let mut s = Session::new("c".into(), u32::MAX, 10, 2);
-        s.online = Some(Online {
-            connection_id: 1,
-            writer,
-            version: ProtocolVersion::V3_1_1,
-            will: None,
-            max_packet_size: None,
-            problem_information: true,
-        });
+        let (mut s, _rx) = session_with_writer(0, 10, 2);
         assert_eq!(
             s.deliver(message("1", QoS::AtLeastOnce)),
             Enqueued::Accepted
