@@ -44,6 +44,10 @@ pub struct Config {
     /// Connections held at once (`MAX_CONNECTIONS`; default: what this machine's thread, memory
     /// map and file limits allow, see `limits`). Further connections are closed at once.
     pub max_connections: usize,
+    /// A client whose socket accepts nothing for this long is disconnected (its will is
+    /// published). Flow control makes publishers wait for a congested subscriber, so this also
+    /// bounds how long one that stopped reading can hold them up.
+    pub write_timeout: Duration,
     /// How long a new connection may take to send CONNECT.
     pub connect_timeout: Duration,
     /// Stack size of each client thread; two per client, so keep it small.
@@ -64,6 +68,7 @@ impl Default for Config {
             topic_alias_maximum: 10,
             max_keep_alive: u16::MAX,
             max_connections: crate::limits::default_max_connections(),
+            write_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             client_stack_size: 128 * 1024,
         }

@@ -101,6 +101,7 @@ pub(super) fn handshake(
         } else {
             0
         },
+        write_timeout: config.write_timeout,
     };
     let writer = match spawn_writer(setup, queue.clone(), config) {
         Ok(writer) => writer,
@@ -167,6 +168,7 @@ pub(super) fn refuse(
         connection_id,
         version,
         topic_alias_maximum: 0,
+        write_timeout: config.write_timeout,
     };
     if let Ok(writer) = spawn_writer(setup, queue, config) {
         let _ = writer.send_packet(Packet::ConnAck(ConnAck {

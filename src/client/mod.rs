@@ -5,6 +5,7 @@
 //! the router and the reader reach the writer. Must not: hold session state (the router owns
 //! it) or block the router: the router only ever uses the non-blocking methods here.
 
+mod gate;
 mod handshake;
 mod reader;
 mod writer;
@@ -66,6 +67,10 @@ struct WriterShared {
     drain_requested: AtomicBool,
     /// The router's slot for this connection's session, for the writer's drain notice.
     session_slot: AtomicU32,
+    /// Held by the router while this client's QoS 0 messages fill congested queues.
+    gate: gate::ReaderGate,
+    /// The socket, for `abort` (none in tests of the router).
+    stream: Option<Arc<TcpStream>>,
 }
 
 /// The writer has stopped; nothing sent to it will be written.
@@ -73,13 +78,15 @@ struct WriterShared {
 pub struct WriterGone;
 
 impl ClientHandle {
-    fn new(tx: Sender<Outbound>, capacity: usize) -> Self {
+    fn new(tx: Sender<Outbound>, capacity: usize, stream: Option<Arc<TcpStream>>) -> Self {
         ClientHandle {
             tx,
             shared: Arc::new(WriterShared {
                 capacity,
                 drain_requested: AtomicBool::new(false),
                 session_slot: AtomicU32::new(u32::MAX),
+                gate: gate::ReaderGate::default(),
+                stream,
             }),
         }
     }
@@ -88,7 +95,7 @@ impl ClientHandle {
     #[cfg(test)]
     pub(crate) fn for_tests(capacity: usize) -> (ClientHandle, Receiver<Outbound>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        (ClientHandle::new(tx, capacity), rx)
+        (ClientHandle::new(tx, capacity, None), rx)
     }
 
     /// Queues a control packet. These are not counted against the capacity: the protocol
@@ -120,6 +127,29 @@ impl ClientHandle {
     /// Items waiting to be written.
     pub fn backlog(&self) -> usize {
         self.tx.len()
+    }
+
+    /// Stops this client's reader before its next packet until `release_reader` (QoS 0 flow
+    /// control). Never blocks.
+    pub fn hold_reader(&self) {
+        self.shared.gate.hold();
+    }
+
+    pub fn release_reader(&self) {
+        self.shared.gate.release();
+    }
+
+    /// The reader's side of `hold_reader`: waits while held, at most `limit`.
+    pub fn wait_for_reader_gate(&self, limit: std::time::Duration) {
+        self.shared.gate.wait(limit);
+    }
+
+    /// Closes the socket at once, without waiting for the writer: it may be blocked writing to
+    /// a client that does not read. Both threads then see the socket fail and end.
+    pub fn abort(&self) {
+        if let Some(stream) = &self.shared.stream {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Records which session slot this connection belongs to, for drain notices.
@@ -159,6 +189,7 @@ struct WriterSetup {
     version: ProtocolVersion,
     /// The client's Topic Alias Maximum (MQTT 5): how many outbound aliases it accepts.
     topic_alias_maximum: u16,
+    write_timeout: std::time::Duration,
 }
 
 /// Starts the writer thread and returns its handle.
@@ -168,7 +199,11 @@ fn spawn_writer(
     config: &Config,
 ) -> io::Result<ClientHandle> {
     let (tx, rx): (Sender<Outbound>, Receiver<Outbound>) = crossbeam_channel::unbounded();
-    let handle = ClientHandle::new(tx, config.writer_queue_capacity);
+    let handle = ClientHandle::new(
+        tx,
+        config.writer_queue_capacity,
+        Some(Arc::clone(&setup.stream)),
+    );
     let shared = handle.shared.clone();
     thread::Builder::new()
         .name(format!("client-{}-tx", setup.connection_id))

@@ -27,6 +27,8 @@ use crate::queue::{Ending, QueueHandle, RouterGone};
 /// Bytes read from the socket at a time (dozens of small packets); small, because every idle
 /// client holds one.
 const READ_BUFFER: usize = 2 * 1024;
+/// Longest wait at the reader gate before one more packet is read anyway.
+const GATE_WAIT: Duration = Duration::from_secs(1);
 /// A body buffer grown beyond this by a large packet is given back afterwards.
 const BODY_BUFFER_KEEP: usize = 64 * 1024;
 
@@ -130,6 +132,10 @@ impl Connection {
     fn read_loop(mut self, mut reader: BufReader<&TcpStream>, mut body: Vec<u8>, config: &Config) {
         let version = self.accepted.version;
         let closed = loop {
+            // Held while this client's QoS 0 messages fill a congested subscriber's queue: TCP
+            // then slows the publisher. Bounded, so that a client that stopped reading because
+            // we stopped reading it still gets through, one packet at a time.
+            self.accepted.writer.wait_for_reader_gate(GATE_WAIT);
             let packet = match read_packet(&mut reader, version, config.max_packet_size, &mut body)
             {
                 Ok(packet) => packet,

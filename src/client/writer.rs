@@ -11,7 +11,6 @@ use std::io::Write;
 use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use log::{debug, trace};
@@ -26,9 +25,6 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// A buffer grown beyond this by a burst is given back once the burst is written, so that idle
 /// clients stay small; below it the buffer is kept, so that busy ones do not reallocate.
 const KEEP_BUFFER: usize = 4 * BATCH_BYTES;
-/// A client whose socket accepts nothing for this long is taken for dead: the writer gives up,
-/// which closes the connection (and the will is published).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) fn run(
     setup: WriterSetup,
@@ -41,8 +37,10 @@ pub(super) fn run(
         connection_id,
         version,
         topic_alias_maximum,
+        write_timeout,
     } = setup;
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    // Past it the writer gives up on a client that reads nothing (`Config::write_timeout`).
+    let _ = stream.set_write_timeout(Some(write_timeout));
     let mut encoder = Encoder {
         version,
         aliases: TopicAliases::new(topic_alias_maximum),

@@ -15,7 +15,7 @@ use log::{debug, info, warn};
 
 use super::message::{Delivery, Message, SubscriptionIds};
 use super::retained::RetainedStore;
-use super::session::{AckOutcome, Enqueued, Online, Session, Subscription};
+use super::session::{AckOutcome, Enqueued, Held, Online, Session, Subscription};
 use super::shared::SharedGroups;
 use super::subscriptions::SubscriptionTree;
 use super::timers::{Timer, TimerKind, Timers};
@@ -313,6 +313,9 @@ impl QueueActor {
         match (message.publish.qos, packet_id) {
             (QoS::AtMostOnce, _) => {
                 self.route(from.slot, message);
+                if !self.congested.is_empty() {
+                    self.hold_reader(from);
+                }
             }
             (QoS::AtLeastOnce, Some(packet_id)) => {
                 let matched = self.route(from.slot, message);
@@ -464,12 +467,36 @@ impl QueueActor {
                 session.held_acks.hold(seq, kind, packet_id, reason, waits);
                 for &slot in &congested {
                     if let Some(receiver) = self.sessions[slot as usize].as_mut() {
-                        receiver.holding.push((publisher, seq));
+                        receiver.holding.push((publisher, Held::Ack(seq)));
                     }
                 }
             }
         }
         let mut congested = congested;
+        congested.clear();
+        self.congested = congested;
+    }
+
+    /// After routing a QoS 0 PUBLISH that went into congested queues: holds the publisher's
+    /// reader until they have drained (a client is never held by its own queue).
+    fn hold_reader(&mut self, from: ConnectionRef) {
+        let mut congested = std::mem::take(&mut self.congested);
+        for &slot in &congested {
+            if slot == from.slot {
+                continue;
+            }
+            let Some(publisher) = attached(&mut self.sessions, from) else {
+                break;
+            };
+            if let Some(online) = &publisher.online {
+                online.writer.hold_reader();
+            }
+            if let Some(receiver) = self.sessions[slot as usize].as_mut() {
+                receiver
+                    .holding
+                    .push((from.slot, Held::Reader(from.connection)));
+            }
+        }
         congested.clear();
         self.congested = congested;
     }
@@ -484,15 +511,24 @@ impl QueueActor {
             return;
         }
         let holding = std::mem::take(&mut session.holding);
-        for (publisher, seq) in holding {
+        for (publisher, held) in holding {
             let Some(publisher) = self.sessions[publisher as usize].as_mut() else {
                 continue;
             };
-            let ready = publisher.held_acks.release(seq);
-            if let Some(online) = &publisher.online {
-                for held in ready {
-                    send_ack(&online.writer, held.kind, held.packet_id, held.reason);
+            let Some(online) = &publisher.online else {
+                continue;
+            };
+            match held {
+                Held::Ack(seq) => {
+                    for ack in publisher.held_acks.release(seq) {
+                        send_ack(&online.writer, ack.kind, ack.packet_id, ack.reason);
+                    }
                 }
+                // A reader held for an earlier connection has gone with it.
+                Held::Reader(connection) if connection == online.connection_id => {
+                    online.writer.release_reader();
+                }
+                Held::Reader(_) => {}
             }
         }
     }

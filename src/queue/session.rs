@@ -56,9 +56,18 @@ pub(super) struct Session {
     pub delayed_will: Option<Will>,
     /// This session as a publisher: its acknowledgements held back by congested receivers.
     pub held_acks: HeldAcks,
-    /// This session as a congested receiver: the `(publisher slot, sequence)` acknowledgements
-    /// it holds back until its queue drains.
-    pub holding: Vec<(u32, u64)>,
+    /// This session as a congested receiver: what it holds back of which publisher (by slot)
+    /// until its queue drains.
+    pub holding: Vec<(u32, Held)>,
+}
+
+/// What a congested session holds back of a publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Held {
+    /// A QoS 1/2 acknowledgement, by its sequence number in the publisher's `HeldAcks`.
+    Ack(u64),
+    /// The reader of the publisher's connection (QoS 0), by connection id.
+    Reader(u64),
 }
 
 /// What became of a message handed to a session.
@@ -66,9 +75,9 @@ pub(super) struct Session {
 pub(super) enum Enqueued {
     /// Sent or queued.
     Accepted,
-    /// Queued, but the session is congested: hold the publisher's acknowledgement back.
+    /// Queued, but the session is congested: slow the publisher down.
     Congested,
-    /// Dropped: QoS 0 for an offline or congested session, or a queue at its hard limit.
+    /// Dropped: QoS 0 for an offline session, or a queue at its limit.
     Dropped,
 }
 
@@ -91,12 +100,11 @@ impl Session {
     /// Queues a message for this session and sends what the window allows.
     pub fn deliver(&mut self, delivery: Delivery) -> Enqueued {
         let online = self.online.is_some();
-        let qos = delivery.qos;
         if !self.outbox.enqueue(delivery, online) {
             return Enqueued::Dropped;
         }
         self.pump();
-        if online && qos != QoS::AtMostOnce && self.outbox.is_congested() {
+        if online && self.outbox.is_congested() {
             Enqueued::Congested
         } else {
             Enqueued::Accepted
@@ -169,15 +177,16 @@ impl Outbox {
     }
 
     /// The queue policy. Offline: QoS 0 is not stored (as mosquitto does by default) and QoS
-    /// 1/2 up to `max_queued`. Online: QoS 0 up to `max_queued`; QoS 1/2 beyond it too, while
-    /// the router holds back the publishers' acknowledgements, up to a hard limit of ten times
-    /// `max_queued` that only publishers ignoring flow control can reach.
+    /// 1/2 up to `max_queued`. Online: beyond `max_queued` too, while the router slows the
+    /// publishers (holding QoS 1/2 acknowledgements, or the reader of a QoS 0 publisher), up to
+    /// a hard limit of ten times `max_queued` that only overshoot or publishers ignoring flow
+    /// control reach.
     fn enqueue(&mut self, delivery: Delivery, online: bool) -> bool {
         let qos0 = delivery.qos == QoS::AtMostOnce;
         let limit = match (online, qos0) {
             (false, true) => return false,
-            (false, false) | (true, true) => self.max_queued,
-            (true, false) => self.max_queued.saturating_mul(10),
+            (false, false) => self.max_queued,
+            (true, _) => self.max_queued.saturating_mul(10),
         };
         if self.queued.len() >= limit {
             self.dropped += 1;
@@ -540,7 +549,7 @@ mod tests {
     }
 
     #[test]
-    fn online_congestion_slows_qos1_and_drops_qos0() {
+    fn online_congestion_is_reported_up_to_the_hard_limit() {
         // A writer with room for nothing: everything stays queued.
         let (mut s, _rx) = session_with_writer(0, 10, 2);
         assert_eq!(
@@ -551,22 +560,25 @@ mod tests {
             s.deliver(message("2", QoS::AtLeastOnce)),
             Enqueued::Accepted
         );
-        // Past max_queued: QoS 1 is kept but congested, QoS 0 is dropped.
+        // Past max_queued: kept, QoS 0 and 1 alike, but congested.
         assert_eq!(
             s.deliver(message("3", QoS::AtLeastOnce)),
             Enqueued::Congested
         );
-        assert_eq!(s.deliver(message("q0", QoS::AtMostOnce)), Enqueued::Dropped);
+        assert_eq!(
+            s.deliver(message("q0", QoS::AtMostOnce)),
+            Enqueued::Congested
+        );
         assert!(s.outbox.is_congested() && !s.outbox.is_drained());
         // Up to the hard limit of ten times max_queued.
-        for _ in 3..20 {
+        for _ in 4..20 {
             assert_eq!(
                 s.deliver(message("n", QoS::AtLeastOnce)),
                 Enqueued::Congested
             );
         }
         assert_eq!(
-            s.deliver(message("over", QoS::AtLeastOnce)),
+            s.deliver(message("over", QoS::AtMostOnce)),
             Enqueued::Dropped
         );
         assert_eq!(s.outbox.queued_len(), 20);

@@ -173,3 +173,35 @@ fn slow_subscriber_slows_a_qos1_publisher_instead_of_losing_messages() {
     sender.join().expect("the publisher got every PUBACK");
     assert_eq!(acked.load(Ordering::Acquire), usize::from(total));
 }
+
+#[test]
+fn slow_subscriber_slows_a_qos0_publisher_instead_of_dropping() {
+    // QoS 0 flow control: the publisher's reader waits while the subscriber's queue is full.
+    let broker = start_broker_with(config_with(|c| {
+        c.max_queued_messages = 10;
+        c.writer_queue_capacity = 4;
+    }));
+    let (mut sub, _) = RawClient::connect(broker.addr, "slow0", ProtocolVersion::V3_1_1, true);
+    sub.subscribe(1, &[("big0", QoS::AtMostOnce)]);
+    let addr = broker.addr;
+    let total: u16 = 300;
+    let publisher = std::thread::spawn(move || {
+        let (mut publisher, _) = RawClient::connect(addr, "fast0", ProtocolVersion::V3_1_1, true);
+        let payload = vec![0u8; 64 * 1024];
+        for i in 1..=total {
+            let body = [&i.to_be_bytes()[..], &payload[..]].concat();
+            publisher.send(&publish_packet("big0", &body, QoS::AtMostOnce, false, 0));
+        }
+        publisher.ping();
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 1..=total {
+        let message = sub.recv_publish();
+        assert_eq!(
+            &message.payload[..2],
+            &i.to_be_bytes(),
+            "message {i} of {total}"
+        );
+    }
+    publisher.join().expect("the publisher finished");
+}
