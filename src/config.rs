@@ -28,7 +28,8 @@ pub struct Config {
     /// client is taken to have stopped reading and is disconnected.
     pub writer_backlog_limit: usize,
     /// Messages waiting for the routing actor; readers block when it is full, which pushes
-    /// back on publishers through TCP.
+    /// back on publishers through TCP. Small, because flow control takes effect only once the
+    /// router reaches a publisher's message: what waits here is the overshoot it allows.
     pub router_queue_capacity: usize,
     /// QoS 2 messages a client may have sent us and not yet released with PUBREL; announced
     /// to MQTT 5 clients as Receive Maximum (`RECEIVE_MAXIMUM`, default 65535), and a client
@@ -63,7 +64,7 @@ impl Default for Config {
             max_queued_messages: 1000,
             writer_queue_capacity: 1024,
             writer_backlog_limit: 16 * 1024,
-            router_queue_capacity: 4096,
+            router_queue_capacity: 512,
             receive_maximum: u16::MAX,
             topic_alias_maximum: 10,
             max_keep_alive: u16::MAX,

@@ -15,7 +15,7 @@ use log::{debug, info, warn};
 
 use super::message::{Delivery, Message, SubscriptionIds};
 use super::retained::RetainedStore;
-use super::session::{AckOutcome, Enqueued, Held, Online, Session, Subscription};
+use super::session::{AckOutcome, Enqueued, Held, Online, QueueLimits, Session, Subscription};
 use super::shared::SharedGroups;
 use super::subscriptions::SubscriptionTree;
 use super::timers::{Timer, TimerKind, Timers};
@@ -48,8 +48,7 @@ struct Match {
 
 pub struct QueueActor {
     rx: Receiver<Msg>,
-    max_inflight: usize,
-    max_queued: usize,
+    limits: QueueLimits,
     receive_maximum: u16,
     topic_alias_maximum: u16,
     max_packet_size: u32,
@@ -73,8 +72,11 @@ impl QueueActor {
     pub(crate) fn new(rx: Receiver<Msg>, config: &Config) -> Self {
         QueueActor {
             rx,
-            max_inflight: config.max_inflight_messages,
-            max_queued: config.max_queued_messages,
+            limits: QueueLimits::new(
+                config.max_inflight_messages,
+                config.max_queued_messages,
+                config.router_queue_capacity,
+            ),
             receive_maximum: config.receive_maximum,
             topic_alias_maximum: config.topic_alias_maximum,
             max_packet_size: u32::try_from(config.max_packet_size).unwrap_or(u32::MAX),
@@ -170,12 +172,7 @@ impl QueueActor {
             None => None,
         };
         let slot = resumed.unwrap_or_else(|| {
-            let session = Session::new(
-                Arc::clone(&client_id),
-                request.session_expiry,
-                self.max_inflight,
-                self.max_queued,
-            );
+            let session = Session::new(Arc::clone(&client_id), request.session_expiry, self.limits);
             let slot = self.insert_session(session);
             self.by_client_id.insert(client_id, slot);
             slot

@@ -17,6 +17,30 @@ use super::message::Delivery;
 use crate::client::{AckKind, ClientHandle, Outbound};
 use crate::mqtt::{PacketId, ProtocolVersion, PublishView, QoS, SubscriptionOptions, Will};
 
+/// The bounds of one session's outbound queue.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct QueueLimits {
+    /// QoS 1/2 messages in flight (before the client's own Receive Maximum).
+    pub max_inflight: usize,
+    /// Queued messages beyond which an online session is congested and an offline one drops.
+    pub max_queued: usize,
+    /// The most an online session queues however congested: flow control stops publishers
+    /// within about twice the router's inbox, so this leaves room for that overshoot.
+    pub hard_limit: usize,
+}
+
+impl QueueLimits {
+    pub fn new(max_inflight: usize, max_queued: usize, router_queue_capacity: usize) -> Self {
+        QueueLimits {
+            max_inflight,
+            max_queued,
+            hard_limit: max_queued
+                .saturating_mul(10)
+                .max(max_queued.saturating_add(router_queue_capacity.saturating_mul(3))),
+        }
+    }
+}
+
 /// One subscription as the index stores it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Subscription {
@@ -82,14 +106,14 @@ pub(super) enum Enqueued {
 }
 
 impl Session {
-    pub fn new(client_id: Arc<str>, expiry: u32, max_inflight: usize, max_queued: usize) -> Self {
+    pub fn new(client_id: Arc<str>, expiry: u32, limits: QueueLimits) -> Self {
         Session {
             client_id,
             expiry,
             online: None,
             filters: HashMap::new(),
             incoming_qos2: HashSet::new(),
-            outbox: Outbox::new(max_inflight, max_queued),
+            outbox: Outbox::new(limits),
             last_connection: 0,
             delayed_will: None,
             held_acks: HeldAcks::default(),
@@ -144,6 +168,7 @@ pub(super) struct Outbox {
     window: usize,
     max_inflight: usize,
     max_queued: usize,
+    hard_limit: usize,
     /// Messages dropped because the queue was full, since the session began.
     pub dropped: u64,
 }
@@ -158,7 +183,12 @@ pub(super) enum AckOutcome {
 }
 
 impl Outbox {
-    pub fn new(max_inflight: usize, max_queued: usize) -> Self {
+    pub fn new(limits: QueueLimits) -> Self {
+        let QueueLimits {
+            max_inflight,
+            max_queued,
+            hard_limit,
+        } = limits;
         Outbox {
             inflight: VecDeque::new(),
             queued: VecDeque::new(),
@@ -166,6 +196,7 @@ impl Outbox {
             window: max_inflight,
             max_inflight,
             max_queued,
+            hard_limit,
             dropped: 0,
         }
     }
@@ -179,14 +210,14 @@ impl Outbox {
     /// The queue policy. Offline: QoS 0 is not stored (as mosquitto does by default) and QoS
     /// 1/2 up to `max_queued`. Online: beyond `max_queued` too, while the router slows the
     /// publishers (holding QoS 1/2 acknowledgements, or the reader of a QoS 0 publisher), up to
-    /// a hard limit of ten times `max_queued` that only overshoot or publishers ignoring flow
-    /// control reach.
+    /// a hard limit (`QueueLimits::hard_limit`) that only publishers ignoring flow control
+    /// reach.
     fn enqueue(&mut self, delivery: Delivery, online: bool) -> bool {
         let qos0 = delivery.qos == QoS::AtMostOnce;
         let limit = match (online, qos0) {
             (false, true) => return false,
             (false, false) => self.max_queued,
-            (true, _) => self.max_queued.saturating_mul(10),
+            (true, _) => self.hard_limit,
         };
         if self.queued.len() >= limit {
             self.dropped += 1;
@@ -401,6 +432,11 @@ mod tests {
             .collect()
     }
 
+    /// Limits with a hard limit of ten times `max_queued` (no router overshoot to allow for).
+    fn limits(max_inflight: usize, max_queued: usize) -> QueueLimits {
+        QueueLimits::new(max_inflight, max_queued, 0)
+    }
+
     fn session(max_inflight: usize, max_queued: usize) -> (Session, Receiver<Outbound>) {
         session_with_writer(1000, max_inflight, max_queued)
     }
@@ -412,7 +448,7 @@ mod tests {
         max_queued: usize,
     ) -> (Session, Receiver<Outbound>) {
         let (writer, rx) = ClientHandle::for_tests(capacity);
-        let mut session = Session::new("c".into(), u32::MAX, max_inflight, max_queued);
+        let mut session = Session::new("c".into(), u32::MAX, limits(max_inflight, max_queued));
         session.online = Some(Online {
             connection_id: 1,
             writer,
@@ -500,7 +536,7 @@ mod tests {
 
     #[test]
     fn offline_queue_is_bounded_and_skips_qos0() {
-        let mut s = Session::new("c".into(), u32::MAX, 10, 2);
+        let mut s = Session::new("c".into(), u32::MAX, limits(10, 2));
         assert_eq!(s.deliver(message("q0", QoS::AtMostOnce)), Enqueued::Dropped);
         assert_eq!(
             s.deliver(message("a", QoS::AtLeastOnce)),
@@ -586,7 +622,7 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_zero_and_ids_in_flight() {
-        let mut outbox = Outbox::new(10, 10);
+        let mut outbox = Outbox::new(limits(10, 10));
         outbox.next_packet_id = u16::MAX;
         assert_eq!(outbox.allocate_packet_id().get(), u16::MAX);
         assert_eq!(outbox.allocate_packet_id().get(), 1);
