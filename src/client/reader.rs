@@ -19,14 +19,16 @@ use super::{AckKind, Outbound};
 use crate::config::Config;
 use crate::mqtt::topic::validate_topic_name;
 use crate::mqtt::{
-    read_packet, DecodeError, Disconnect, DisconnectProperties, Packet, ProtocolVersion, Publish,
-    ReasonCode,
+    read_packet, DecodeError, Disconnect, DisconnectProperties, Packet, PacketId, ProtocolVersion,
+    Publish, ReasonCode,
 };
 use crate::queue::{Ending, QueueHandle, RouterGone};
 
 /// Bytes read from the socket at a time (dozens of small packets); small, because every idle
 /// client holds one.
 const READ_BUFFER: usize = 2 * 1024;
+/// PUBACKs read in one go are passed to the router together, up to this many.
+const PUBACK_BATCH: usize = 64;
 /// Longest wait at the reader gate before one more packet is read anyway.
 const GATE_WAIT: Duration = Duration::from_secs(1);
 /// A body buffer grown beyond this by a large packet is given back afterwards.
@@ -96,6 +98,7 @@ pub(super) fn run(
         queue,
         aliases: HashMap::new(),
         alias_maximum: config.topic_alias_maximum,
+        pub_acks: Vec::new(),
     };
     connection.read_loop(reader, body, config);
 }
@@ -108,6 +111,9 @@ struct Connection {
     /// Inbound topic aliases (MQTT 5), valid for this connection only [MQTT-3.3.2-7].
     aliases: HashMap<u16, String>,
     alias_maximum: u16,
+    /// PUBACKs read but not yet passed on: passed on before the reader would block, before any
+    /// other packet, and when `PUBACK_BATCH` have gathered.
+    pub_acks: Vec<PacketId>,
 }
 
 /// How a connection ended, as far as the reader can tell.
@@ -132,6 +138,10 @@ impl Connection {
     fn read_loop(mut self, mut reader: BufReader<&TcpStream>, mut body: Vec<u8>, config: &Config) {
         let version = self.accepted.version;
         let closed = loop {
+            // Nothing more is buffered, so the next read may block: pass on what was read.
+            if reader.buffer().is_empty() && self.flush_pub_acks().is_err() {
+                break Closed::RouterGone;
+            }
             // Held while this client's QoS 0 messages fill a congested subscriber's queue: TCP
             // then slows the publisher. Bounded, so that a client that stopped reading because
             // we stopped reading it still gets through, one packet at a time.
@@ -179,9 +189,17 @@ impl Connection {
             self.accepted.client_id,
             packet.name()
         );
+        if let Packet::PubAck(ack) = packet {
+            self.pub_acks.push(ack.packet_id);
+            if self.pub_acks.len() >= PUBACK_BATCH {
+                self.flush_pub_acks()?;
+            }
+            return Ok(None);
+        }
+        // Effects keep the order of the packets.
+        self.flush_pub_acks()?;
         match packet {
             Packet::Publish(publish) => return self.handle_publish(publish),
-            Packet::PubAck(ack) => self.queue.ack(from, AckKind::PubAck, ack.packet_id)?,
             Packet::PubRec(ack) => self.queue.ack(from, AckKind::PubRec, ack.packet_id)?,
             Packet::PubRel(ack) => self.queue.ack(from, AckKind::PubRel, ack.packet_id)?,
             Packet::PubComp(ack) => self.queue.ack(from, AckKind::PubComp, ack.packet_id)?,
@@ -223,6 +241,21 @@ impl Connection {
             }
         }
         Ok(None)
+    }
+
+    fn flush_pub_acks(&mut self) -> Result<(), RouterGone> {
+        match self.pub_acks.len() {
+            0 => Ok(()),
+            1 => {
+                let packet_id = self.pub_acks.pop().expect("one is there");
+                self.queue
+                    .ack(self.accepted.from, AckKind::PubAck, packet_id)
+            }
+            _ => {
+                let batch = std::mem::take(&mut self.pub_acks);
+                self.queue.pub_acks(self.accepted.from, batch)
+            }
+        }
     }
 
     /// Resolves the topic (alias), checks it, and hands the message to the router.
@@ -273,7 +306,9 @@ impl Connection {
     }
 
     /// Logs the end, tells the router (which publishes the will when due) and closes.
-    fn finish(self, closed: Closed) {
+    fn finish(mut self, closed: Closed) {
+        // PUBACKs that arrived before the end still count: their messages are not resent.
+        let _ = self.flush_pub_acks();
         let id = &self.accepted.client_id;
         let peer = self.peer;
         let writer = &self.accepted.writer;

@@ -132,7 +132,10 @@ impl QueueActor {
                 from,
                 kind,
                 packet_id,
-            } => self.handle_ack(from, kind, packet_id),
+            } => self.handle_acks(from, kind, &[packet_id]),
+            Msg::PubAcks { from, packet_ids } => {
+                self.handle_acks(from, AckKind::PubAck, &packet_ids)
+            }
             Msg::Subscribe { from, subscribe } => self.handle_subscribe(from, subscribe),
             Msg::Unsubscribe { from, unsubscribe } => self.handle_unsubscribe(from, unsubscribe),
             Msg::Disconnect { from, ending } => self.handle_disconnect(from, ending),
@@ -426,12 +429,12 @@ impl QueueActor {
             };
             // [MQTT-3.3.1-12] The retain flag is cleared on forwarding, unless Retain As
             // Published asks to keep it [MQTT-3.3.1-13].
-            let delivery = Delivery {
-                message: Arc::clone(&message),
-                qos: message.publish.qos.min(qos),
-                retain: message.publish.retain && retain_as_published,
+            let delivery = Delivery::new(
+                Arc::clone(&message),
+                message.publish.qos.min(qos),
+                message.publish.retain && retain_as_published,
                 subscription_ids,
-            };
+            );
             match session.deliver(delivery) {
                 Enqueued::Accepted => {}
                 Enqueued::Congested => self.congested.push(slot),
@@ -530,7 +533,7 @@ impl QueueActor {
         }
     }
 
-    fn handle_ack(&mut self, from: ConnectionRef, kind: AckKind, packet_id: PacketId) {
+    fn handle_acks(&mut self, from: ConnectionRef, kind: AckKind, packet_ids: &[PacketId]) {
         let Some(session) = attached(&mut self.sessions, from) else {
             return;
         };
@@ -538,28 +541,32 @@ impl QueueActor {
             return;
         };
         if kind == AckKind::PubRel {
-            let known = session.incoming_qos2.remove(&packet_id);
-            if known || !online.version.is_v5() {
-                let _ = online
-                    .writer
-                    .send(Outbound::Ack(AckKind::PubComp, packet_id));
-            } else {
-                let _ = online.writer.send_packet(Packet::PubComp(Ack {
-                    packet_id,
-                    reason: ReasonCode::PacketIdentifierNotFound,
-                    properties: AckProperties::default(),
-                }));
+            for &packet_id in packet_ids {
+                let known = session.incoming_qos2.remove(&packet_id);
+                let _ = if known || !online.version.is_v5() {
+                    online
+                        .writer
+                        .send(Outbound::Ack(AckKind::PubComp, packet_id))
+                } else {
+                    online.writer.send_packet(Packet::PubComp(Ack {
+                        packet_id,
+                        reason: ReasonCode::PacketIdentifierNotFound,
+                        properties: AckProperties::default(),
+                    }))
+                };
             }
             return;
         }
-        let outcome = session
-            .outbox
-            .acknowledge(kind, packet_id, Some(&online.writer));
-        if outcome == AckOutcome::Unknown {
-            debug!(
-                "client {}: {kind:?} for packet id {packet_id} matches nothing in flight",
-                session.client_id
-            );
+        for &packet_id in packet_ids {
+            let outcome = session
+                .outbox
+                .acknowledge(kind, packet_id, Some(&online.writer));
+            if outcome == AckOutcome::Unknown {
+                debug!(
+                    "client {}: {kind:?} for packet id {packet_id} matches nothing in flight",
+                    session.client_id
+                );
+            }
         }
         session.pump();
         self.release_held(from.slot, false);
@@ -651,13 +658,9 @@ impl QueueActor {
             };
             for message in messages {
                 // [MQTT-3.3.1-8] Sent because of a new subscription: retain flag set.
-                let delivery = Delivery {
-                    qos: message.publish.qos.min(granted),
-                    message,
-                    retain: true,
-                    subscription_ids: identifier
-                        .map_or(SubscriptionIds::None, SubscriptionIds::One),
-                };
+                let qos = message.publish.qos.min(granted);
+                let ids = identifier.map_or(SubscriptionIds::None, SubscriptionIds::One);
+                let delivery = Delivery::new(message, qos, true, ids);
                 if session.deliver(delivery) == Enqueued::Dropped {
                     note_drop(session);
                 }

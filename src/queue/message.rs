@@ -107,6 +107,27 @@ pub struct Delivery {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: SubscriptionIds,
+    /// The message has an expiry: a copy of that one bit spares the router a read of the
+    /// shared message, which other threads keep pulling into their caches, per delivery.
+    pub may_expire: bool,
+}
+
+impl Delivery {
+    pub fn new(
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: SubscriptionIds,
+    ) -> Self {
+        let may_expire = message.expires_at.is_some();
+        Delivery {
+            message,
+            qos,
+            retain,
+            subscription_ids,
+            may_expire,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,11 @@ pub(crate) enum Msg {
         kind: AckKind,
         packet_id: PacketId,
     },
+    /// Several PUBACKs read in one go.
+    PubAcks {
+        from: ConnectionRef,
+        packet_ids: Vec<PacketId>,
+    },
     Subscribe {
         from: ConnectionRef,
         subscribe: Subscribe,
@@ -163,6 +168,16 @@ impl QueueHandle {
             kind,
             packet_id,
         })
+    }
+
+    /// PUBACKs for messages we sent, as many as the reader had at hand: one message to the
+    /// router instead of one per PUBACK.
+    pub fn pub_acks(
+        &self,
+        from: ConnectionRef,
+        packet_ids: Vec<PacketId>,
+    ) -> Result<(), RouterGone> {
+        self.send(Msg::PubAcks { from, packet_ids })
     }
 
     pub fn subscribe(&self, from: ConnectionRef, subscribe: Subscribe) -> Result<(), RouterGone> {

@@ -154,9 +154,14 @@ enum Stage {
 
 struct InFlight {
     packet_id: PacketId,
+    /// Which id this was in the session's sequence of ids (see `Outbox::id_serial`).
+    serial: u64,
     delivery: Delivery,
     stage: Stage,
 }
+
+/// Packet ids run 1..=65535 and then wrap.
+const ID_RING: u64 = 65_535;
 
 /// Outbound messages of one session: the in-flight window, oldest first, and the queue behind
 /// it. Order is kept: nothing overtakes a queued message.
@@ -164,6 +169,9 @@ pub(super) struct Outbox {
     inflight: VecDeque<InFlight>,
     queued: VecDeque<Delivery>,
     next_packet_id: u16,
+    /// How many ids have been taken from the ring: an in-flight id can come round again only
+    /// after `ID_RING` more.
+    id_serial: u64,
     /// The in-flight limit for the current connection.
     window: usize,
     max_inflight: usize,
@@ -193,6 +201,7 @@ impl Outbox {
             inflight: VecDeque::new(),
             queued: VecDeque::new(),
             next_packet_id: 1,
+            id_serial: 0,
             window: max_inflight,
             max_inflight,
             max_queued,
@@ -247,7 +256,7 @@ impl Outbox {
                 return;
             }
             let delivery = self.queued.pop_front().expect("front() was Some");
-            if delivery.message.is_expired() {
+            if delivery.may_expire && delivery.message.is_expired() {
                 continue;
             }
             if let Some(max) = online.max_packet_size {
@@ -264,6 +273,7 @@ impl Outbox {
                 let packet_id = self.allocate_packet_id();
                 self.inflight.push_back(InFlight {
                     packet_id,
+                    serial: self.id_serial - 1,
                     delivery: delivery.clone(),
                     stage: Stage::Published,
                 });
@@ -345,9 +355,17 @@ impl Outbox {
     fn allocate_packet_id(&mut self) -> PacketId {
         loop {
             let candidate = NonZeroU16::new(self.next_packet_id).unwrap_or(NonZeroU16::MIN);
+            let serial = self.id_serial;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            self.id_serial += 1;
+            // The in-flight list is in the order ids were taken, so unless its oldest entry
+            // took its id a whole ring ago, no entry can hold this one: no need to look.
+            let lapped = self
+                .inflight
+                .front()
+                .is_some_and(|oldest| serial - oldest.serial >= ID_RING);
             // The window is far below 65535 ids, so a free one is always found.
-            if !self.inflight.iter().any(|f| f.packet_id == candidate) {
+            if !lapped || !self.inflight.iter().any(|f| f.packet_id == candidate) {
                 return candidate;
             }
         }
@@ -390,12 +408,12 @@ mod tests {
             properties,
             payload: payload.as_bytes().into(),
         };
-        Delivery {
-            message: Arc::new(Message::new(publish)),
+        Delivery::new(
+            Arc::new(Message::new(publish)),
             qos,
-            retain: false,
-            subscription_ids: SubscriptionIds::None,
-        }
+            false,
+            SubscriptionIds::None,
+        )
     }
 
     fn message(payload: &str, qos: QoS) -> Delivery {
@@ -626,11 +644,19 @@ mod tests {
         outbox.next_packet_id = u16::MAX;
         assert_eq!(outbox.allocate_packet_id().get(), u16::MAX);
         assert_eq!(outbox.allocate_packet_id().get(), 1);
+        // Id 2 goes out and is never acknowledged, while the next 65,534 are.
+        let stuck = outbox.allocate_packet_id();
+        assert_eq!(stuck.get(), 2);
         outbox.inflight.push_back(InFlight {
-            packet_id: id(2),
+            packet_id: stuck,
+            serial: outbox.id_serial - 1,
             delivery: message("x", QoS::AtLeastOnce),
             stage: Stage::Published,
         });
+        for _ in 0..65_534 {
+            assert_ne!(outbox.allocate_packet_id(), stuck);
+        }
+        // The ring has come round to 2, which is still in flight: it is skipped.
         assert_eq!(outbox.allocate_packet_id().get(), 3);
     }
 }
