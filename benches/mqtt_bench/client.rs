@@ -82,7 +82,7 @@ pub fn expect_connack<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), 
     match read_one(reader, buf)? {
         Packet::ConnAck(ack) if ack.reason == ReasonCode::Success => Ok(()),
         Packet::ConnAck(ack) => Err(format!("CONNACK refused: {:?}", ack.reason)),
-        other => Err(format!("expected CONNACK, got {}", kind(&other))),
+        other => Err(format!("expected CONNACK, got {}", other.name())),
     }
 }
 
@@ -144,28 +144,7 @@ impl Connection {
                     qos as u8
                 )),
             },
-            other => Err(format!("expected SUBACK, got {}", kind(&other))),
+            other => Err(format!("expected SUBACK, got {}", other.name())),
         }
-    }
-}
-
-/// A packet's name, for error messages.
-pub fn kind(packet: &Packet) -> &'static str {
-    match packet {
-        Packet::Connect(_) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect(_) => "DISCONNECT",
-        Packet::Auth(_) => "AUTH",
     }
 }

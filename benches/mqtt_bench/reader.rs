@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 use mqtt_broker::mqtt::{read_packet, Ack, DecodeError, Packet, PacketId, QoS};
 
-use crate::client::{describe, kind, MAX_PACKET, VERSION};
+use crate::client::{describe, MAX_PACKET, VERSION};
 use crate::payload;
 use crate::tally::Tally;
 use crate::traffic::{Backlog, Counters};
@@ -151,7 +151,7 @@ impl Reader {
                 Packet::PubRel(Ack::new(ack.packet_id)).encode(VERSION, &mut pending.bytes);
             }
             Packet::PingResp => {}
-            other => return Err(format!("unexpected {} from the broker", kind(&other))),
+            other => return Err(format!("unexpected {} from the broker", other.name())),
         }
         Ok(())
     }
