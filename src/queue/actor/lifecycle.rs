@@ -1,0 +1,294 @@
+//! The router's session lifecycle: CONNECT (create, resume, take over), DISCONNECT, session
+//! expiry and will-delay timers, wills, and shutdown.
+//!
+//! Owns: when a session begins and ends and what happens then. Must not: route messages other
+//! than wills (it hands those to `route`) or block on a client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+
+use super::*;
+
+impl QueueActor {
+    pub(super) fn handle_connect(&mut self, request: ConnectRequest) -> ConnectionRef {
+        let client_id: Arc<str> = Arc::from(request.client_id.as_str());
+        let mut session_present = false;
+        let resumed = match self.by_client_id.get(&client_id).copied() {
+            Some(slot) => {
+                self.take_over(slot);
+                let session = self.sessions[slot as usize]
+                    .as_mut()
+                    .expect("the client id map points at live sessions");
+                if request.clean_start || session.expiry == 0 {
+                    // [MQTT-3.1.2-4] Clean start discards the session (a delayed will goes now).
+                    self.end_session(slot);
+                    None
+                } else {
+                    // [MQTT-3.1.3-9] A new connection before the will delay passed: no will.
+                    session.delayed_will = None;
+                    session_present = true;
+                    Some(slot)
+                }
+            }
+            None => None,
+        };
+        let slot = resumed.unwrap_or_else(|| {
+            let session = Session::new(Arc::clone(&client_id), request.session_expiry, self.limits);
+            let slot = self.insert_session(session);
+            self.by_client_id.insert(client_id, slot);
+            slot
+        });
+
+        let version = request.version;
+        let writer = request.writer;
+        writer.bind_session(slot);
+        let mut properties = ConnAckProperties::default();
+        if version.is_v5() {
+            if request.assigned_client_id {
+                // [MQTT-3.2.2-16]
+                properties.assigned_client_identifier = Some(request.client_id.clone());
+            }
+            if self.receive_maximum < u16::MAX {
+                properties.receive_maximum = Some(self.receive_maximum);
+            }
+            properties.maximum_packet_size = Some(self.max_packet_size);
+            if self.topic_alias_maximum > 0 {
+                properties.topic_alias_maximum = Some(self.topic_alias_maximum);
+            }
+            properties.server_keep_alive = request.server_keep_alive;
+            if request.response_information {
+                properties.response_information = Some(format!("response/{}", request.client_id));
+            }
+            // Retain, wildcard, subscription identifier and shared subscriptions are all
+            // available, and QoS 2 is supported: their defaults say so, no property needed.
+        }
+        let _ = writer.send_packet(Packet::ConnAck(ConnAck {
+            session_present,
+            reason: ReasonCode::Success,
+            properties,
+        }));
+
+        let session = self.sessions[slot as usize]
+            .as_mut()
+            .expect("slot was just filled or resumed");
+        session.expiry = request.session_expiry;
+        session.last_connection = request.connection_id;
+        // Acknowledgements held for the previous connection are gone with it: the client
+        // resends those PUBLISH packets.
+        session.held_acks.clear();
+        session.outbox.set_receive_maximum(request.receive_maximum);
+        // [MQTT-4.4.0-1] Resend unacknowledged messages before anything new.
+        session.outbox.resend_inflight(&writer);
+        session.online = Some(Online {
+            connection_id: request.connection_id,
+            writer,
+            version,
+            will: request.will,
+            max_packet_size: request.max_packet_size,
+            problem_information: request.problem_information,
+        });
+        session.pump();
+        ConnectionRef {
+            slot,
+            connection: request.connection_id,
+        }
+    }
+
+    /// Closes the connection currently attached to `slot`, if any, and handles its will as for
+    /// a lost connection [MQTT-3.1.4-3].
+    pub(super) fn take_over(&mut self, slot: u32) {
+        let Some(session) = self.sessions[slot as usize].as_mut() else {
+            return;
+        };
+        let Some(old) = session.online.take() else {
+            return;
+        };
+        info!(
+            "client {} taken over by a new connection",
+            session.client_id
+        );
+        old.writer.close(Some(Disconnect {
+            reason: ReasonCode::SessionTakenOver,
+            properties: DisconnectProperties::default(),
+        }));
+        self.release_held(slot, true);
+        if let Some(will) = old.will {
+            self.schedule_will(slot, will);
+        }
+    }
+
+    pub(super) fn insert_session(&mut self, session: Session) -> u32 {
+        match self.free_slots.pop() {
+            Some(slot) => {
+                self.sessions[slot as usize] = Some(session);
+                slot
+            }
+            None => {
+                self.sessions.push(Some(session));
+                u32::try_from(self.sessions.len() - 1).expect("fewer than 4 billion sessions")
+            }
+        }
+    }
+
+    /// Removes a session and its subscriptions; a will still waiting out its delay is
+    /// published now [MQTT-3.1.2-8].
+    pub(super) fn end_session(&mut self, slot: u32) {
+        self.release_held(slot, true);
+        let Some(mut session) = self.sessions[slot as usize].take() else {
+            return;
+        };
+        for filter in session.filters.keys() {
+            self.remove_subscription(filter, slot);
+        }
+        if session.outbox.dropped > 0 {
+            warn!(
+                "client {}: {} messages were dropped because its queue was full",
+                session.client_id, session.outbox.dropped
+            );
+        }
+        self.by_client_id.remove(&session.client_id);
+        self.free_slots.push(slot);
+        debug!("session of client {} ended", session.client_id);
+        if let Some(will) = session.delayed_will.take() {
+            self.publish_will(slot, will);
+        }
+    }
+
+    pub(super) fn handle_disconnect(&mut self, from: ConnectionRef, ending: Ending) {
+        let Some(session) = attached(&mut self.sessions, from) else {
+            // A connection that was taken over: its session belongs to the new one.
+            return;
+        };
+        let Some(online) = session.online.take() else {
+            return;
+        };
+        let publish_will = match ending {
+            Ending::Abnormal => true,
+            Ending::Disconnect(disconnect) => {
+                // [MQTT-3.14.2-2] The reader refused a change from 0 to non-zero.
+                if let Some(expiry) = disconnect.properties.session_expiry_interval {
+                    session.expiry = expiry;
+                }
+                // [MQTT-3.14.4-3] A normal DISCONNECT discards the will; 0x04 keeps it.
+                disconnect.reason == ReasonCode::DisconnectWithWillMessage
+            }
+        };
+        drop(online.writer);
+        session.held_acks.clear();
+        self.release_held(from.slot, true);
+        if let (true, Some(will)) = (publish_will, online.will) {
+            self.schedule_will(from.slot, will);
+        }
+        self.schedule_session_end(from.slot);
+    }
+
+    /// Ends the session of `slot` now if its expiry is 0, or arms its expiry timer.
+    pub(super) fn schedule_session_end(&mut self, slot: u32) {
+        let Some(session) = self.sessions[slot as usize].as_ref() else {
+            return;
+        };
+        match session.expiry {
+            0 => self.end_session(slot),
+            u32::MAX => {}
+            secs => self.timers.arm(
+                Duration::from_secs(u64::from(secs)),
+                Timer {
+                    kind: TimerKind::SessionExpiry,
+                    slot,
+                    token: session.last_connection,
+                },
+            ),
+        }
+    }
+
+    /// Publishes a will now, or keeps it for its Will Delay Interval [MQTT-3.1.3-9]. A session
+    /// that ends sooner publishes it then.
+    pub(super) fn schedule_will(&mut self, slot: u32, will: Will) {
+        let delay = will.properties.will_delay_interval.unwrap_or(0);
+        let Some(session) = self.sessions[slot as usize].as_mut() else {
+            return;
+        };
+        if delay == 0 || session.expiry == 0 {
+            self.publish_will(slot, will);
+            return;
+        }
+        session.delayed_will = Some(will);
+        let token = session.last_connection;
+        self.timers.arm(
+            Duration::from_secs(u64::from(delay)),
+            Timer {
+                kind: TimerKind::WillDelay,
+                slot,
+                token,
+            },
+        );
+    }
+
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        while let Some(timer) = self.timers.pop_due(now) {
+            let Some(session) = self.sessions[timer.slot as usize].as_mut() else {
+                continue;
+            };
+            // A connection attached since the timer was armed makes it stale.
+            if session.online.is_some() || session.last_connection != timer.token {
+                continue;
+            }
+            match timer.kind {
+                TimerKind::WillDelay => {
+                    if let Some(will) = session.delayed_will.take() {
+                        self.publish_will(timer.slot, will);
+                    }
+                }
+                TimerKind::SessionExpiry => {
+                    debug!("session of client {} expired", session.client_id);
+                    self.end_session(timer.slot);
+                }
+            }
+        }
+    }
+
+    pub(super) fn publish_will(&mut self, slot: u32, will: Will) {
+        let Will {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+        } = will;
+        debug!("publishing will to {topic}");
+        // [MQTT-3.1.3-10] The will's properties go with it.
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain,
+            topic,
+            packet_id: None,
+            properties: PublishProperties {
+                payload_format_indicator: properties.payload_format_indicator,
+                message_expiry_interval: properties.message_expiry_interval,
+                topic_alias: None,
+                response_topic: properties.response_topic,
+                correlation_data: properties.correlation_data,
+                user: properties.user,
+                subscription_identifiers: Vec::new(),
+                content_type: properties.content_type,
+            },
+            payload,
+        };
+        self.route(slot, Arc::new(Message::new(publish)));
+    }
+
+    pub(super) fn handle_shutdown(&mut self) {
+        for session in self.sessions.iter_mut().flatten() {
+            if let Some(online) = session.online.take() {
+                online.writer.close(Some(Disconnect {
+                    reason: ReasonCode::ServerShuttingDown,
+                    properties: DisconnectProperties::default(),
+                }));
+            }
+        }
+        info!("router closed every connection");
+    }
+}
