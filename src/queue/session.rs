@@ -604,37 +604,24 @@ mod tests {
 
     #[test]
     fn online_congestion_is_reported_up_to_the_hard_limit() {
+        use Enqueued::{Accepted, Congested, Dropped};
+        use QoS::{AtLeastOnce as Q1, AtMostOnce as Q0};
         // A writer with room for nothing: everything stays queued.
         let (mut s, _rx) = session_with_writer(0, 10, 2);
-        assert_eq!(
-            s.deliver(message("1", QoS::AtLeastOnce)),
-            Enqueued::Accepted
-        );
-        assert_eq!(
-            s.deliver(message("2", QoS::AtLeastOnce)),
-            Enqueued::Accepted
-        );
-        // Past max_queued: kept, QoS 0 and 1 alike, but congested.
-        assert_eq!(
-            s.deliver(message("3", QoS::AtLeastOnce)),
-            Enqueued::Congested
-        );
-        assert_eq!(
-            s.deliver(message("q0", QoS::AtMostOnce)),
-            Enqueued::Congested
-        );
-        assert!(s.outbox.is_congested() && !s.outbox.is_drained());
-        // Up to the hard limit of ten times max_queued.
-        for _ in 4..20 {
-            assert_eq!(
-                s.deliver(message("n", QoS::AtLeastOnce)),
-                Enqueued::Congested
-            );
+        // Up to max_queued (2) accepted; past it kept, QoS 0 and 1 alike, but congested; past
+        // the hard limit (ten times max_queued) dropped.
+        let mut expected = vec![
+            (Q1, Accepted),
+            (Q1, Accepted),
+            (Q1, Congested),
+            (Q0, Congested),
+        ];
+        expected.extend((4..20).map(|_| (Q1, Congested)));
+        expected.push((Q0, Dropped));
+        for (n, (qos, want)) in expected.into_iter().enumerate() {
+            assert_eq!(s.deliver(message("m", qos)), want, "message {n}");
         }
-        assert_eq!(
-            s.deliver(message("over", QoS::AtMostOnce)),
-            Enqueued::Dropped
-        );
+        assert!(s.outbox.is_congested() && !s.outbox.is_drained());
         assert_eq!(s.outbox.queued_len(), 20);
     }
 
