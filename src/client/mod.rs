@@ -12,7 +12,7 @@ mod writer;
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
@@ -39,6 +39,8 @@ pub enum Outbound {
     Packet(Box<Packet>),
     /// Write the DISCONNECT if there is one (v5 only), then close the connection.
     Close(Option<Box<Disconnect>>),
+    /// Several deliveries at once: one channel operation and at most one wake-up for all.
+    Batch(Vec<Outbound>),
 }
 
 /// The four acknowledgements of the QoS 1 and 2 flows.
@@ -60,8 +62,10 @@ pub struct ClientHandle {
 
 /// State the writer shares with whoever holds its handle.
 struct WriterShared {
-    /// Beyond this many queued items `has_room` says no.
+    /// Beyond this many deliveries waiting `has_room` says no.
     capacity: usize,
+    /// Deliveries handed to the writer and not yet encoded.
+    waiting_deliveries: AtomicUsize,
     /// Set by the router when it kept messages back because the channel was full: the writer
     /// then tells the router when it has caught up.
     drain_requested: AtomicBool,
@@ -83,6 +87,7 @@ impl ClientHandle {
             tx,
             shared: Arc::new(WriterShared {
                 capacity,
+                waiting_deliveries: AtomicUsize::new(0),
                 drain_requested: AtomicBool::new(false),
                 session_slot: AtomicU32::new(u32::MAX),
                 gate: gate::ReaderGate::default(),
@@ -98,6 +103,14 @@ impl ClientHandle {
         (ClientHandle::new(tx, capacity, None), rx)
     }
 
+    /// What the writer does once it has encoded `count` deliveries, for tests of the router.
+    #[cfg(test)]
+    pub(crate) fn written_for_tests(&self, count: usize) {
+        self.shared
+            .waiting_deliveries
+            .fetch_sub(count, Ordering::AcqRel);
+    }
+
     /// Queues a control packet. These are not counted against the capacity: the protocol
     /// bounds them (one per packet the client sent, or per in-flight message).
     pub fn send(&self, item: Outbound) -> Result<(), WriterGone> {
@@ -108,15 +121,36 @@ impl ClientHandle {
         self.send(Outbound::Packet(Box::new(packet)))
     }
 
-    /// Whether a delivery may be queued now: false once `capacity` items are waiting, in
-    /// which case the writer will send a drain notice when it has caught up.
-    pub fn has_room(&self) -> bool {
-        if self.tx.len() < self.shared.capacity {
-            return true;
+    /// How many more deliveries may be handed over now (0 once `capacity` are waiting, in
+    /// which case the writer will send a drain notice when it has caught up).
+    pub fn room(&self) -> usize {
+        let room = |waiting: usize| self.shared.capacity.saturating_sub(waiting);
+        let free = room(self.shared.waiting_deliveries.load(Ordering::Acquire));
+        if free > 0 {
+            return free;
         }
         self.shared.drain_requested.store(true, Ordering::Release);
-        // The writer may have emptied the channel between the two checks.
-        self.tx.len() < self.shared.capacity
+        // The writer may have caught up between the two checks.
+        room(self.shared.waiting_deliveries.load(Ordering::Acquire))
+    }
+
+    /// Asks the writer to tell the router when it has caught up.
+    pub fn request_drain_notice(&self) {
+        self.shared.drain_requested.store(true, Ordering::Release);
+    }
+
+    /// Hands deliveries (`Outbound::Publish` items) to the writer in one go. Never blocks.
+    pub fn deliver(&self, mut items: Vec<Outbound>) -> Result<(), WriterGone> {
+        let count = items.len();
+        let item = match count {
+            0 => return Ok(()),
+            1 => items.pop().expect("one item"),
+            _ => Outbound::Batch(items),
+        };
+        self.shared
+            .waiting_deliveries
+            .fetch_add(count, Ordering::AcqRel);
+        self.send(item)
     }
 
     /// Asks the writer to send `disconnect` (if any) and close the connection.

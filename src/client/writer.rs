@@ -44,6 +44,7 @@ pub(super) fn run(
     let mut encoder = Encoder {
         version,
         aliases: TopicAliases::new(topic_alias_maximum),
+        delivered: 0,
     };
     let mut out = Vec::new();
     // `recv` fails once every handle is dropped and the channel is empty.
@@ -59,6 +60,13 @@ pub(super) fn run(
                 break;
             }
             next = rx.try_recv().ok();
+        }
+        // Deliveries encoded leave the count the router's `room` is measured against.
+        let delivered = std::mem::take(&mut encoder.delivered);
+        if delivered > 0 {
+            shared
+                .waiting_deliveries
+                .fetch_sub(delivered, Ordering::AcqRel);
         }
         if !out.is_empty() {
             trace!("client {connection_id}: writing {} bytes", out.len());
@@ -96,6 +104,8 @@ pub(super) fn run(
 struct Encoder {
     version: ProtocolVersion,
     aliases: TopicAliases,
+    /// Deliveries encoded since the count was last settled.
+    delivered: usize,
 }
 
 impl Encoder {
@@ -109,7 +119,15 @@ impl Encoder {
                 dup,
             } => {
                 self.encode_publish(&delivery, packet_id, dup, out);
+                self.delivered += 1;
                 false
+            }
+            Outbound::Batch(items) => {
+                let mut closing = false;
+                for item in items {
+                    closing |= self.encode(item, out);
+                }
+                closing
             }
             Outbound::Ack(kind, packet_id) => {
                 let ack = Ack::new(packet_id);

@@ -72,7 +72,15 @@ pub struct QueueActor {
     congested: Vec<u32>,
     /// Numbers held acknowledgements, so that a stale one is recognised.
     next_held_seq: u64,
+    /// Sessions queued for since the last flush: pumped once per batch of the inbox, so that
+    /// each writer gets its messages in one `Outbound::Batch`.
+    dirty: Vec<u32>,
+    /// Messages handled since the last flush.
+    unflushed: usize,
 }
+
+/// The most messages the router handles before it pumps the sessions they were queued for.
+const FLUSH_EVERY: usize = 64;
 
 impl QueueActor {
     pub(crate) fn new(rx: Receiver<Msg>, config: &Config) -> Self {
@@ -96,6 +104,8 @@ impl QueueActor {
             matches: Vec::new(),
             congested: Vec::new(),
             next_held_seq: 0,
+            dirty: Vec::new(),
+            unflushed: 0,
         }
     }
 
@@ -115,12 +125,44 @@ impl QueueActor {
             };
             if let Some(msg) = next {
                 self.handle(msg);
+                self.unflushed += 1;
             }
             if self.timers.next_deadline().is_some() {
                 self.fire_timers(Instant::now());
             }
+            // Pump when the inbox is empty (no added latency) or after a batch.
+            if self.unflushed >= FLUSH_EVERY || self.rx.is_empty() {
+                self.flush();
+            }
         }
+        self.flush();
         debug!("router stopped");
+    }
+
+    /// Marks a session as having messages to send.
+    fn mark_dirty(&mut self, slot: u32) {
+        if let Some(session) = self.sessions[slot as usize].as_mut() {
+            if !session.dirty {
+                session.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// Pumps every session queued for since the last flush.
+    fn flush(&mut self) {
+        self.unflushed = 0;
+        let dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
+            if let Some(session) = self.sessions[slot as usize].as_mut() {
+                session.dirty = false;
+                session.pump();
+            }
+            self.release_held(slot, false);
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        self.dirty = dirty;
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -264,6 +306,10 @@ mod tests {
 
     fn names(rx: &Receiver<Outbound>) -> Vec<String> {
         rx.try_iter()
+            .flat_map(|item| match item {
+                Outbound::Batch(items) => items,
+                single => vec![single],
+            })
             .map(|item| match item {
                 Outbound::Publish { delivery, .. } => {
                     format!("PUBLISH {}", delivery.message.publish.topic)
@@ -271,6 +317,7 @@ mod tests {
                 Outbound::Ack(kind, id) => format!("{kind:?} {id}"),
                 Outbound::Packet(packet) => packet.name().to_string(),
                 Outbound::Close(_) => "close".to_string(),
+                Outbound::Batch(_) => unreachable!("flattened above"),
             })
             .collect()
     }

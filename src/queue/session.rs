@@ -78,6 +78,8 @@ pub(super) struct Session {
     pub last_connection: u64,
     /// A will waiting out its Will Delay Interval after the connection ended (MQTT 5).
     pub delayed_will: Option<Will>,
+    /// Messages were queued since the last pump (the router's list of sessions to pump).
+    pub dirty: bool,
     /// This session as a publisher: its acknowledgements held back by congested receivers.
     pub held_acks: HeldAcks,
     /// This session as a congested receiver: what it holds back of which publisher (by slot)
@@ -116,18 +118,19 @@ impl Session {
             outbox: Outbox::new(limits),
             last_connection: 0,
             delayed_will: None,
+            dirty: false,
             held_acks: HeldAcks::default(),
             holding: Vec::new(),
         }
     }
 
-    /// Queues a message for this session and sends what the window allows.
+    /// Queues a message for this session. It is sent by the next `pump`: the router pumps the
+    /// sessions it queued for once per batch of its inbox, so that each writer gets one batch.
     pub fn deliver(&mut self, delivery: Delivery) -> Enqueued {
         let online = self.online.is_some();
         if !self.outbox.enqueue(delivery, online) {
             return Enqueued::Dropped;
         }
-        self.pump();
         if online && self.outbox.is_congested() {
             Enqueued::Congested
         } else {
@@ -248,12 +251,14 @@ impl Outbox {
 
     fn pump(&mut self, online: &Online) {
         let writer = &online.writer;
+        let mut room = writer.room();
+        let mut batch = Vec::new();
         while let Some(next) = self.queued.front() {
             if next.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
-                return;
+                break;
             }
-            if !writer.has_room() {
-                return;
+            if room == 0 {
+                break;
             }
             let delivery = self.queued.pop_front().expect("front() was Some");
             if delivery.may_expire && delivery.message.is_expired() {
@@ -279,31 +284,33 @@ impl Outbox {
                 });
                 Some(packet_id)
             };
-            let item = Outbound::Publish {
+            batch.push(Outbound::Publish {
                 delivery,
                 packet_id,
                 dup: false,
-            };
-            if writer.send(item).is_err() {
-                // The connection is going; in-flight messages stay for the next one.
-                return;
-            }
+            });
+            room -= 1;
         }
+        if room == 0 {
+            writer.request_drain_notice();
+        }
+        // If the connection is going, in-flight messages stay for the next one.
+        let _ = writer.deliver(batch);
     }
 
     /// Resends everything in flight, in order, for a resumed session: PUBLISH with DUP set for
     /// unacknowledged messages, PUBREL for released ones [MQTT-4.4.0-1].
     pub fn resend_inflight(&mut self, writer: &ClientHandle) {
         for flight in &self.inflight {
-            let item = match flight.stage {
-                Stage::Published => Outbound::Publish {
+            let sent = match flight.stage {
+                Stage::Published => writer.deliver(vec![Outbound::Publish {
                     delivery: flight.delivery.clone(),
                     packet_id: Some(flight.packet_id),
                     dup: true,
-                },
-                Stage::Released => Outbound::Ack(AckKind::PubRel, flight.packet_id),
+                }]),
+                Stage::Released => writer.send(Outbound::Ack(AckKind::PubRel, flight.packet_id)),
             };
-            if writer.send(item).is_err() {
+            if sent.is_err() {
                 return;
             }
         }
@@ -427,6 +434,10 @@ mod tests {
     /// What the writer received, as (kind, packet id, payload or "", dup) tuples.
     fn drain(rx: &Receiver<Outbound>) -> Vec<(&'static str, u16, String, bool)> {
         rx.try_iter()
+            .flat_map(|item| match item {
+                Outbound::Batch(items) => items,
+                single => vec![single],
+            })
             .map(|item| match item {
                 Outbound::Publish {
                     delivery,
@@ -448,6 +459,13 @@ mod tests {
                 _ => ("other", 0, String::new(), false),
             })
             .collect()
+    }
+
+    /// Queues a delivery and pumps, as the router does at the end of a batch.
+    fn deliver(session: &mut Session, delivery: Delivery) -> Enqueued {
+        let outcome = session.deliver(delivery);
+        session.pump();
+        outcome
     }
 
     /// Limits with a hard limit of ten times `max_queued` (no router overshoot to allow for).
@@ -482,7 +500,10 @@ mod tests {
     fn window_holds_back_qos1_and_acks_release_in_order() {
         let (mut s, rx) = session(2, 10);
         for p in ["a", "b", "c"] {
-            assert_eq!(s.deliver(message(p, QoS::AtLeastOnce)), Enqueued::Accepted);
+            assert_eq!(
+                deliver(&mut s, message(p, QoS::AtLeastOnce)),
+                Enqueued::Accepted
+            );
         }
         assert_eq!(
             drain(&rx),
@@ -506,9 +527,9 @@ mod tests {
     #[test]
     fn qos0_waits_behind_a_full_window_to_keep_order() {
         let (mut s, rx) = session(1, 10);
-        s.deliver(message("a", QoS::AtLeastOnce));
-        s.deliver(message("b", QoS::AtLeastOnce));
-        s.deliver(message("c", QoS::AtMostOnce));
+        deliver(&mut s, message("a", QoS::AtLeastOnce));
+        deliver(&mut s, message("b", QoS::AtLeastOnce));
+        deliver(&mut s, message("c", QoS::AtMostOnce));
         assert_eq!(drain(&rx).len(), 1);
         s.outbox.acknowledge(AckKind::PubAck, id(1), None);
         s.pump();
@@ -524,8 +545,8 @@ mod tests {
     #[test]
     fn qos2_flow_and_resend_after_reconnect() {
         let (mut s, rx) = session(10, 10);
-        s.deliver(message("a", QoS::ExactlyOnce));
-        s.deliver(message("b", QoS::ExactlyOnce));
+        deliver(&mut s, message("a", QoS::ExactlyOnce));
+        deliver(&mut s, message("b", QoS::ExactlyOnce));
         drain(&rx);
         let writer = s.online.as_ref().map(|o| o.writer.clone());
         s.outbox
@@ -555,16 +576,22 @@ mod tests {
     #[test]
     fn offline_queue_is_bounded_and_skips_qos0() {
         let mut s = Session::new("c".into(), u32::MAX, limits(10, 2));
-        assert_eq!(s.deliver(message("q0", QoS::AtMostOnce)), Enqueued::Dropped);
         assert_eq!(
-            s.deliver(message("a", QoS::AtLeastOnce)),
+            deliver(&mut s, message("q0", QoS::AtMostOnce)),
+            Enqueued::Dropped
+        );
+        assert_eq!(
+            deliver(&mut s, message("a", QoS::AtLeastOnce)),
             Enqueued::Accepted
         );
         assert_eq!(
-            s.deliver(message("b", QoS::AtLeastOnce)),
+            deliver(&mut s, message("b", QoS::AtLeastOnce)),
             Enqueued::Accepted
         );
-        assert_eq!(s.deliver(message("c", QoS::AtLeastOnce)), Enqueued::Dropped);
+        assert_eq!(
+            deliver(&mut s, message("c", QoS::AtLeastOnce)),
+            Enqueued::Dropped
+        );
         assert_eq!(s.outbox.queued_len(), 2);
         assert_eq!(s.outbox.dropped, 1);
     }
@@ -573,10 +600,14 @@ mod tests {
     fn full_writer_keeps_messages_queued() {
         let (mut s, rx) = session_with_writer(2, 100, 100);
         for p in ["a", "b", "c", "d"] {
-            s.deliver(message(p, QoS::AtMostOnce));
+            deliver(&mut s, message(p, QoS::AtMostOnce));
         }
         assert_eq!(drain(&rx).len(), 2);
         assert_eq!(s.outbox.queued_len(), 2);
+        // The writer has caught up.
+        if let Some(online) = &s.online {
+            online.writer.written_for_tests(2);
+        }
         s.pump();
         assert_eq!(drain(&rx).len(), 2);
     }
@@ -595,9 +626,9 @@ mod tests {
                 ..Default::default()
             },
         );
-        s.deliver(expired);
-        s.deliver(message(&"x".repeat(100), QoS::AtLeastOnce));
-        s.deliver(message("fits", QoS::AtLeastOnce));
+        deliver(&mut s, expired);
+        deliver(&mut s, message(&"x".repeat(100), QoS::AtLeastOnce));
+        deliver(&mut s, message("fits", QoS::AtLeastOnce));
         assert_eq!(drain(&rx), vec![("publish", 1, "fits".into(), false)]);
         assert_eq!(s.outbox.inflight_len(), 1);
     }
@@ -619,7 +650,7 @@ mod tests {
         expected.extend((4..20).map(|_| (Q1, Congested)));
         expected.push((Q0, Dropped));
         for (n, (qos, want)) in expected.into_iter().enumerate() {
-            assert_eq!(s.deliver(message("m", qos)), want, "message {n}");
+            assert_eq!(deliver(&mut s, message("m", qos)), want, "message {n}");
         }
         assert!(s.outbox.is_congested() && !s.outbox.is_drained());
         assert_eq!(s.outbox.queued_len(), 20);

@@ -151,8 +151,11 @@ impl QueueActor {
                 subscription_ids,
             );
             match session.deliver(delivery) {
-                Enqueued::Accepted => {}
-                Enqueued::Congested => self.congested.push(slot),
+                Enqueued::Accepted => self.mark_dirty(slot),
+                Enqueued::Congested => {
+                    self.congested.push(slot);
+                    self.mark_dirty(slot);
+                }
                 Enqueued::Dropped => note_drop(session),
             }
         }

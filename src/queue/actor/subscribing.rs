@@ -103,6 +103,7 @@ impl QueueActor {
                     note_drop(session);
                 }
             }
+            self.mark_dirty(from.slot);
         }
     }
 
