@@ -62,7 +62,7 @@ pub struct ClientHandle {
 
 /// State the writer shares with whoever holds its handle.
 struct WriterShared {
-    /// Beyond this many deliveries waiting `has_room` says no.
+    /// Beyond this many deliveries waiting `room` says none.
     capacity: usize,
     /// Deliveries handed to the writer and not yet encoded.
     waiting_deliveries: AtomicUsize,
