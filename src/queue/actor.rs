@@ -304,6 +304,22 @@ mod tests {
         }
     }
 
+    fn subscribe(tx: &Sender<Msg>, from: ConnectionRef, filter: &str, qos: QoS) {
+        let options = SubscriptionOptions {
+            qos,
+            ..Default::default()
+        };
+        tx.send(Msg::Subscribe {
+            from,
+            subscribe: Subscribe {
+                packet_id: PacketId::new(1).expect("non-zero"),
+                filters: vec![(filter.into(), options)],
+                properties: SubscribeProperties::default(),
+            },
+        })
+        .expect("queued");
+    }
+
     fn names(rx: &Receiver<Outbound>) -> Vec<String> {
         rx.try_iter()
             .flat_map(|item| match item {
@@ -328,19 +344,7 @@ mod tests {
         let actor = QueueActor::new(rx, &Config::default());
         let subscriber = connect(&tx, "sub", 1, 0);
         let publisher = connect(&tx, "pub", 2, 1);
-        let options = SubscriptionOptions {
-            qos: QoS::AtLeastOnce,
-            ..Default::default()
-        };
-        tx.send(Msg::Subscribe {
-            from: subscriber.from,
-            subscribe: Subscribe {
-                packet_id: PacketId::new(1).expect("non-zero"),
-                filters: vec![("a/+".into(), options)],
-                properties: SubscribeProperties::default(),
-            },
-        })
-        .expect("queued");
+        subscribe(&tx, subscriber.from, "a/+", QoS::AtLeastOnce);
         let publish = Publish {
             dup: false,
             qos: QoS::AtLeastOnce,
@@ -368,15 +372,7 @@ mod tests {
         let actor = QueueActor::new(rx, &Config::default());
         let old = connect(&tx, "same", 1, 0);
         let new = connect(&tx, "same", 2, 0);
-        tx.send(Msg::Subscribe {
-            from: old.from,
-            subscribe: Subscribe {
-                packet_id: PacketId::new(1).expect("non-zero"),
-                filters: vec![("t".into(), SubscriptionOptions::default())],
-                properties: SubscribeProperties::default(),
-            },
-        })
-        .expect("queued");
+        subscribe(&tx, old.from, "t", QoS::AtMostOnce);
         drop(tx);
         actor.run();
         // The old connection was closed by the takeover and its SUBSCRIBE went nowhere.

@@ -278,6 +278,8 @@ impl QueueActor {
             payload,
         };
         self.route(slot, Arc::new(Message::new(publish)));
+        // A will has no publisher left to slow down: congestion it met is nobody's to act on.
+        self.congested.clear();
     }
 
     pub(super) fn handle_shutdown(&mut self) {

@@ -54,7 +54,6 @@ impl QueueActor {
                     session.incoming_qos2.insert(packet_id);
                     self.route(from.slot, message)
                 } else {
-                    self.congested.clear();
                     1
                 };
                 let reason = ack_reason(v5, matched);
