@@ -6,6 +6,10 @@ use std::env;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod listener;
+
+pub use listener::{Listener, Protocol, TlsSettings};
+
 /// Limits and sizes; `Config::default()` is what `cargo run` uses without environment variables.
 #[derive(Debug, Clone)]
 pub struct Config {
