@@ -44,41 +44,47 @@ pub(super) fn handshake(
     let version = connect.protocol;
     let mut client_id = connect.client_id;
     let mut assigned = false;
+    // As mosquitto: with a cap (65535 by default), an MQTT 5 client asking for more or for none
+    // is given the cap; a 3.1 or 3.1.1 client asking for more is refused.
     let cap = config.max_keep_alive;
-    let over_cap = cap < u16::MAX && (connect.keep_alive == 0 || connect.keep_alive > cap);
+    let over_cap = cap != 0 && (connect.keep_alive == 0 || connect.keep_alive > cap);
     let refusal = if client_id.is_empty() {
         if version == ProtocolVersion::V3_1
             || (version == ProtocolVersion::V3_1_1 && !connect.clean_start)
         {
-            // [MQTT-3.1.3-8] An empty client id needs clean session 1; 3.1 needs 1 to 23
-            // characters.
+            // [MQTT-3.1.3-8] An empty client id needs clean session 1; 3.1 needs one. (3.1's
+            // limit of 23 characters is not enforced: mosquitto accepts longer ones.)
             Some(ReasonCode::ClientIdentifierNotValid)
         } else {
             // [MQTT-3.1.3-6] The server assigns a unique identifier.
-            client_id = format!("auto-{}", ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed));
+            client_id = assigned_client_id();
             assigned = true;
             None
         }
-    } else if version == ProtocolVersion::V3_1 && client_id.chars().count() > 23 {
-        Some(ReasonCode::ClientIdentifierNotValid)
     } else {
         None
     };
-    let refusal = refusal.or(if over_cap && !version.is_v5() {
-        // A 3.1.1 client cannot be told a shorter keepalive; mosquitto refuses it this way.
-        Some(ReasonCode::ClientIdentifierNotValid)
-    } else if connect.properties.authentication_method.is_some() {
-        // [MQTT-4.12.0-1] No enhanced authentication method is supported.
-        Some(ReasonCode::BadAuthenticationMethod)
-    } else if connect
-        .will
-        .as_ref()
-        .is_some_and(|will| validate_topic_name(&will.topic).is_err())
-    {
-        Some(ReasonCode::TopicNameInvalid)
-    } else {
-        None
-    });
+    let refusal = refusal.or(
+        if cap != 0 && connect.keep_alive > cap && !version.is_v5() {
+            // A 3.1.1 client cannot be told a shorter keepalive; mosquitto refuses it this way.
+            Some(ReasonCode::ClientIdentifierNotValid)
+        } else if connect.properties.authentication_method.is_some() {
+            // [MQTT-4.12.0-1] No enhanced authentication method is supported.
+            Some(ReasonCode::BadAuthenticationMethod)
+        } else {
+            None
+        },
+    );
+    if let Some(will) = &connect.will {
+        if let Err(e) = validate_topic_name(&will.topic) {
+            // As mosquitto: closed without a CONNACK, like a malformed CONNECT.
+            warn!(
+                "{peer}: refused client {client_id:?}: will topic {:?}: {e}",
+                will.topic
+            );
+            return None;
+        }
+    }
     if let Some(reason) = refusal {
         warn!("{peer}: refused client {client_id:?}: {reason:?}");
         refuse(stream, connection_id, version, reason, queue, config);
@@ -86,7 +92,7 @@ pub(super) fn handshake(
     }
 
     // [MQTT-3.2.2-21] A capped keepalive is announced as Server Keep Alive.
-    let (keep_alive, server_keep_alive) = if over_cap {
+    let (keep_alive, server_keep_alive) = if over_cap && version.is_v5() {
         (cap, Some(cap))
     } else {
         (connect.keep_alive, None)
@@ -96,11 +102,9 @@ pub(super) fn handshake(
         stream: Arc::clone(stream),
         connection_id,
         version,
-        topic_alias_maximum: if version.is_v5() {
-            properties.topic_alias_maximum.unwrap_or(0)
-        } else {
-            0
-        },
+        // Outbound topic aliases are the sender's choice [MQTT-3.3.2-12]; mosquitto 2.0 never
+        // uses them, so every PUBLISH carries its topic, whatever the client allows.
+        topic_alias_maximum: 0,
         write_timeout: config.write_timeout,
     };
     let writer = match spawn_writer(setup, queue.clone(), config) {
@@ -178,6 +182,25 @@ pub(super) fn refuse(
         }));
         writer.close(None);
     }
+}
+
+/// A unique client identifier in mosquitto's shape (`auto-` and 36 characters laid out like a
+/// UUID), so that a client that checks its length or form sees what mosquitto gives it.
+fn assigned_client_id() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher;
+    let n = ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed);
+    // Unpredictable across runs (a fresh random key) and unique within one (the counter).
+    let random = RandomState::new().hash_one(n);
+    let hex = format!("{random:016X}{n:016X}");
+    format!(
+        "auto-{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 fn version_name(version: ProtocolVersion) -> &'static str {

@@ -17,10 +17,10 @@ use log::{debug, info, warn};
 use super::handshake::{handshake, refuse, Accepted};
 use super::{AckKind, Outbound};
 use crate::config::Config;
-use crate::mqtt::topic::validate_topic_name;
+use crate::mqtt::topic::{validate_topic_filter, validate_topic_name};
 use crate::mqtt::{
-    read_packet, DecodeError, Disconnect, DisconnectProperties, Packet, PacketId, ProtocolVersion,
-    Publish, ReasonCode,
+    read_client_packet, DecodeError, Disconnect, DisconnectProperties, Packet, PacketId,
+    ProtocolVersion, Publish, ReasonCode,
 };
 use crate::queue::{Ending, QueueHandle, RouterGone};
 
@@ -45,7 +45,7 @@ pub(super) fn run(
     let _ = stream.set_read_timeout(Some(config.connect_timeout));
     let mut reader = BufReader::with_capacity(READ_BUFFER, &*stream);
     let mut body = Vec::new();
-    let packet = read_packet(
+    let packet = read_client_packet(
         &mut reader,
         ProtocolVersion::V3_1_1,
         config.max_packet_size,
@@ -126,6 +126,9 @@ enum Closed {
     KeepAlive,
     /// The client broke the protocol; the reason code says how.
     Violation(ReasonCode, String),
+    /// The client broke the protocol where mosquitto closes without a DISCONNECT (a second
+    /// CONNECT); the reason goes to the log only.
+    Dropped(String),
     /// The router has gone (broker shutting down).
     RouterGone,
 }
@@ -146,20 +149,20 @@ impl Connection {
             // then slows the publisher. Bounded, so that a client that stopped reading because
             // we stopped reading it still gets through, one packet at a time.
             self.accepted.writer.wait_for_reader_gate(GATE_WAIT);
-            let packet = match read_packet(&mut reader, version, config.max_packet_size, &mut body)
-            {
-                Ok(packet) => packet,
-                Err(DecodeError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break Closed::KeepAlive
-                }
-                Err(DecodeError::Io(e)) => break Closed::Lost(e),
-                Err(e) => break Closed::Violation(e.reason_code(), e.to_string()),
-            };
+            let packet =
+                match read_client_packet(&mut reader, version, config.max_packet_size, &mut body) {
+                    Ok(packet) => packet,
+                    Err(DecodeError::Io(e))
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break Closed::KeepAlive
+                    }
+                    Err(DecodeError::Io(e)) => break Closed::Lost(e),
+                    Err(e) => break Closed::Violation(e.reason_code(), e.to_string()),
+                };
             if body.capacity() > BODY_BUFFER_KEEP {
                 body = Vec::new();
             }
@@ -203,8 +206,18 @@ impl Connection {
             Packet::PubRec(ack) => self.queue.ack(from, AckKind::PubRec, ack.packet_id)?,
             Packet::PubRel(ack) => self.queue.ack(from, AckKind::PubRel, ack.packet_id)?,
             Packet::PubComp(ack) => self.queue.ack(from, AckKind::PubComp, ack.packet_id)?,
-            Packet::Subscribe(subscribe) => self.queue.subscribe(from, subscribe)?,
-            Packet::Unsubscribe(unsubscribe) => self.queue.unsubscribe(from, unsubscribe)?,
+            Packet::Subscribe(subscribe) => {
+                if let Some(closed) = invalid_filter(subscribe.filters.iter().map(|f| &f.0)) {
+                    return Ok(Some(closed));
+                }
+                self.queue.subscribe(from, subscribe)?
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                if let Some(closed) = invalid_filter(unsubscribe.filters.iter()) {
+                    return Ok(Some(closed));
+                }
+                self.queue.unsubscribe(from, unsubscribe)?
+            }
             Packet::PingReq => {
                 let _ = self.accepted.writer.send_packet(Packet::PingResp);
             }
@@ -222,10 +235,10 @@ impl Connection {
                 return Ok(Some(Closed::ByClient(Box::new(disconnect))));
             }
             Packet::Connect(_) => {
-                return Ok(violation(
-                    ReasonCode::ProtocolError,
-                    "[MQTT-3.1.0-2] a second CONNECT",
-                ))
+                // Closed without DISCONNECT, as mosquitto closes it.
+                return Ok(Some(Closed::Dropped(
+                    "[MQTT-3.1.0-2] a second CONNECT".into(),
+                )));
             }
             Packet::Auth(_) => {
                 return Ok(violation(
@@ -273,9 +286,10 @@ impl Connection {
             if publish.topic.is_empty() {
                 match self.aliases.get(&alias) {
                     Some(topic) => publish.topic.clone_from(topic),
+                    // A Protocol Error (5.0 3.3.2.3.4), as mosquitto answers it.
                     None => {
                         return Ok(violation(
-                            ReasonCode::TopicAliasInvalid,
+                            ReasonCode::ProtocolError,
                             format!("topic alias {alias} was never set on this connection"),
                         ))
                     }
@@ -290,8 +304,9 @@ impl Connection {
             ));
         }
         if let Err(e) = validate_topic_name(&publish.topic) {
+            // 0x90 would be allowed too; mosquitto answers a Protocol Error.
             return Ok(violation(
-                ReasonCode::TopicNameInvalid,
+                ReasonCode::ProtocolError,
                 format!("PUBLISH to invalid topic {:?}: {e}", publish.topic),
             ));
         }
@@ -323,12 +338,17 @@ impl Connection {
                 Ending::Abnormal
             }
             Closed::KeepAlive => {
-                let why = format!(
-                    "no packet within 1.5 x {}s keepalive",
+                // Closed without DISCONNECT 0x8D, which is optional, as mosquitto closes it.
+                info!(
+                    "client {id} from {peer} timed out: no packet within 1.5 x {}s keepalive",
                     self.accepted.keep_alive
                 );
-                info!("client {id} from {peer} timed out: {why}");
-                self.close_with(ReasonCode::KeepAliveTimeout, why);
+                writer.close(None);
+                Ending::Abnormal
+            }
+            Closed::Dropped(why) => {
+                warn!("client {id} from {peer} disconnected: {why}");
+                writer.close(None);
                 Ending::Abnormal
             }
             Closed::Violation(reason, why) => {
@@ -347,18 +367,29 @@ impl Connection {
         let _ = self.queue.disconnect(self.accepted.from, ending);
     }
 
-    /// Closes the connection, sending an MQTT 5 client DISCONNECT with `reason` and, as its
-    /// reason string, `why` [MQTT-4.13.2-1].
-    fn close_with(&self, reason: ReasonCode, why: String) {
+    /// Closes the connection, sending an MQTT 5 client DISCONNECT with `reason` [MQTT-4.13.2-1].
+    /// As from mosquitto, the DISCONNECT carries the code alone: `why` has gone to the log.
+    fn close_with(&self, reason: ReasonCode, _why: String) {
         let _ = self
             .accepted
             .writer
             .send(Outbound::Close(Some(Box::new(Disconnect {
                 reason,
-                properties: DisconnectProperties {
-                    reason_string: Some(why),
-                    ..Default::default()
-                },
+                properties: DisconnectProperties::default(),
             }))));
     }
+}
+
+/// The first filter of a SUBSCRIBE or UNSUBSCRIBE that breaks the topic filter rules ends the
+/// connection as a malformed packet (v5: DISCONNECT 0x81), as mosquitto answers it; SUBACK
+/// 0x80/0x8F would be allowed too, but clients written against mosquitto never see it.
+fn invalid_filter<'a>(mut filters: impl Iterator<Item = &'a String>) -> Option<Closed> {
+    filters.find_map(|filter| {
+        validate_topic_filter(filter).err().map(|e| {
+            Closed::Violation(
+                ReasonCode::MalformedPacket,
+                format!("invalid topic filter {filter:?}: {e}"),
+            )
+        })
+    })
 }

@@ -10,16 +10,24 @@ pub mod listener;
 
 pub use listener::{Listener, Protocol, TlsSettings};
 
+/// The largest packet the protocol can describe: a remaining length of 268,435,455 bytes plus
+/// a 5-byte fixed header.
+pub const PROTOCOL_MAX_PACKET_SIZE: usize = 268_435_460;
+
 /// Limits and sizes; `Config::default()` is what `cargo run` uses without environment variables.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where to listen (`SOCKET_ADDR`, default 127.0.0.1:1883).
     pub socket_addr: SocketAddr,
-    /// Largest packet accepted, fixed header included (`MAX_PACKET_SIZE`, default 1 MiB).
-    /// Larger packets are refused before their body is read and the client is disconnected.
+    /// Largest packet accepted, fixed header included (`MAX_PACKET_SIZE`; default
+    /// `PROTOCOL_MAX_PACKET_SIZE`, no limit beyond the protocol's, as mosquitto). Larger packets
+    /// are refused before their body is read and the client is disconnected. Announced to MQTT 5
+    /// clients only when set below the protocol's limit. A body is read only as far as the
+    /// client has sent it, so the limit bounds memory by what clients actually send.
     pub max_packet_size: usize,
     /// QoS 1 and 2 messages sent to one client and not yet acknowledged
-    /// (`MAX_INFLIGHT_MESSAGES`, default 100); the rest wait in the session queue, in order.
+    /// (`MAX_INFLIGHT_MESSAGES`, default 20 as mosquitto); the rest wait in the session queue,
+    /// in order.
     pub max_inflight_messages: usize,
     /// Messages waiting in one session's queue, online or offline, behind its in-flight window
     /// (`MAX_QUEUED_MESSAGES`, default 1000). When full, new messages for that session are
@@ -36,15 +44,18 @@ pub struct Config {
     /// router reaches a publisher's message: what waits here is the overshoot it allows.
     pub router_queue_capacity: usize,
     /// QoS 2 messages a client may have sent us and not yet released with PUBREL; announced
-    /// to MQTT 5 clients as Receive Maximum (`RECEIVE_MAXIMUM`, default 65535), and a client
-    /// that exceeds it is disconnected with 0x93. QoS 1 messages are acknowledged at once.
+    /// to MQTT 5 clients as Receive Maximum (`RECEIVE_MAXIMUM`, default 20: mosquitto announces
+    /// its max_inflight_messages, 20), and a client that exceeds it is disconnected with 0x93.
+    /// QoS 1 messages are acknowledged at once.
     pub receive_maximum: u16,
     /// Topic aliases an MQTT 5 client may set on its connection (`TOPIC_ALIAS_MAXIMUM`,
     /// default 10, as mosquitto); 0 turns inbound aliases off.
     pub topic_alias_maximum: u16,
-    /// Longest keepalive accepted, in seconds (`MAX_KEEPALIVE`, default 65535: no cap). MQTT 5
-    /// clients asking for more (or for none) are told the cap as Server Keep Alive; 3.1 and
-    /// 3.1.1 clients are refused with "identifier rejected", as mosquitto does.
+    /// Longest keepalive accepted, in seconds (`MAX_KEEPALIVE`, default 65535 as mosquitto;
+    /// 0: no cap). MQTT 5 clients asking for more, or for none, are told the cap as Server Keep
+    /// Alive (so an MQTT 5 client asking for no keepalive gets 65535 by default, as from
+    /// mosquitto); 3.1 and 3.1.1 clients asking for more are refused with "identifier
+    /// rejected".
     pub max_keep_alive: u16,
     /// Connections held at once (`MAX_CONNECTIONS`; default: what this machine's thread, memory
     /// map and file limits allow, see `limits`). Further connections are closed at once.
@@ -63,13 +74,13 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             socket_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
-            max_packet_size: 1024 * 1024,
-            max_inflight_messages: 100,
+            max_packet_size: PROTOCOL_MAX_PACKET_SIZE,
+            max_inflight_messages: 20,
             max_queued_messages: 1000,
             writer_queue_capacity: 1024,
             writer_backlog_limit: 16 * 1024,
             router_queue_capacity: 512,
-            receive_maximum: u16::MAX,
+            receive_maximum: 20,
             topic_alias_maximum: 10,
             max_keep_alive: u16::MAX,
             max_connections: crate::limits::default_max_connections(),
@@ -90,7 +101,7 @@ impl Config {
         }
         if let Some(size) = var::<usize>("MAX_PACKET_SIZE")? {
             // The remaining length can describe at most 268,435,455 bytes plus a 5-byte header.
-            config.max_packet_size = size.clamp(2, 268_435_460);
+            config.max_packet_size = size.clamp(2, PROTOCOL_MAX_PACKET_SIZE);
         }
         if let Some(n) = var::<usize>("MAX_INFLIGHT_MESSAGES")? {
             config.max_inflight_messages = n.clamp(1, 65_535);
@@ -109,7 +120,7 @@ impl Config {
             config.max_connections = n.min(crate::limits::default_max_connections());
         }
         if let Some(n) = var::<u16>("MAX_KEEPALIVE")? {
-            config.max_keep_alive = n.max(1);
+            config.max_keep_alive = n;
         }
         Ok(config)
     }

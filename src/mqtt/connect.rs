@@ -35,9 +35,11 @@ pub(crate) fn decode(body: &[u8]) -> Result<Connect, DecodeError> {
     let mut r = Reader::new(body);
     let name = r.string()?;
     let level = r.u8()?;
+    // Bit 7 of a 3.1 or 3.1.1 level marks a bridge (a mosquitto extension that mosquitto
+    // accepts from anyone); the connection is then an ordinary one of that version.
     let protocol = match (name, level) {
-        ("MQIsdp", 3) => ProtocolVersion::V3_1,
-        ("MQTT", 4) => ProtocolVersion::V3_1_1,
+        ("MQIsdp", 3 | 0x83) => ProtocolVersion::V3_1,
+        ("MQTT", 4 | 0x84) => ProtocolVersion::V3_1_1,
         ("MQTT", 5) => ProtocolVersion::V5,
         // A name we know with a level we do not: the broker answers CONNACK 0x84 (3.1.1 return
         // code 1) and closes [MQTT-3.1.2-2]. Nothing after the level can be trusted to follow
@@ -54,7 +56,9 @@ pub(crate) fn decode(body: &[u8]) -> Result<Connect, DecodeError> {
     };
 
     let flags = r.u8()?;
-    if flags & RESERVED != 0 {
+    // 3.1 has none of the flag rules below; mosquitto accepts such a 3.1 CONNECT, and so do we.
+    let v3_1 = protocol == ProtocolVersion::V3_1;
+    if flags & RESERVED != 0 && !v3_1 {
         return Err(DecodeError::Malformed(
             "[MQTT-3.1.2-3] reserved CONNECT flag is set",
         ));
@@ -62,7 +66,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<Connect, DecodeError> {
     let has_will = flags & WILL_FLAG != 0;
     let will_qos_bits = (flags >> WILL_QOS_SHIFT) & 0x03;
     let will_retain = flags & WILL_RETAIN != 0;
-    if !has_will && (will_qos_bits != 0 || will_retain) {
+    if !has_will && (will_qos_bits != 0 || will_retain) && !v3_1 {
         // 3.1.1 [MQTT-3.1.2-13] and [MQTT-3.1.2-15]; 5.0 [MQTT-3.1.2-11] and [MQTT-3.1.2-13].
         return Err(DecodeError::Malformed(
             "[MQTT-3.1.2-11] will QoS or will retain set without the will flag",
@@ -108,17 +112,28 @@ pub(crate) fn decode(body: &[u8]) -> Result<Connect, DecodeError> {
     } else {
         None
     };
+    // In 3.1 a flag whose field is missing or unreadable is ignored, as mosquitto does.
     let username = if has_username {
-        Some(r.string()?.to_owned())
+        match r.string() {
+            Ok(name) => Some(name.to_owned()),
+            Err(_) if v3_1 => None,
+            Err(e) => return Err(e),
+        }
     } else {
         None
     };
     let password = if has_password {
-        Some(r.binary()?.to_vec())
+        match r.binary() {
+            Ok(secret) => Some(secret.to_vec()),
+            Err(_) if v3_1 => None,
+            Err(e) => return Err(e),
+        }
     } else {
         None
     };
-    r.finish()?;
+    if !v3_1 {
+        r.finish()?;
+    }
 
     Ok(Connect {
         protocol,

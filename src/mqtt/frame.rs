@@ -1,7 +1,7 @@
 //! Framing: the fixed header, the remaining length, and dispatch to the per-packet codecs.
 //!
 //! Owns: `read_packet`, `decode_packet` and `Packet::encode`. Must not: allocate a body before
-//! its length has been checked against the maximum packet size.
+//! its length has been checked against the maximum packet size, nor beyond what has arrived.
 //!
 //! ```text
 //!   byte 1          bytes 2..=5                   then
@@ -20,6 +20,9 @@ use super::properties::Properties;
 use super::publish::{self, encode_publish, PublishView};
 use super::{auth, connack, connect, disconnect, subscribe, unsubscribe};
 use super::{DecodeError, Packet, ProtocolVersion};
+
+/// Body bytes reserved before any arrive; a larger body grows the buffer as it is read.
+const BODY_RESERVE: usize = 64 * 1024;
 
 const CONNECT: u8 = 1;
 const CONNACK: u8 = 2;
@@ -45,6 +48,28 @@ pub fn read_packet<R: Read>(
     version: ProtocolVersion,
     max_packet_size: usize,
     buf: &mut Vec<u8>,
+) -> Result<Packet, DecodeError> {
+    read_frame(reader, version, max_packet_size, buf, false)
+}
+
+/// `read_packet` for a server: a packet type that only a server sends (CONNACK, SUBACK,
+/// UNSUBACK, PINGRESP) or the reserved type 0 is a Protocol Error whatever its body, as
+/// mosquitto answers it, rather than whatever decoding that body would find wrong.
+pub fn read_client_packet<R: Read>(
+    reader: &mut R,
+    version: ProtocolVersion,
+    max_packet_size: usize,
+    buf: &mut Vec<u8>,
+) -> Result<Packet, DecodeError> {
+    read_frame(reader, version, max_packet_size, buf, true)
+}
+
+fn read_frame<R: Read>(
+    reader: &mut R,
+    version: ProtocolVersion,
+    max_packet_size: usize,
+    buf: &mut Vec<u8>,
+    from_client: bool,
 ) -> Result<Packet, DecodeError> {
     // EOF here is the peer closing between packets: `read_exact` reports it as
     // `ErrorKind::UnexpectedEof`, which the caller tells apart from other I/O errors.
@@ -82,9 +107,31 @@ pub fn read_packet<R: Read>(
             max: max_packet_size,
         });
     }
+    // The body is read as it arrives, not allocated at its declared length: a client that
+    // declares 256 MiB and sends 10 bytes costs 10 bytes (plus the first reservation, at most
+    // `BODY_RESERVE`), so memory follows what clients actually send.
     buf.clear();
-    buf.resize(remaining, 0);
-    reader.read_exact(buf).map_err(inside_packet)?;
+    buf.reserve(remaining.min(BODY_RESERVE));
+    let got = reader
+        .by_ref()
+        .take(remaining as u64)
+        .read_to_end(buf)
+        .map_err(inside_packet)?;
+    if got < remaining {
+        return Err(DecodeError::Io(inside_packet(
+            io::ErrorKind::UnexpectedEof.into(),
+        )));
+    }
+    if from_client {
+        match first >> 4 {
+            0 => return Err(DecodeError::Protocol("reserved packet type 0")),
+            CONNACK => return Err(DecodeError::Protocol("a client may not send CONNACK")),
+            SUBACK => return Err(DecodeError::Protocol("a client may not send SUBACK")),
+            UNSUBACK => return Err(DecodeError::Protocol("a client may not send UNSUBACK")),
+            PINGRESP => return Err(DecodeError::Protocol("a client may not send PINGRESP")),
+            _ => {}
+        }
+    }
     decode_packet(first, buf, version)
 }
 
@@ -371,6 +418,20 @@ mod tests {
             read(ping, V3_1_1, 4),
             Err(DecodeError::TooLarge { size: 5, max: 4 })
         ));
+    }
+
+    #[test]
+    fn body_memory_follows_what_arrived() {
+        // 256 MiB declared, 10 bytes sent, then EOF: the buffer stays small.
+        let mut stream = vec![0x30, 0xFF, 0xFF, 0xFF, 0x7F];
+        stream.extend_from_slice(b"\x00\x01tpayload");
+        let mut buf = Vec::new();
+        let got = read_packet(&mut Cursor::new(&stream[..]), V5, usize::MAX, &mut buf);
+        assert!(
+            matches!(got, Err(DecodeError::Io(ref e)) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "{got:?}"
+        );
+        assert!(buf.capacity() <= 2 * BODY_RESERVE, "{}", buf.capacity());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 pub use connack::v3_return_code;
 pub use error::DecodeError;
-pub use frame::{decode_packet, read_packet};
+pub use frame::{decode_packet, read_client_packet, read_packet};
 pub use properties::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
     PublishProperties, SubscribeProperties, UnsubscribeProperties, UserProperties, WillProperties,

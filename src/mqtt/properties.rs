@@ -189,21 +189,17 @@ fn read_property<'a>(r: &mut Reader<'a>) -> Result<Property<'a>, DecodeError> {
         return Err(DecodeError::Malformed("unknown property identifier"));
     };
     Ok(match identifier {
-        id::PAYLOAD_FORMAT_INDICATOR => match r.u8()? {
-            v @ (0 | 1) => PayloadFormatIndicator(v),
-            _ => {
-                return Err(DecodeError::Protocol(
-                    "payload format indicator is not 0 or 1",
-                ))
-            }
-        },
+        // Values other than 0 and 1 are passed on as they came, as mosquitto does: the
+        // specification defines two values but no error for the others.
+        id::PAYLOAD_FORMAT_INDICATOR => PayloadFormatIndicator(r.u8()?),
         id::MESSAGE_EXPIRY_INTERVAL => MessageExpiryInterval(r.u32()?),
         id::CONTENT_TYPE => ContentType(r.string()?),
         id::RESPONSE_TOPIC => ResponseTopic(r.string()?),
         id::CORRELATION_DATA => CorrelationData(r.binary()?),
         id::SUBSCRIPTION_IDENTIFIER => match r.varint()? {
+            // mosquitto answers it as Malformed Packet.
             0 => {
-                return Err(DecodeError::Protocol(
+                return Err(DecodeError::Malformed(
                     "subscription identifier 0 (5.0 3.3.2.3.8 and 3.8.2.1.2)",
                 ))
             }
@@ -279,8 +275,10 @@ fn read_properties<'a>(
     Ok(())
 }
 
-const TWICE: DecodeError =
-    DecodeError::Protocol("a property that may appear once appears twice (5.0 2.2.2.2)");
+/// Why a repeated property is refused; mosquitto answers it as a Protocol Error wherever it
+/// appears, so packets that turn other property errors into Malformed Packet keep this one.
+pub(crate) const TWICE_WHY: &str = "a property that may appear once appears twice (5.0 2.2.2.2)";
+const TWICE: DecodeError = DecodeError::Protocol(TWICE_WHY);
 
 /// Stores a property that may appear only once.
 fn once<T>(slot: &mut Option<T>, value: T) -> Result<(), DecodeError> {
@@ -463,10 +461,10 @@ impl Properties for ConnectProperties {
             AuthenticationData(v) => once(&mut p.authentication_data, v.to_vec()),
             _ => not_allowed("property not valid in CONNECT (5.0 2.2.2.2)"),
         })?;
-        if p.authentication_data.is_some() && p.authentication_method.is_none() {
-            return Err(DecodeError::Protocol(
-                "authentication data without an authentication method (5.0 3.1.2.11.10)",
-            ));
+        // Authentication data without a method is a Protocol Error by 5.0 3.1.2.11.10, but
+        // mosquitto ignores it; so do we, dropping the data (nothing could read it).
+        if p.authentication_method.is_none() {
+            p.authentication_data = None;
         }
         Ok(p)
     }
@@ -553,21 +551,21 @@ impl Properties for ConnAckProperties {
         Ok(p)
     }
 
+    /// In mosquitto's order, so that a CONNACK matches its bytes: what the connection
+    /// negotiated first, then the server's limits; properties mosquitto never sends last.
     fn visit<S: Sink>(&self, s: &mut S) {
-        opt_four(s, id::SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
+        opt_two(s, id::TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
+        opt_two(s, id::SERVER_KEEP_ALIVE, self.server_keep_alive);
         opt_string(
             s,
             id::ASSIGNED_CLIENT_IDENTIFIER,
             &self.assigned_client_identifier,
         );
-        opt_two(s, id::SERVER_KEEP_ALIVE, self.server_keep_alive);
         opt_string(s, id::AUTHENTICATION_METHOD, &self.authentication_method);
         opt_binary(s, id::AUTHENTICATION_DATA, &self.authentication_data);
-        opt_string(s, id::RESPONSE_INFORMATION, &self.response_information);
-        opt_string(s, id::SERVER_REFERENCE, &self.server_reference);
-        opt_string(s, id::REASON_STRING, &self.reason_string);
+        opt_flag(s, id::RETAIN_AVAILABLE, self.retain_available);
+        opt_four(s, id::MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
         opt_two(s, id::RECEIVE_MAXIMUM, self.receive_maximum);
-        opt_two(s, id::TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
         // Maximum QoS may only be 0 or 1 on the wire; absent already means 2, so a model
         // holding 2 is written as absent rather than as a Protocol Error.
         match self.maximum_qos {
@@ -575,9 +573,11 @@ impl Properties for ConnAckProperties {
             Some(QoS::AtLeastOnce) => s.byte(id::MAXIMUM_QOS, 1),
             Some(QoS::ExactlyOnce) | None => {}
         }
-        opt_flag(s, id::RETAIN_AVAILABLE, self.retain_available);
+        opt_four(s, id::SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
+        opt_string(s, id::RESPONSE_INFORMATION, &self.response_information);
+        opt_string(s, id::SERVER_REFERENCE, &self.server_reference);
+        opt_string(s, id::REASON_STRING, &self.reason_string);
         users(s, &self.user);
-        opt_four(s, id::MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
         opt_flag(
             s,
             id::WILDCARD_SUBSCRIPTION_AVAILABLE,
@@ -607,24 +607,26 @@ impl PublishProperties {
         alias: Option<u16>,
         extra_ids: &[u32],
     ) {
+        // mosquitto's order: what belongs to this delivery (subscription identifiers), then
+        // the message's own properties, then the remaining expiry interval.
+        for &v in self.subscription_identifiers.iter().chain(extra_ids) {
+            subscription_identifier(s, v);
+        }
+        opt_two(s, id::TOPIC_ALIAS, alias.or(self.topic_alias));
         opt_byte(
             s,
             id::PAYLOAD_FORMAT_INDICATOR,
             self.payload_format_indicator,
         );
+        opt_string(s, id::CONTENT_TYPE, &self.content_type);
+        opt_string(s, id::RESPONSE_TOPIC, &self.response_topic);
+        opt_binary(s, id::CORRELATION_DATA, &self.correlation_data);
+        users(s, &self.user);
         opt_four(
             s,
             id::MESSAGE_EXPIRY_INTERVAL,
             expiry.or(self.message_expiry_interval),
         );
-        opt_string(s, id::CONTENT_TYPE, &self.content_type);
-        opt_string(s, id::RESPONSE_TOPIC, &self.response_topic);
-        opt_binary(s, id::CORRELATION_DATA, &self.correlation_data);
-        for &v in self.subscription_identifiers.iter().chain(extra_ids) {
-            subscription_identifier(s, v);
-        }
-        opt_two(s, id::TOPIC_ALIAS, alias.or(self.topic_alias));
-        users(s, &self.user);
     }
 
     /// `Properties::len` for `visit_for`.

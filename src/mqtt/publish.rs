@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use super::primitives::{string_len, write_string, write_u16, write_varint, Reader};
-use super::properties::{block_size, Properties};
+use super::properties::{block_size, Properties, TWICE_WHY};
 use super::{DecodeError, PacketId, ProtocolVersion, Publish, PublishProperties, QoS};
 
 const DUP: u8 = 0x08;
@@ -143,7 +143,8 @@ pub(crate) fn decode(
     let retain = flags & RETAIN != 0;
     let qos = QoS::try_from((flags >> QOS_SHIFT) & 0x03)?;
     // The sender MUST NOT set DUP on QoS 0 [MQTT-3.3.1-2]. 5.0 makes every such violation a
-    // Malformed Packet or Protocol Error; 3.1.1 clients that get this wrong are tolerated
+    // Malformed Packet or Protocol Error (mosquitto 2.0.11 lets it through, later versions
+    // refuse it too); 3.1.1 clients that get this wrong are tolerated, as by mosquitto 2.0.11
     // (the flag is kept, so the packet still re-encodes to the same bytes).
     if dup && qos == QoS::AtMostOnce && version.is_v5() {
         return Err(DecodeError::Malformed(
@@ -155,10 +156,19 @@ pub(crate) fn decode(
     let packet_id = if qos == QoS::AtMostOnce {
         None
     } else {
-        Some(r.packet_id()?)
+        // A packet identifier of 0 is a Protocol Error here, as mosquitto answers it.
+        Some(PacketId::new(r.u16()?).ok_or(DecodeError::Protocol(
+            "[MQTT-2.3.1-1] packet identifier is 0",
+        ))?)
     };
     let properties = if version.is_v5() {
-        PublishProperties::decode(&mut r)?
+        // As mosquitto: a property that breaks its own rules (a value out of range, one not
+        // allowed in PUBLISH) makes the PUBLISH malformed; a repeated one is a Protocol Error.
+        PublishProperties::decode(&mut r).map_err(|e| match e {
+            DecodeError::Protocol(why) if why != TWICE_WHY => DecodeError::Malformed(why),
+            DecodeError::TopicAliasInvalid(why) => DecodeError::Malformed(why),
+            other => other,
+        })?
     } else {
         PublishProperties::default()
     };

@@ -39,13 +39,15 @@ impl SubscriptionOptions {
                 "[MQTT-3.8.3-5] reserved subscription option bits are set",
             ));
         }
+        // Both are Protocol Errors by 5.0 3.8.3.1; mosquitto answers them as Malformed Packet,
+        // which the specification allows for a packet it cannot parse as intended.
         let qos = QoS::try_from(qos_bits)
-            .map_err(|_| DecodeError::Protocol("maximum QoS 3 in subscription options"))?;
+            .map_err(|_| DecodeError::Malformed("maximum QoS 3 in subscription options"))?;
         let retain_handling = match (byte >> RETAIN_HANDLING_SHIFT) & 0x03 {
             0 => RetainHandling::SendOnSubscribe,
             1 => RetainHandling::SendIfNewSubscription,
             2 => RetainHandling::DoNotSend,
-            _ => return Err(DecodeError::Protocol("retain handling 3 (5.0 3.8.3.1)")),
+            _ => return Err(DecodeError::Malformed("retain handling 3 (5.0 3.8.3.1)")),
         };
         Ok(SubscriptionOptions {
             qos,
@@ -88,9 +90,10 @@ pub(crate) fn decode_subscribe(
         let options = SubscriptionOptions::decode(r.u8()?, version)?;
         filters.push((filter, options));
     }
-    if filters.is_empty() {
-        // 3.1.1 calls it a protocol violation, 5.0 a Protocol Error.
-        return Err(DecodeError::Protocol(
+    // 3.1.1 calls it a protocol violation, 5.0 a Protocol Error (mosquitto answers Malformed
+    // Packet); 3.1 does not forbid it, and mosquitto answers it with an empty SUBACK.
+    if filters.is_empty() && version != ProtocolVersion::V3_1 {
+        return Err(DecodeError::Malformed(
             "[MQTT-3.8.3-3] SUBSCRIBE without any topic filter",
         ));
     }

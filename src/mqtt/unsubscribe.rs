@@ -25,8 +25,9 @@ pub(crate) fn decode_unsubscribe(
     while !r.is_empty() {
         filters.push(r.string()?.to_owned());
     }
-    if filters.is_empty() {
-        return Err(DecodeError::Protocol(
+    // As SUBSCRIBE: Malformed Packet as from mosquitto, and allowed in 3.1.
+    if filters.is_empty() && version != ProtocolVersion::V3_1 {
+        return Err(DecodeError::Malformed(
             "[MQTT-3.10.3-2] UNSUBSCRIBE without any topic filter",
         ));
     }

@@ -72,6 +72,9 @@ pub(super) struct Session {
     /// QoS 2 packet ids received and acknowledged with PUBREC, awaiting PUBREL: a PUBLISH
     /// resent with one of these ids is not delivered again.
     pub incoming_qos2: HashSet<PacketId>,
+    /// Those of `incoming_qos2` already resent once: a second resend before PUBREL closes the
+    /// connection as a protocol error, as mosquitto 2.0 does.
+    pub incoming_qos2_resent: HashSet<PacketId>,
     pub outbox: Outbox,
     /// The id of the last connection attached; timers armed when it ended carry it, so a
     /// timer outlived by a reconnect is recognised and ignored.
@@ -115,6 +118,7 @@ impl Session {
             online: None,
             filters: HashMap::new(),
             incoming_qos2: HashSet::new(),
+            incoming_qos2_resent: HashSet::new(),
             outbox: Outbox::new(limits),
             last_connection: 0,
             delayed_will: None,
@@ -191,6 +195,8 @@ pub(super) enum AckOutcome {
     Matched,
     /// No message in flight was waiting for it.
     Unknown,
+    /// A message in flight has this id but waits for another acknowledgement.
+    WrongKind,
 }
 
 impl Outbox {
@@ -344,7 +350,7 @@ impl Outbox {
                     let _ = writer.send(Outbound::Ack(AckKind::PubRel, packet_id));
                 }
             }
-            _ => return AckOutcome::Unknown,
+            _ => return AckOutcome::WrongKind,
         }
         AckOutcome::Matched
     }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod connect;
+mod differential;
 mod keepalive;
 mod mosquitto;
 mod pubsub;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use super::*;
+use crate::config::PROTOCOL_MAX_PACKET_SIZE;
 
 impl QueueActor {
     pub(super) fn handle_connect(&mut self, request: ConnectRequest) -> ConnectionRef {
@@ -17,7 +18,11 @@ impl QueueActor {
         let mut session_present = false;
         let resumed = match self.by_client_id.get(&client_id).copied() {
             Some(slot) => {
-                self.take_over(slot);
+                let ends = request.clean_start
+                    || self.sessions[slot as usize]
+                        .as_ref()
+                        .is_none_or(|s| s.expiry == 0);
+                self.take_over(slot, ends);
                 let session = self.sessions[slot as usize]
                     .as_mut()
                     .expect("the client id map points at live sessions");
@@ -50,17 +55,17 @@ impl QueueActor {
                 // [MQTT-3.2.2-16]
                 properties.assigned_client_identifier = Some(request.client_id.clone());
             }
-            if self.receive_maximum < u16::MAX {
-                properties.receive_maximum = Some(self.receive_maximum);
+            // As mosquitto: Receive Maximum always; Maximum Packet Size only when one is
+            // configured below the protocol's limit; no Response Information (a server may
+            // leave Request Response Information unanswered, [MQTT-3.1.2-28] only says it may).
+            properties.receive_maximum = Some(self.receive_maximum);
+            if (self.max_packet_size as usize) < PROTOCOL_MAX_PACKET_SIZE {
+                properties.maximum_packet_size = Some(self.max_packet_size);
             }
-            properties.maximum_packet_size = Some(self.max_packet_size);
             if self.topic_alias_maximum > 0 {
                 properties.topic_alias_maximum = Some(self.topic_alias_maximum);
             }
             properties.server_keep_alive = request.server_keep_alive;
-            if request.response_information {
-                properties.response_information = Some(format!("response/{}", request.client_id));
-            }
             // Retain, wildcard, subscription identifier and shared subscriptions are all
             // available, and QoS 2 is supported: their defaults say so, no property needed.
         }
@@ -96,9 +101,12 @@ impl QueueActor {
         }
     }
 
-    /// Closes the connection currently attached to `slot`, if any, and handles its will as for
-    /// a lost connection [MQTT-3.1.4-3].
-    pub(super) fn take_over(&mut self, slot: u32) {
+    /// Closes the connection currently attached to `slot`, if any [MQTT-3.1.4-3]. Its will is
+    /// published only when the session ends with it (`ends_session`: the new connection starts
+    /// clean, or the session expires with its connection); a session that carries on under
+    /// the new connection keeps quiet, as with mosquitto (a will is for a client that is gone,
+    /// and [MQTT-3.1.3-9] withholds a delayed one from a client that came back).
+    pub(super) fn take_over(&mut self, slot: u32, ends_session: bool) {
         let Some(session) = self.sessions[slot as usize].as_mut() else {
             return;
         };
@@ -115,7 +123,11 @@ impl QueueActor {
         }));
         self.release_held(slot, true);
         if let Some(will) = old.will {
-            self.schedule_will(slot, will);
+            if ends_session {
+                self.schedule_will(slot, will);
+            } else {
+                debug!("will of a taken-over session that carries on: not published");
+            }
         }
     }
 

@@ -25,6 +25,28 @@ impl QueueActor {
             return;
         };
         let v5 = online.version.is_v5();
+        if let (Some(packet_id), true) = (packet_id, publish_denied(&message.publish.topic)) {
+            // As mosquitto's default access rules: a client may not publish to `$SYS/...`
+            // (but for a bridge's connection state) nor to `$share/...`: 0x87, not routed.
+            debug!(
+                "client {}: PUBLISH to {:?} not authorized",
+                session.client_id, message.publish.topic
+            );
+            let kind = match message.publish.qos {
+                QoS::ExactlyOnce => AckKind::PubRec,
+                _ => AckKind::PubAck,
+            };
+            let reason = if v5 {
+                ReasonCode::NotAuthorized
+            } else {
+                ReasonCode::Success
+            };
+            self.acknowledge(from.slot, kind, packet_id, reason);
+            return;
+        }
+        if publish_denied(&message.publish.topic) {
+            return;
+        }
         match (message.publish.qos, packet_id) {
             (QoS::AtMostOnce, _) => {
                 self.route(from.slot, message);
@@ -49,15 +71,24 @@ impl QueueActor {
                     return;
                 }
                 // [MQTT-4.3.3-2] Deliver once: a resent PUBLISH whose id awaits PUBREL is
-                // only acknowledged again.
-                let matched = if first {
+                // only acknowledged again; resent a second time, it ends the connection as
+                // mosquitto 2.0 ends it (a client that never sends PUBREL).
+                if first {
                     session.incoming_qos2.insert(packet_id);
-                    self.route(from.slot, message)
-                } else {
-                    1
-                };
-                let reason = ack_reason(v5, matched);
-                self.acknowledge(from.slot, AckKind::PubRec, packet_id, reason);
+                    self.route(from.slot, message);
+                } else if !session.incoming_qos2_resent.insert(packet_id) {
+                    warn!(
+                        "client {}: QoS 2 PUBLISH {packet_id} resent again before PUBREL",
+                        session.client_id
+                    );
+                    online.writer.close(Some(Disconnect {
+                        reason: ReasonCode::ProtocolError,
+                        properties: DisconnectProperties::default(),
+                    }));
+                    return;
+                }
+                // PUBREC says success whether or not anyone subscribed, as from mosquitto.
+                self.acknowledge(from.slot, AckKind::PubRec, packet_id, ReasonCode::Success);
             }
             (_, None) => debug!("PUBLISH with QoS > 0 and no packet id cannot be decoded"),
         }
@@ -74,14 +105,17 @@ impl QueueActor {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
         let mut groups = Vec::new();
+        let mut skipped_no_local = 0;
         self.subscriptions
             .for_each_match(
                 &message.publish.topic,
                 |target, subscription| match target {
                     Target::Session(slot) => {
                         let options = subscription.options;
-                        // [MQTT-3.8.3-3] No Local: not back to the publisher.
+                        // [MQTT-3.8.3-3] No Local: not back to the publisher, though it counts
+                        // as a match (PUBACK says success, as from mosquitto).
                         if options.no_local && slot == publisher {
+                            skipped_no_local += 1;
                             return;
                         }
                         matches.push(Match {
@@ -159,7 +193,7 @@ impl QueueActor {
             }
         }
         self.matches = matches;
-        matched
+        matched + skipped_no_local
     }
 
     /// Acknowledges a QoS 1 or 2 PUBLISH just routed: at once, or, when it was queued for
@@ -264,18 +298,13 @@ impl QueueActor {
         };
         if kind == AckKind::PubRel {
             for &packet_id in packet_ids {
-                let known = session.incoming_qos2.remove(&packet_id);
-                let _ = if known || !online.version.is_v5() {
-                    online
-                        .writer
-                        .send(Outbound::Ack(AckKind::PubComp, packet_id))
-                } else {
-                    online.writer.send_packet(Packet::PubComp(Ack {
-                        packet_id,
-                        reason: ReasonCode::PacketIdentifierNotFound,
-                        properties: AckProperties::default(),
-                    }))
-                };
+                // An unknown id is answered with a plain PUBCOMP too, as mosquitto answers it
+                // (0x92 would be allowed; the client only needs its flow closed).
+                session.incoming_qos2.remove(&packet_id);
+                session.incoming_qos2_resent.remove(&packet_id);
+                let _ = online
+                    .writer
+                    .send(Outbound::Ack(AckKind::PubComp, packet_id));
             }
             return;
         }
@@ -283,14 +312,55 @@ impl QueueActor {
             let outcome = session
                 .outbox
                 .acknowledge(kind, packet_id, Some(&online.writer));
-            if outcome == AckOutcome::Unknown {
-                debug!(
-                    "client {}: {kind:?} for packet id {packet_id} matches nothing in flight",
-                    session.client_id
-                );
+            match outcome {
+                AckOutcome::Matched => {}
+                AckOutcome::Unknown => {
+                    debug!(
+                        "client {}: {kind:?} for packet id {packet_id} matches nothing in flight",
+                        session.client_id
+                    );
+                    // As mosquitto: a PUBREC nobody waits for is still answered with PUBREL.
+                    if kind == AckKind::PubRec {
+                        let _ = online
+                            .writer
+                            .send(Outbound::Ack(AckKind::PubRel, packet_id));
+                    }
+                }
+                AckOutcome::WrongKind => {
+                    // A PUBREC for a QoS 1 delivery, a PUBACK for a QoS 2 one, a PUBCOMP
+                    // before PUBREC: a protocol error, the connection ends (as mosquitto).
+                    warn!(
+                        "client {}: {kind:?} for packet id {packet_id} does not fit its flow",
+                        session.client_id
+                    );
+                    online.writer.close(Some(Disconnect {
+                        reason: ReasonCode::ProtocolError,
+                        properties: DisconnectProperties::default(),
+                    }));
+                    return;
+                }
             }
         }
         session.pump();
         self.release_held(from.slot, false);
     }
+}
+
+/// Topics a client may not publish to under mosquitto's default access rules: `$SYS` (but
+/// for a bridge's `$SYS/broker/connection/{name}/state`) and `$share`.
+fn publish_denied(topic: &str) -> bool {
+    if topic.starts_with("$share/") || topic == "$share" {
+        return true;
+    }
+    let Some(rest) = topic
+        .strip_prefix("$SYS/")
+        .or(if topic == "$SYS" { Some("") } else { None })
+    else {
+        return false;
+    };
+    let bridge_state = rest
+        .strip_prefix("broker/connection/")
+        .and_then(|r| r.strip_suffix("/state"))
+        .is_some_and(|name| !name.is_empty() && !name.contains('/'));
+    !bridge_state
 }

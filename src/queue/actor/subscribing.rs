@@ -37,12 +37,13 @@ impl QueueActor {
             let shared = split_shared(&filter).map(|(_, inner)| inner.to_owned());
             if shared.is_some() && options.no_local {
                 // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
+                debug!(
+                    "client {}: No Local set on shared subscription {filter:?}",
+                    session.client_id
+                );
                 writer.close(Some(Disconnect {
                     reason: ReasonCode::ProtocolError,
-                    properties: DisconnectProperties {
-                        reason_string: Some("No Local set on a shared subscription".into()),
-                        ..Default::default()
-                    },
+                    properties: DisconnectProperties::default(),
                 }));
                 return;
             }
