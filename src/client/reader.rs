@@ -218,9 +218,7 @@ impl Connection {
                 }
                 self.queue.unsubscribe(from, unsubscribe)?
             }
-            Packet::PingReq => {
-                let _ = self.accepted.writer.send_packet(Packet::PingResp);
-            }
+            Packet::PingReq => self.queue.ping(from)?,
             Packet::Disconnect(disconnect) => {
                 let asks_expiry = disconnect
                     .properties

@@ -378,9 +378,9 @@ mod tests {
                 Want::Unsupported(4),
             ),
             (
-                "bridge bit level 0x84 is not a level we speak",
-                b"\x10\x0C\x00\x04MQTT\x84\x02\x00\x3C\x00\x00",
-                Want::Unsupported(0x84),
+                "bridge bit level 0x85 is not a level we speak",
+                b"\x10\x0C\x00\x04MQTT\x85\x02\x00\x3C\x00\x00",
+                Want::Unsupported(0x85),
             ),
             (
                 "MQTT level 3",

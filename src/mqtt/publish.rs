@@ -297,13 +297,13 @@ mod tests {
                 "packet id 0",
                 v3,
                 b"\x32\x05\x00\x01t\x00\x00",
-                Want::Malformed,
+                Want::Protocol,
             ),
             (
                 "5.0 packet id 0",
                 v5,
                 b"\x32\x06\x00\x01t\x00\x00\x00",
-                Want::Malformed,
+                Want::Protocol,
             ),
             (
                 "3.1.1 empty topic",
@@ -363,13 +363,19 @@ mod tests {
                 "5.0 subscription id 0",
                 v5,
                 b"\x30\x06\x00\x01t\x02\x0B\x00",
-                Want::Protocol,
+                Want::Malformed,
             ),
             (
-                "5.0 payload format 2",
+                "5.0 payload format 2 is passed on, as by mosquitto",
                 v5,
                 b"\x30\x06\x00\x01t\x02\x01\x02",
-                Want::Protocol,
+                Want::Exact(Packet::Publish(Publish {
+                    properties: PublishProperties {
+                        payload_format_indicator: Some(2),
+                        ..Default::default()
+                    },
+                    ..publish(QoS::AtMostOnce, 0, "t", b"")
+                })),
             ),
         ];
         for (name, versions, bytes, want) in cases {
@@ -392,7 +398,7 @@ mod tests {
         let mut out = Vec::new();
         encode_publish(&mut out, V5, &view);
         let expected: &[u8] = b"\x32\x19\x00\x01t\x00\x09\x11\
-\x02\x00\x00\x00\x2A\x0B\x03\x0B\xC8\x01\x26\x00\x01k\x00\x01vhi";
+\x0B\x03\x0B\xC8\x01\x26\x00\x01k\x00\x01v\x02\x00\x00\x00\x2Ahi";
         assert_eq!(out, expected);
         assert_eq!(view.encoded_len(V5), out.len());
         let Packet::Publish(got) = decode_packet(out[0], &out[2..], V5).unwrap() else {

@@ -300,8 +300,8 @@ mod tests {
                 b"\x82\x0C\x00\x01\x03\x0B\xC8\x01\x00\x03a/+\x01",
                 Want::Exact(with_id),
             ),
-            ("no filter", v3, b"\x82\x02\x00\x01", Want::Protocol),
-            ("5.0 no filter", v5, b"\x82\x03\x00\x01\x00", Want::Protocol),
+            ("no filter", &[V3_1_1], b"\x82\x02\x00\x01", Want::Malformed),
+            ("5.0 no filter", v5, b"\x82\x03\x00\x01\x00", Want::Malformed),
             (
                 "flags 0",
                 v3,
@@ -348,13 +348,13 @@ mod tests {
                 "5.0 retain handling 3",
                 v5,
                 b"\x82\x07\x00\x01\x00\x00\x01t\x30",
-                Want::Protocol,
+                Want::Malformed,
             ),
             (
                 "5.0 qos 3",
                 v5,
                 b"\x82\x07\x00\x01\x00\x00\x01t\x03",
-                Want::Protocol,
+                Want::Malformed,
             ),
             (
                 "missing options byte",
@@ -378,7 +378,7 @@ mod tests {
                 "5.0 subscription id 0",
                 v5,
                 b"\x82\x09\x00\x01\x02\x0B\x00\x00\x01t\x00",
-                Want::Protocol,
+                Want::Malformed,
             ),
             (
                 "5.0 subscription id twice",

@@ -175,8 +175,8 @@ mod tests {
                 b"\xA2\x0D\x00\x02\x07\x26\x00\x01k\x00\x01v\x00\x01a",
                 Want::Exact(Packet::Unsubscribe(with_user)),
             ),
-            ("no filter", v3, b"\xA2\x02\x00\x02", Want::Protocol),
-            ("5.0 no filter", v5, b"\xA2\x03\x00\x02\x00", Want::Protocol),
+            ("no filter", &[V3_1_1], b"\xA2\x02\x00\x02", Want::Malformed),
+            ("5.0 no filter", v5, b"\xA2\x03\x00\x02\x00", Want::Malformed),
             ("flags 0", v3, b"\xA0\x05\x00\x02\x00\x01a", Want::Malformed),
             (
                 "packet id 0",

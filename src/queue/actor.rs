@@ -181,6 +181,13 @@ impl QueueActor {
                 kind,
                 packet_id,
             } => self.handle_acks(from, kind, &[packet_id]),
+            Msg::Ping { from } => {
+                if let Some(online) =
+                    attached(&mut self.sessions, from).and_then(|s| s.online.as_ref())
+                {
+                    let _ = online.writer.send_packet(Packet::PingResp);
+                }
+            }
             Msg::PubAcks { from, packet_ids } => {
                 self.handle_acks(from, AckKind::PubAck, &packet_ids)
             }

@@ -86,6 +86,11 @@ pub(crate) enum Msg {
         kind: AckKind,
         packet_id: PacketId,
     },
+    /// PINGREQ: answered by the router, so that PINGRESP follows the answers to the packets
+    /// read before it, as mosquitto orders them.
+    Ping {
+        from: ConnectionRef,
+    },
     /// Several PUBACKs read in one go.
     PubAcks {
         from: ConnectionRef,
@@ -154,6 +159,11 @@ impl QueueHandle {
             message: Arc::new(Message::new(publish)),
             packet_id,
         })
+    }
+
+    /// PINGREQ, to be answered in order with the packets before it.
+    pub fn ping(&self, from: ConnectionRef) -> Result<(), RouterGone> {
+        self.send(Msg::Ping { from })
     }
 
     /// PUBACK, PUBREC or PUBCOMP for a message we sent, or PUBREL for one we received.

@@ -267,7 +267,12 @@ impl Outbox {
                 break;
             }
             let delivery = self.queued.pop_front().expect("front() was Some");
+            // A QoS 1/2 message skipped here still uses up a packet id, as with mosquitto
+            // (which numbers messages when it queues them), so the ids a client sees match.
             if delivery.may_expire && delivery.message.is_expired() {
+                if delivery.qos != QoS::AtMostOnce {
+                    self.allocate_packet_id();
+                }
                 continue;
             }
             if let Some(max) = online.max_packet_size {
@@ -275,6 +280,9 @@ impl Outbox {
                 let size = delivery_size(&delivery, online.version);
                 if size > max as usize {
                     debug!("message of {size} bytes exceeds the client's maximum of {max}");
+                    if delivery.qos != QoS::AtMostOnce {
+                        self.allocate_packet_id();
+                    }
                     continue;
                 }
             }
@@ -567,9 +575,13 @@ mod tests {
                 ("publish", 2, "b".into(), true)
             ]
         );
-        // PUBACK is the wrong acknowledgement for QoS 2.
+        // PUBACK is the wrong acknowledgement for QoS 2 (the router then closes).
         assert_eq!(
             s.outbox.acknowledge(AckKind::PubAck, id(2), None),
+            AckOutcome::WrongKind
+        );
+        assert_eq!(
+            s.outbox.acknowledge(AckKind::PubAck, id(9), None),
             AckOutcome::Unknown
         );
         assert_eq!(
@@ -635,7 +647,8 @@ mod tests {
         deliver(&mut s, expired);
         deliver(&mut s, message(&"x".repeat(100), QoS::AtLeastOnce));
         deliver(&mut s, message("fits", QoS::AtLeastOnce));
-        assert_eq!(drain(&rx), vec![("publish", 1, "fits".into(), false)]);
+        // The two skipped messages used up ids 1 and 2, as with mosquitto.
+        assert_eq!(drain(&rx), vec![("publish", 3, "fits".into(), false)]);
         assert_eq!(s.outbox.inflight_len(), 1);
     }
 

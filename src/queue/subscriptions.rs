@@ -45,7 +45,7 @@ const INDEX_FROM: usize = 16;
 const INDEX_DROP_BELOW: usize = 8;
 /// Collections smaller than this are never shrunk: reallocating them saves too little.
 const SHRINK_MIN_CAPACITY: usize = 64;
-/// Pending `+` branches kept on the call stack during a match before spilling to the heap;
+/// Pending match steps kept on the call stack during a match before spilling to the heap;
 /// ordinary topics have far fewer levels than this, so matching does not allocate.
 const INLINE_PENDING: usize = 16;
 
@@ -128,49 +128,46 @@ impl<K: Copy + Eq + Hash, V> SubscriptionTree<K, V> {
         // [MQTT-4.7.2-1]: only the root's wildcard slots are skipped for `$` names.
         let dollar = name.starts_with('$');
         let mut pending = Pending::new();
-        // A cursor is a node plus the part of the name it has not consumed yet; `None` means
-        // every level is consumed (distinct from `Some("")`, an empty last level still due).
-        let mut cursor: Cursor<'_, K, V> = (&self.root, Some(name));
-        let mut at_root = true;
-        loop {
-            let (node, rest) = cursor;
-            let wildcards = !(at_root && dollar);
-            at_root = false;
+        pending.push(Step::Descend(&self.root, Some(name), !dollar));
+        // mosquitto's order, so that copies and subscription identifiers come as from it: at
+        // each level the exact child's subtree, then that child's own subscribers (when the
+        // name ends there), then the same for `+`, then this node's `#`. A stack, not
+        // recursion: a name may have thousands of levels. Steps are pushed in reverse.
+        while let Some(step) = pending.pop() {
+            let (node, rest, wildcards) = match step {
+                Step::Visit(node) => {
+                    node.subs.visit(&mut visit);
+                    continue;
+                }
+                Step::Descend(node, rest, wildcards) => (node, rest, wildcards),
+            };
             if wildcards {
                 // `#` matches the remaining levels, none included (the parent itself).
                 if let Some(hash) = &node.hash {
-                    hash.subs.visit(&mut visit);
+                    pending.push(Step::Visit(hash));
                 }
             }
-            let next = match rest {
-                None => {
-                    node.subs.visit(&mut visit);
-                    None
-                }
-                Some(rest) => {
-                    let (level, after) = match rest.split_once('/') {
-                        Some((level, after)) => (level, Some(after)),
-                        None => (rest, None),
-                    };
-                    let plus = if wildcards {
-                        node.plus.as_deref()
-                    } else {
-                        None
-                    };
-                    match (node.children.get(level), plus) {
-                        (Some(exact), Some(plus)) => {
-                            pending.push((plus, after));
-                            Some((exact, after))
-                        }
-                        (Some(only), None) | (None, Some(only)) => Some((only, after)),
-                        (None, None) => None,
+            // `None` means every level is consumed (distinct from `Some("")`, an empty last
+            // level still due).
+            let Some(rest) = rest else { continue };
+            let (level, after) = match rest.split_once('/') {
+                Some((level, after)) => (level, Some(after)),
+                None => (rest, None),
+            };
+            if wildcards {
+                if let Some(plus) = node.plus.as_deref() {
+                    if after.is_none() {
+                        pending.push(Step::Visit(plus));
                     }
+                    pending.push(Step::Descend(plus, after, true));
                 }
-            };
-            cursor = match next.or_else(|| pending.pop()) {
-                Some(next) => next,
-                None => return,
-            };
+            }
+            if let Some(exact) = node.children.get(level) {
+                if after.is_none() {
+                    pending.push(Step::Visit(exact));
+                }
+                pending.push(Step::Descend(exact, after, true));
+            }
         }
     }
 
@@ -364,7 +361,22 @@ fn shrink_map<A: Eq + Hash, B>(map: &mut HashMap<A, B>) {
 }
 
 /// A match position: a node and the unconsumed rest of the name (`None`: all consumed).
-type Cursor<'a, K, V> = (&'a Node<K, V>, Option<&'a str>);
+/// What is left to do of a match: descend into a node with the rest of the name (and whether
+/// its wildcard slots count), or report a node's own subscribers.
+enum Step<'a, K, V> {
+    Descend(&'a Node<K, V>, Option<&'a str>, bool),
+    Visit(&'a Node<K, V>),
+}
+
+impl<K, V> Clone for Step<'_, K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K, V> Copy for Step<'_, K, V> {}
+
+type Cursor<'a, K, V> = Step<'a, K, V>;
 
 /// LIFO of `+` branches still to explore: an inline array first, a Vec only past it.
 struct Pending<'a, K, V> {

@@ -148,18 +148,29 @@ impl QueueActor {
                 });
             }
         }
-        // Overlapping subscriptions of one client get one copy, at the highest QoS, with every
-        // matching subscription identifier [MQTT-3.3.4-2, MQTT-3.3.4-3].
-        matches.sort_unstable_by_key(|m| m.slot);
+        // Overlapping subscriptions of a 3.1/3.1.1 client get one copy, at the highest QoS
+        // [MQTT-3.3.5-1]. An MQTT 5 client gets one copy per matching subscription, each with
+        // its own QoS and identifier, in the order of the subscription tree: 5.0 3.3.4 allows
+        // it [MQTT-3.3.4-5], and it is what mosquitto sends. (Stable sort: that order stays.)
+        matches.sort_by_key(|m| m.slot);
         let mut matched = 0;
         let mut start = 0;
         while start < matches.len() {
             let slot = matches[start].slot;
-            let end = start
-                + matches[start..]
-                    .iter()
-                    .take_while(|m| m.slot == slot)
-                    .count();
+            let v5 = self.sessions[slot as usize]
+                .as_ref()
+                .and_then(|s| s.online.as_ref())
+                .is_some_and(|o| o.version.is_v5());
+            let end = if v5 {
+                start + 1
+            } else {
+                start
+                    + matches[start..]
+                        .iter()
+                        .take_while(|m| m.slot == slot)
+                        .count()
+            };
+            let first_of_slot = start == 0 || matches[start - 1].slot != slot;
             let mut qos = QoS::AtMostOnce;
             let mut retain_as_published = false;
             let mut subscription_ids = SubscriptionIds::None;
@@ -171,7 +182,9 @@ impl QueueActor {
                 }
             }
             start = end;
-            matched += 1;
+            if first_of_slot {
+                matched += 1;
+            }
             let Some(session) = self.sessions[slot as usize].as_mut() else {
                 continue;
             };
