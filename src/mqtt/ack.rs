@@ -6,7 +6,7 @@
 
 use super::primitives::{write_u16, write_u8, Reader};
 use super::properties::{block_size, write_block, Properties};
-use super::{Ack, AckProperties, DecodeError, ProtocolVersion, ReasonCode};
+use super::{Ack, AckProperties, DecodeError, PacketId, ProtocolVersion, ReasonCode};
 
 /// Which of the four acknowledgements an `Ack` is.
 // The variants are the packets' own names, shared prefix and all.
@@ -53,15 +53,20 @@ pub(crate) fn decode(
     version: ProtocolVersion,
 ) -> Result<Ack, DecodeError> {
     let mut r = Reader::new(body);
-    let packet_id = r.packet_id()?;
+    // A packet id of 0 is a Protocol Error in an acknowledgement, as mosquitto answers it.
+    let packet_id = PacketId::new(r.u16()?)
+        .ok_or(DecodeError::Protocol("[MQTT-2.3.1-1] packet identifier is 0"))?;
     let mut ack = Ack::new(packet_id);
     if version.is_v5() && !r.is_empty() {
+        // mosquitto answers a PUBREL reason it does not know with a Protocol Error.
+        let invalid = match kind {
+            AckKind::PubRel => DecodeError::Protocol("reason code not valid in PUBREL"),
+            _ => DecodeError::Malformed("reason code not valid for this acknowledgement"),
+        };
         let reason = ReasonCode::try_from(r.u8()?)
             .ok()
             .filter(|&c| kind.allows(c))
-            .ok_or(DecodeError::Malformed(
-                "reason code not valid for this acknowledgement",
-            ))?;
+            .ok_or(invalid)?;
         ack.reason = reason;
         if !r.is_empty() {
             ack.properties = AckProperties::decode(&mut r)?;
@@ -151,7 +156,7 @@ mod tests {
                 b"\x70\x02\x00\x02",
                 Want::Exact(Packet::PubComp(ack(2, Success))),
             ),
-            ("packet id 0", all, b"\x40\x02\x00\x00", Want::Malformed),
+            ("packet id 0", all, b"\x40\x02\x00\x00", Want::Protocol),
             ("truncated", all, b"\x40\x01\x00", Want::Malformed),
             ("empty", all, b"\x40\x00", Want::Malformed),
             (
@@ -160,8 +165,8 @@ mod tests {
                 b"\x40\x03\x00\x01\x00",
                 Want::Malformed,
             ),
-            ("pubrel flags 0", all, b"\x60\x02\x00\x01", Want::Malformed),
-            ("puback flags 2", all, b"\x42\x02\x00\x01", Want::Malformed),
+            ("pubrel flags 0", &[V3_1_1, V5], b"\x60\x02\x00\x01", Want::Malformed),
+            ("puback flags 2", &[V3_1_1, V5], b"\x42\x02\x00\x01", Want::Malformed),
             (
                 "5.0 reason only",
                 v5,
@@ -208,7 +213,7 @@ mod tests {
                 "5.0 pubrel with 0x80",
                 v5,
                 b"\x62\x03\x00\x01\x80",
-                Want::Malformed,
+                Want::Protocol,
             ),
             (
                 "5.0 pubcomp with 0x10",

@@ -131,9 +131,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<Connect, DecodeError> {
     } else {
         None
     };
-    if !v3_1 {
-        r.finish()?;
-    }
+    r.finish()?;
 
     Ok(Connect {
         protocol,

@@ -57,7 +57,13 @@ pub(crate) fn decode(body: &[u8], version: ProtocolVersion) -> Result<Disconnect
                 "reason code not valid in DISCONNECT",
             ))?;
         if !r.is_empty() {
-            disconnect.properties = DisconnectProperties::decode(&mut r)?;
+            // A property DISCONNECT may not carry is a Protocol Error, as mosquitto answers it.
+            disconnect.properties = DisconnectProperties::decode(&mut r).map_err(|e| match e {
+                DecodeError::Malformed(why) if why.starts_with("property not valid") => {
+                    DecodeError::Protocol(why)
+                }
+                other => other,
+            })?;
         }
     }
     // Before v5 the body is empty (3.1.1 3.14.2 and 3.14.3).
@@ -131,7 +137,7 @@ mod tests {
             // What mosquitto_pub sends, in every version.
             ("empty", all, b"\xE0\x00", Want::Exact(disconnect(Success))),
             ("3.1.1 non-empty", v3, b"\xE0\x01\x00", Want::Malformed),
-            ("flags", all, b"\xE1\x00", Want::Malformed),
+            ("flags", &[V3_1_1, V5], b"\xE1\x00", Want::Malformed),
             (
                 "5.0 reason only",
                 v5,
@@ -167,7 +173,7 @@ mod tests {
                 "5.0 property not allowed",
                 v5,
                 b"\xE0\x04\x00\x02\x01\x00",
-                Want::Malformed,
+                Want::Protocol,
             ),
             (
                 "5.0 duplicate reason string",

@@ -304,13 +304,13 @@ mod tests {
             ("5.0 no filter", v5, b"\x82\x03\x00\x01\x00", Want::Malformed),
             (
                 "flags 0",
-                v3,
+                &[V3_1_1],
                 b"\x80\x06\x00\x01\x00\x01t\x00",
                 Want::Malformed,
             ),
             (
                 "flags 3",
-                v3,
+                &[V3_1_1],
                 b"\x83\x06\x00\x01\x00\x01t\x00",
                 Want::Malformed,
             ),
@@ -476,7 +476,7 @@ mod tests {
                 Want::Malformed,
             ),
             ("packet id 0", v3, b"\x90\x03\x00\x00\x00", Want::Malformed),
-            ("flags 2", v3, b"\x92\x03\x00\x01\x00", Want::Malformed),
+            ("flags 2", &[V3_1_1], b"\x92\x03\x00\x01\x00", Want::Malformed),
         ];
         for (name, versions, bytes, want) in cases {
             check(name, versions, bytes, &want);

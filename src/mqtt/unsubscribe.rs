@@ -177,7 +177,7 @@ mod tests {
             ),
             ("no filter", &[V3_1_1], b"\xA2\x02\x00\x02", Want::Malformed),
             ("5.0 no filter", v5, b"\xA2\x03\x00\x02\x00", Want::Malformed),
-            ("flags 0", v3, b"\xA0\x05\x00\x02\x00\x01a", Want::Malformed),
+            ("flags 0", &[V3_1_1], b"\xA0\x05\x00\x02\x00\x01a", Want::Malformed),
             (
                 "packet id 0",
                 v3,
@@ -245,7 +245,7 @@ mod tests {
                 Want::Malformed,
             ),
             ("packet id 0", v3, b"\xB0\x02\x00\x00", Want::Malformed),
-            ("flags 1", v3, b"\xB1\x02\x00\x02", Want::Malformed),
+            ("flags 1", &[V3_1_1], b"\xB1\x02\x00\x02", Want::Malformed),
         ];
         for (name, versions, bytes, want) in cases {
             check(name, versions, bytes, &want);

@@ -222,6 +222,11 @@ impl QueueActor {
         let seq = self.next_held_seq;
         if let Some(session) = self.sessions[publisher as usize].as_mut() {
             if congested.is_empty() && session.held_acks.is_empty() {
+                // A copy the publisher gets of its own message goes before its
+                // acknowledgement, as mosquitto writes them.
+                if session.dirty {
+                    session.pump();
+                }
                 if let Some(online) = &session.online {
                     send_ack(&online.writer, kind, packet_id, reason);
                 }
