@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use crate::client;
 use crate::config::{Config, Listener};
 use crate::queue::QueueHandle;
-use crate::transport::{Acceptor, Link};
+use crate::transport::{Acceptor, Link, Reloader};
 
 /// A bound broker, ready to `run`.
 pub struct Broker {
@@ -30,6 +30,7 @@ pub struct Broker {
     registry: Arc<Registry>,
     /// Listeners beyond the first (`add_listener`), each with what it makes of its sockets.
     extra: Vec<(TcpListener, Arc<Acceptor>)>,
+    reloader: Reloader,
 }
 
 /// Stops a running broker from any thread (a signal handler, a test). Cheap to clone.
@@ -81,6 +82,7 @@ impl Broker {
             },
             registry: Arc::new(Registry::default()),
             extra: Vec::new(),
+            reloader: Reloader::default(),
         })
     }
 
@@ -88,8 +90,10 @@ impl Broker {
     /// or WebSockets, with or without TLS). Fails if its TLS files cannot be loaded.
     pub fn add_listener(&mut self, socket: TcpListener, settings: Listener) -> io::Result<()> {
         let acceptor = Acceptor::new(&settings, self.config.max_packet_size)?;
+        let acceptor = Arc::new(acceptor);
         self.stopper.extra.lock().push(socket.local_addr()?);
-        self.extra.push((socket, Arc::new(acceptor)));
+        self.reloader.add(Arc::clone(&acceptor));
+        self.extra.push((socket, acceptor));
         Ok(())
     }
 
@@ -99,6 +103,11 @@ impl Broker {
 
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()
+    }
+
+    /// Reloads the TLS certificates and keys of every listener (for the SIGHUP handler).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Accepts connections on the calling thread until stopped, then closes every client and

@@ -160,6 +160,34 @@ impl Acceptor {
     }
 }
 
+/// Reloads the TLS files of every listener it was given (SIGHUP). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Reloader {
+    acceptors: Arc<parking_lot::Mutex<Vec<Arc<Acceptor>>>>,
+}
+
+impl Reloader {
+    pub fn add(&self, acceptor: Arc<Acceptor>) {
+        if acceptor.is_tls() {
+            self.acceptors.lock().push(acceptor);
+        }
+    }
+
+    /// Reloads every TLS listener; a listener whose files fail to load keeps its old ones,
+    /// and the first such error is returned once all have been tried.
+    pub fn reload(&self) -> io::Result<()> {
+        let acceptors = self.acceptors.lock().clone();
+        let mut first_error = None;
+        for acceptor in acceptors {
+            if let Err(e) = acceptor.reload() {
+                log::error!("TLS reload failed, the old certificate stays in use: {e}");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
 fn annotate(e: io::Error, what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what} failed: {e}"))
 }

@@ -12,6 +12,8 @@ mod robustness;
 mod session;
 mod shutdown;
 mod support;
+mod tls;
+mod transports;
 mod v5_connect;
 mod v5_publish;
 mod v5_subscribe;
