@@ -17,4 +17,5 @@ mod transports;
 mod v5_connect;
 mod v5_publish;
 mod v5_subscribe;
+mod websocket;
 mod will;
