@@ -1,6 +1,7 @@
 //! The integration tests: one crate, one binary. Each test starts the real broker in-process
 //! on an ephemeral port and talks to it over TCP, with raw packets or the mosquitto clients.
 
+mod browser;
 mod cli;
 mod connect;
 mod keepalive;

@@ -43,6 +43,7 @@ impl Authority {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
+        set_validity(&mut params);
         let key = KeyPair::generate().expect("CA key");
         Authority {
             issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
@@ -60,6 +61,7 @@ impl Authority {
         let mut params = CertificateParams::new(names).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, cn);
         params.serial_number = Some(SerialNumber::from(serial));
+        set_validity(&mut params);
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("signed");
         (cert.pem(), key.serialize_pem())
@@ -89,6 +91,18 @@ impl Authority {
             .pem()
             .expect("CRL PEM")
     }
+}
+
+/// Valid from last year to the year after next, counted from today: never expired, and short
+/// enough for browsers, which refuse certificates valid for centuries.
+fn set_validity(params: &mut CertificateParams) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs();
+    let year = 1970 + (now / 31_556_952) as i32;
+    params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
+    params.not_after = rcgen::date_time_ymd(year + 2, 1, 1);
 }
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
