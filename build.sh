@@ -201,7 +201,8 @@ build_image() {
 # Installs, with apt-get, the tools the tests need and this machine lacks.
 install_test_tools() {
   local missing=() cmd pkg
-  for cmd in mosquitto:mosquitto mosquitto_pub:mosquitto-clients mosquitto_sub:mosquitto-clients; do
+  for cmd in mosquitto:mosquitto mosquitto_pub:mosquitto-clients mosquitto_sub:mosquitto-clients \
+    chromium:chromium certutil:libnss3-tools npm:npm; do
     command -v "${cmd%%:*}" >/dev/null 2>&1 || missing+=("${cmd#*:}")
   done
   # A container engine for tests/image.sh: podman (with runc) unless a Docker engine answers.
@@ -227,9 +228,22 @@ install_test_tools() {
   timeout 900 "${apt[@]}" install -y "${missing[@]}" </dev/null || die "apt-get install ${missing[*]} failed"
 }
 
+# MQTT.js for the browser test (tests/it/browser.rs), from npm into the git-ignored cache.
+vendor_test_js() {
+  local dir=.test-cache/npm
+  [[ -f $dir/node_modules/mqtt/dist/mqtt.min.js ]] && return 0
+  say "vendoring MQTT.js into $dir (npm)"
+  mkdir -p "$dir"
+  timeout 300 npm install --prefix "$dir" --no-audit --no-fund --loglevel=error mqtt@5 </dev/null ||
+    die "npm install mqtt failed"
+}
+
 run_tests() {
   local t0=$SECONDS
   install_test_tools
+  vendor_test_js
+  # The browser test fails, rather than skips, when its tools are missing.
+  export MQTT_BROWSER_TEST=require
   say "cargo fmt --all -- --check"
   cargo fmt --all -- --check || die "cargo fmt --check failed: run cargo fmt --all"
   say "cargo clippy --all-targets -- -D warnings"

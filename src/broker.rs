@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,8 +16,9 @@ use log::{error, info, warn};
 use parking_lot::Mutex;
 
 use crate::client;
-use crate::config::Config;
+use crate::config::{Config, Listener};
 use crate::queue::QueueHandle;
+use crate::transport::{Acceptor, Link, Reloader};
 
 /// A bound broker, ready to `run`.
 pub struct Broker {
@@ -27,6 +28,9 @@ pub struct Broker {
     queue_thread: JoinHandle<()>,
     stopper: Stopper,
     registry: Arc<Registry>,
+    /// Listeners beyond the first (`add_listener`), each with what it makes of its sockets.
+    extra: Vec<(TcpListener, Arc<Acceptor>)>,
+    reloader: Reloader,
 }
 
 /// Stops a running broker from any thread (a signal handler, a test). Cheap to clone.
@@ -34,6 +38,8 @@ pub struct Broker {
 pub struct Stopper {
     stopping: Arc<AtomicBool>,
     addr: SocketAddr,
+    /// The addresses of `add_listener`'s listeners, woken the same way.
+    extra: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl Stopper {
@@ -43,16 +49,19 @@ impl Stopper {
             return;
         }
         // `accept` blocks; a connection of our own wakes it to see the flag.
-        let wake = match self.addr.ip() {
-            ip if ip.is_unspecified() && self.addr.is_ipv4() => {
-                SocketAddr::from(([127, 0, 0, 1], self.addr.port()))
-            }
-            ip if ip.is_unspecified() => {
-                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.addr.port()))
-            }
-            _ => self.addr,
-        };
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        let extra = self.extra.lock().clone();
+        for addr in std::iter::once(self.addr).chain(extra) {
+            let wake = match addr.ip() {
+                ip if ip.is_unspecified() && addr.is_ipv4() => {
+                    SocketAddr::from(([127, 0, 0, 1], addr.port()))
+                }
+                ip if ip.is_unspecified() => {
+                    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+                }
+                _ => addr,
+            };
+            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        }
     }
 }
 
@@ -69,9 +78,23 @@ impl Broker {
             stopper: Stopper {
                 stopping: Arc::new(AtomicBool::new(false)),
                 addr,
+                extra: Arc::default(),
             },
             registry: Arc::new(Registry::default()),
+            extra: Vec::new(),
+            reloader: Reloader::default(),
         })
+    }
+
+    /// Serves one more listener: `socket` is bound already, `settings` say what it speaks (MQTT
+    /// or WebSockets, with or without TLS). Fails if its TLS files cannot be loaded.
+    pub fn add_listener(&mut self, socket: TcpListener, settings: Listener) -> io::Result<()> {
+        let acceptor = Acceptor::new(&settings, self.config.max_packet_size)?;
+        let acceptor = Arc::new(acceptor);
+        self.stopper.extra.lock().push(socket.local_addr()?);
+        self.reloader.add(Arc::clone(&acceptor));
+        self.extra.push((socket, acceptor));
+        Ok(())
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -82,10 +105,15 @@ impl Broker {
         self.stopper.clone()
     }
 
+    /// Reloads the TLS certificates and keys of every listener (for the SIGHUP handler).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// Accepts connections on the calling thread until stopped, then closes every client and
     /// returns once they and the router have finished (or after a bounded wait).
     pub fn run(self) {
-        let next_id = AtomicU64::new(1);
+        let next_id = Arc::new(AtomicU64::new(1));
         info!("listening on {}", self.stopper.addr);
         if let Some((clients, limit)) = crate::limits::client_capacity() {
             info!("this machine's limits allow about {clients} clients ({limit} is the tightest)");
@@ -93,6 +121,25 @@ impl Broker {
         let max_connections = self.config.max_connections;
         let mut refused_since_log = 0u64;
         let listener = self.listener;
+        let acceptor = Arc::new(Acceptor::plain());
+        let extra_threads: Vec<JoinHandle<()>> = self
+            .extra
+            .into_iter()
+            .filter_map(|(socket, acceptor)| {
+                let accept = AcceptExtra {
+                    stopping: Arc::clone(&self.stopper.stopping),
+                    queue: self.queue.clone(),
+                    config: Arc::clone(&self.config),
+                    registry: Arc::clone(&self.registry),
+                    next_id: Arc::clone(&next_id),
+                };
+                std::thread::Builder::new()
+                    .name("acceptor".into())
+                    .spawn(move || accept.run(socket, acceptor))
+                    .map_err(|e| error!("cannot start an acceptor thread: {e}"))
+                    .ok()
+            })
+            .collect();
         for stream in listener.incoming() {
             if self.stopper.stopping.load(Ordering::Acquire) {
                 break;
@@ -129,6 +176,7 @@ impl Broker {
                 self.queue.clone(),
                 Arc::clone(&self.config),
                 Arc::clone(&self.registry),
+                Arc::clone(&acceptor),
             ) {
                 let hint = crate::limits::client_capacity()
                     .map(|(clients, limit)| {
@@ -139,6 +187,9 @@ impl Broker {
             }
         }
         drop(listener);
+        for thread in extra_threads {
+            let _ = thread.join();
+        }
         info!("shutting down");
         // The router closes every session's connection (DISCONNECT 0x8B for v5 clients) ...
         let _ = self.queue.shutdown();
@@ -159,7 +210,7 @@ impl Broker {
 /// Every open client socket, so that shutdown can close those not yet attached to a session.
 #[derive(Default)]
 pub struct Registry {
-    sockets: Mutex<HashMap<u64, Arc<TcpStream>>>,
+    sockets: Mutex<HashMap<u64, Arc<dyn Link>>>,
 }
 
 /// Removes its connection from the registry when the reader thread ends.
@@ -175,8 +226,8 @@ impl Drop for Registered<'_> {
 }
 
 impl Registry {
-    pub fn register<'a>(&'a self, id: u64, stream: &Arc<TcpStream>) -> Registered<'a> {
-        self.sockets.lock().insert(id, Arc::clone(stream));
+    pub fn register<'a>(&'a self, id: u64, link: &Arc<dyn Link>) -> Registered<'a> {
+        self.sockets.lock().insert(id, Arc::clone(link));
         Registered { registry: self, id }
     }
 
@@ -185,9 +236,9 @@ impl Registry {
     }
 
     fn close_all(&self) {
-        let sockets: Vec<Arc<TcpStream>> = self.sockets.lock().values().cloned().collect();
-        for socket in sockets {
-            let _ = socket.shutdown(Shutdown::Both);
+        let links: Vec<Arc<dyn Link>> = self.sockets.lock().values().cloned().collect();
+        for link in links {
+            link.shutdown();
         }
     }
 
@@ -201,5 +252,47 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(5));
         }
         true
+    }
+}
+
+/// The accept loop of a listener added by `add_listener` (a minimal one: the connection limit
+/// and the ids are shared with the first listener).
+struct AcceptExtra {
+    stopping: Arc<AtomicBool>,
+    queue: QueueHandle,
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl AcceptExtra {
+    fn run(self, listener: TcpListener, acceptor: Arc<Acceptor>) {
+        for stream in listener.incoming() {
+            if self.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            let Ok(stream) = stream else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            let Ok(peer) = stream.peer_addr() else {
+                continue;
+            };
+            if self.registry.len() >= self.config.max_connections {
+                continue;
+            }
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = client::spawn(
+                stream,
+                peer,
+                id,
+                self.queue.clone(),
+                Arc::clone(&self.config),
+                Arc::clone(&self.registry),
+                Arc::clone(&acceptor),
+            ) {
+                error!("{peer}: cannot start client thread: {e}");
+            }
+        }
     }
 }

@@ -7,6 +7,8 @@
 //! - [`limits`]: how many clients the machine's thread, map and file limits allow.
 //! - [`client`]: one connection: `reader` (handshake, keepalive, packets in) and `writer`
 //!   (the only code writing the socket), joined by `ClientHandle`.
+//! - [`transport`]: what the client threads read and write through: plain TCP, TLS (rustls),
+//!   WebSocket (tungstenite), made from an accepted socket by a listener's `Acceptor`.
 //! - [`queue`]: the router actor (`QueueHandle` / `QueueActor`): sessions, subscriptions,
 //!   retained messages, in-flight windows and offline queues.
 //! - [`mqtt`]: the packet model and codec for all three protocol versions, and topics.
@@ -19,6 +21,7 @@ pub mod config;
 pub mod limits;
 pub mod mqtt;
 pub mod queue;
+pub mod transport;
 
 pub use broker::{Broker, Stopper};
 pub use config::Config;

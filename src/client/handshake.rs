@@ -5,9 +5,8 @@
 //! `ConnectRequest` handed to the router (which answers CONNACK itself, so that it precedes
 //! any redelivery). Must not: read further packets or touch session state.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use log::{info, warn};
 
@@ -16,6 +15,7 @@ use crate::config::Config;
 use crate::mqtt::topic::validate_topic_name;
 use crate::mqtt::{ConnAck, Connect, Packet, ProtocolVersion, ReasonCode};
 use crate::queue::{ConnectRequest, ConnectionRef, QueueHandle};
+use crate::transport::Output;
 
 /// Numbers server-assigned client identifiers.
 static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(1);
@@ -34,7 +34,7 @@ pub(super) struct Accepted {
 
 /// Validates CONNECT, starts the writer and registers with the router; `None` when refused.
 pub(super) fn handshake(
-    stream: &Arc<TcpStream>,
+    output: Output,
     peer: SocketAddr,
     connection_id: u64,
     connect: Connect,
@@ -87,7 +87,7 @@ pub(super) fn handshake(
     }
     if let Some(reason) = refusal {
         warn!("{peer}: refused client {client_id:?}: {reason:?}");
-        refuse(stream, connection_id, version, reason, queue, config);
+        refuse(output, connection_id, version, reason, queue, config);
         return None;
     }
 
@@ -99,7 +99,7 @@ pub(super) fn handshake(
     };
     let properties = &connect.properties;
     let setup = WriterSetup {
-        stream: Arc::clone(stream),
+        output,
         connection_id,
         version,
         // Outbound topic aliases are the sender's choice [MQTT-3.3.2-12]; mosquitto 2.0 never
@@ -160,7 +160,7 @@ pub(super) fn handshake(
 
 /// Answers a refused CONNECT with a CONNACK carrying `reason` and closes.
 pub(super) fn refuse(
-    stream: &Arc<TcpStream>,
+    output: Output,
     connection_id: u64,
     version: ProtocolVersion,
     reason: ReasonCode,
@@ -168,7 +168,7 @@ pub(super) fn refuse(
     config: &Config,
 ) {
     let setup = WriterSetup {
-        stream: Arc::clone(stream),
+        output,
         connection_id,
         version,
         topic_alias_maximum: 0,

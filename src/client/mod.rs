@@ -15,6 +15,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -23,6 +24,7 @@ use crate::config::Config;
 use crate::mqtt::{Disconnect, Packet, PacketId, ProtocolVersion};
 use crate::queue::message::Delivery;
 use crate::queue::QueueHandle;
+use crate::transport::{Acceptor, Link, Output};
 
 /// Something for the writer to put on the wire.
 #[derive(Debug)]
@@ -41,6 +43,8 @@ pub enum Outbound {
     Close(Option<Box<Disconnect>>),
     /// Several deliveries at once: one channel operation and at most one wake-up for all.
     Batch(Vec<Outbound>),
+    /// Write what the transport produced while reading (a WebSocket pong, a TLS alert).
+    Flush,
 }
 
 /// The four acknowledgements of the QoS 1 and 2 flows.
@@ -73,8 +77,8 @@ struct WriterShared {
     session_slot: AtomicU32,
     /// Held by the router while this client's QoS 0 messages fill congested queues.
     gate: gate::ReaderGate,
-    /// The socket, for `abort` (none in tests of the router).
-    stream: Option<Arc<TcpStream>>,
+    /// The connection, for `abort` (none in tests of the router).
+    link: Option<Arc<dyn Link>>,
 }
 
 /// The writer has stopped; nothing sent to it will be written.
@@ -82,7 +86,7 @@ struct WriterShared {
 pub struct WriterGone;
 
 impl ClientHandle {
-    fn new(tx: Sender<Outbound>, capacity: usize, stream: Option<Arc<TcpStream>>) -> Self {
+    fn new(tx: Sender<Outbound>, capacity: usize, link: Option<Arc<dyn Link>>) -> Self {
         ClientHandle {
             tx,
             shared: Arc::new(WriterShared {
@@ -91,7 +95,7 @@ impl ClientHandle {
                 drain_requested: AtomicBool::new(false),
                 session_slot: AtomicU32::new(u32::MAX),
                 gate: gate::ReaderGate::default(),
-                stream,
+                link,
             }),
         }
     }
@@ -181,8 +185,8 @@ impl ClientHandle {
     /// Closes the socket at once, without waiting for the writer: it may be blocked writing to
     /// a client that does not read. Both threads then see the socket fail and end.
     pub fn abort(&self) {
-        if let Some(stream) = &self.shared.stream {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+        if let Some(link) = &self.shared.link {
+            link.shutdown();
         }
     }
 
@@ -192,8 +196,9 @@ impl ClientHandle {
     }
 }
 
-/// Starts the reader thread for a freshly accepted connection; the reader starts the writer
-/// once it knows the protocol version. Returns an error only if the thread cannot start.
+/// Starts the reader thread for a freshly accepted connection; the thread makes a transport of
+/// it (`acceptor`: TLS handshake, WebSocket upgrade), and the reader starts the writer once it
+/// knows the protocol version. Returns an error only if the thread cannot start.
 pub fn spawn(
     stream: TcpStream,
     peer: SocketAddr,
@@ -201,6 +206,7 @@ pub fn spawn(
     queue: QueueHandle,
     config: Arc<Config>,
     registry: Arc<Registry>,
+    acceptor: Arc<Acceptor>,
 ) -> io::Result<()> {
     let stack_size = config.client_stack_size;
     thread::Builder::new()
@@ -208,17 +214,30 @@ pub fn spawn(
         .stack_size(stack_size)
         .spawn(move || {
             // One socket, shared: the reader reads it, the writer writes it, the registry can
-            // shut it down. It closes when the last of them lets go.
+            // shut it down (a stalled handshake included). It closes when the last lets go.
             let stream = Arc::new(stream);
-            let _registered = registry.register(connection_id, &stream);
-            reader::run(stream, peer, connection_id, queue, &config);
+            let link: Arc<dyn Link> = Arc::clone(&stream) as Arc<dyn Link>;
+            let _registered = registry.register(connection_id, &link);
+            let transport = match acceptor.accept(stream, peer, handshake_timeout(&config)) {
+                Ok(transport) => transport,
+                Err(e) => {
+                    log::warn!("{peer}: {e}");
+                    return;
+                }
+            };
+            reader::run(transport, peer, connection_id, queue, &config);
         })?;
     Ok(())
 }
 
+/// The TLS handshake and WebSocket upgrade get as long as a client gets to send CONNECT.
+fn handshake_timeout(config: &Config) -> Duration {
+    config.connect_timeout
+}
+
 /// What the writer needs to know about the connection it writes.
 struct WriterSetup {
-    stream: Arc<TcpStream>,
+    output: Output,
     connection_id: u64,
     version: ProtocolVersion,
     /// The client's Topic Alias Maximum (MQTT 5): how many outbound aliases it accepts.
@@ -236,7 +255,7 @@ fn spawn_writer(
     let handle = ClientHandle::new(
         tx,
         config.writer_queue_capacity,
-        Some(Arc::clone(&setup.stream)),
+        Some(Arc::clone(&setup.output.link)),
     );
     let shared = handle.shared.clone();
     thread::Builder::new()

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use crate::mqtt::{
     ProtocolVersion, Publish, ReasonCode,
 };
 use crate::queue::{Ending, QueueHandle, RouterGone};
+use crate::transport::{ReadHalf, Transport};
 
 /// Bytes read from the socket at a time (dozens of small packets); small, because every idle
 /// client holds one.
@@ -35,15 +36,19 @@ const GATE_WAIT: Duration = Duration::from_secs(1);
 const BODY_BUFFER_KEEP: usize = 64 * 1024;
 
 pub(super) fn run(
-    stream: Arc<TcpStream>,
+    transport: Transport,
     peer: SocketAddr,
     connection_id: u64,
     queue: QueueHandle,
     config: &Config,
 ) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(config.connect_timeout));
-    let mut reader = BufReader::with_capacity(READ_BUFFER, &*stream);
+    let Transport {
+        input,
+        output,
+        certificate_username,
+    } = transport;
+    let _ = input.set_read_timeout(Some(config.connect_timeout));
+    let mut reader = BufReader::with_capacity(READ_BUFFER, input);
     let mut body = Vec::new();
     let packet = read_client_packet(
         &mut reader,
@@ -51,7 +56,7 @@ pub(super) fn run(
         config.max_packet_size,
         &mut body,
     );
-    let connect = match packet {
+    let mut connect = match packet {
         Ok(Packet::Connect(connect)) => connect,
         Ok(other) => {
             // [MQTT-3.1.0-1] The first packet from a client must be CONNECT.
@@ -63,7 +68,7 @@ pub(super) fn run(
             // [MQTT-3.1.2-2] Answered in 3.1.1 form: return code 1.
             let version = ProtocolVersion::V3_1_1;
             let reason = ReasonCode::UnsupportedProtocolVersion;
-            refuse(&stream, connection_id, version, reason, queue, config);
+            refuse(output, connection_id, version, reason, queue, config);
             return;
         }
         Err(DecodeError::Io(e)) => {
@@ -76,14 +81,12 @@ pub(super) fn run(
             return;
         }
     };
-    let Some(accepted) = handshake(
-        &stream,
-        peer,
-        connection_id,
-        *connect,
-        queue.clone(),
-        config,
-    ) else {
+    if certificate_username.is_some() {
+        // `use_identity_as_username`: the certificate, not CONNECT, names the user.
+        connect.username = certificate_username;
+    }
+    let Some(accepted) = handshake(output, peer, connection_id, *connect, queue.clone(), config)
+    else {
         return;
     };
     // [MQTT-3.1.2-24] Allow one and a half keepalive intervals between packets.
@@ -91,7 +94,12 @@ pub(super) fn run(
         0 => None,
         secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
     };
-    let _ = stream.set_read_timeout(timeout);
+    let _ = reader.get_ref().set_read_timeout(timeout);
+    // Output the transport makes while reading (pongs, TLS alerts) is written by the writer.
+    let writer = accepted.writer.clone();
+    reader.get_mut().set_waker(Arc::new(move || {
+        let _ = writer.send(Outbound::Flush);
+    }));
     let connection = Connection {
         peer,
         accepted,
@@ -138,7 +146,12 @@ fn violation(reason: ReasonCode, why: impl Into<String>) -> Option<Closed> {
 }
 
 impl Connection {
-    fn read_loop(mut self, mut reader: BufReader<&TcpStream>, mut body: Vec<u8>, config: &Config) {
+    fn read_loop(
+        mut self,
+        mut reader: BufReader<Box<dyn ReadHalf>>,
+        mut body: Vec<u8>,
+        config: &Config,
+    ) {
         let version = self.accepted.version;
         let closed = loop {
             // Nothing more is buffered, so the next read may block: pass on what was read.

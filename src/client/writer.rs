@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,6 +18,7 @@ use super::{AckKind, Outbound, WriterSetup, WriterShared};
 use crate::mqtt::{encode_publish, Ack, Packet, ProtocolVersion, PublishView};
 use crate::queue::message::Delivery;
 use crate::queue::{ConnectionRef, QueueHandle};
+use crate::transport::Output;
 
 /// A batch is written once it reaches this size, even if more items are waiting.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -33,18 +33,21 @@ pub(super) fn run(
     queue: QueueHandle,
 ) {
     let WriterSetup {
-        stream,
+        output,
         connection_id,
         version,
         topic_alias_maximum,
         write_timeout,
     } = setup;
     // Past it the writer gives up on a client that reads nothing (`Config::write_timeout`).
-    let _ = stream.set_write_timeout(Some(write_timeout));
+    let Output { mut write, link } = output;
+    let mut failed = false;
+    let _ = write.set_write_timeout(Some(write_timeout));
     let mut encoder = Encoder {
         version,
         aliases: TopicAliases::new(topic_alias_maximum),
         delivered: 0,
+        flush: false,
     };
     let mut out = Vec::new();
     // `recv` fails once every handle is dropped and the channel is empty.
@@ -70,11 +73,19 @@ pub(super) fn run(
         }
         if !out.is_empty() {
             trace!("client {connection_id}: writing {} bytes", out.len());
-            if let Err(e) = (&*stream).write_all(&out) {
+            if let Err(e) = write.write_all(&out) {
                 debug!("client {connection_id}: write failed: {e}");
+                failed = true;
                 break 'connection;
             }
             out.clear();
+        }
+        if std::mem::take(&mut encoder.flush) {
+            if let Err(e) = write.flush() {
+                debug!("client {connection_id}: flush failed: {e}");
+                failed = true;
+                break 'connection;
+            }
         }
         if closing {
             break;
@@ -95,8 +106,13 @@ pub(super) fn run(
             }
         }
     }
-    // Ends the reader's blocking read too, if it is still waiting.
-    let _ = stream.shutdown(Shutdown::Both);
+    // Ends the reader's blocking read too, if it is still waiting. After a failed write there is
+    // no point in a goodbye (TLS close_notify, WebSocket close) that would wait again.
+    if failed {
+        link.shutdown();
+    } else {
+        write.close();
+    }
     debug!("client {connection_id}: writer stopped");
 }
 
@@ -106,6 +122,8 @@ struct Encoder {
     aliases: TopicAliases,
     /// Deliveries encoded since the count was last settled.
     delivered: usize,
+    /// The transport has output of its own to write (`Outbound::Flush`).
+    flush: bool,
 }
 
 impl Encoder {
@@ -142,6 +160,10 @@ impl Encoder {
             }
             Outbound::Packet(packet) => {
                 packet.encode(version, out);
+                false
+            }
+            Outbound::Flush => {
+                self.flush = true;
                 false
             }
             Outbound::Close(disconnect) => {

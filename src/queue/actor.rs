@@ -341,6 +341,7 @@ mod tests {
                 Outbound::Packet(packet) => packet.name().to_string(),
                 Outbound::Close(_) => "close".to_string(),
                 Outbound::Batch(_) => unreachable!("flattened above"),
+                Outbound::Flush => "flush".to_string(),
             })
             .collect()
     }

@@ -1,6 +1,7 @@
 //! The integration tests: one crate, one binary. Each test starts the real broker in-process
 //! on an ephemeral port and talks to it over TCP, with raw packets or the mosquitto clients.
 
+mod browser;
 mod cli;
 mod connect;
 mod differential;
@@ -13,7 +14,10 @@ mod robustness;
 mod session;
 mod shutdown;
 mod support;
+mod tls;
+mod transports;
 mod v5_connect;
 mod v5_publish;
 mod v5_subscribe;
+mod websocket;
 mod will;

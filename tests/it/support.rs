@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use mqtt_broker::config::Listener;
 use mqtt_broker::mqtt::{
     read_packet, ConnAck, Connect, ConnectProperties, DecodeError, Packet, PacketId,
     ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode, SubAck, Subscribe,
     SubscribeProperties, SubscriptionOptions, Will, WillProperties,
 };
+use mqtt_broker::transport::Reloader;
 use mqtt_broker::{Broker, Config, Stopper};
 
 /// How long a test waits for something it expects before failing.
@@ -29,20 +31,39 @@ pub fn start_broker() -> TestBroker {
 }
 
 pub fn start_broker_with(config: Config) -> TestBroker {
+    start_broker_with_listeners(config, Vec::new()).0
+}
+
+/// A broker with more listeners (`Broker::add_listener`, each on an ephemeral port), their
+/// addresses in order, and the broker's TLS reloader.
+pub fn start_broker_with_listeners(
+    config: Config,
+    listeners: Vec<Listener>,
+) -> (TestBroker, Vec<SocketAddr>, Reloader) {
     let _ = env_logger::builder().is_test(true).try_init();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    let broker = Broker::new(listener, config).expect("start the broker");
+    let mut broker = Broker::new(listener, config).expect("start the broker");
+    let mut addrs = Vec::new();
+    for settings in listeners {
+        let socket = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        addrs.push(socket.local_addr().expect("local address"));
+        broker
+            .add_listener(socket, settings)
+            .expect("add a listener");
+    }
+    let reloader = broker.reloader();
     let addr = broker.local_addr().expect("local address");
     let stopper = broker.stopper();
     let thread = thread::Builder::new()
         .name("test-acceptor".into())
         .spawn(move || broker.run())
         .expect("spawn the acceptor");
-    TestBroker {
+    let broker = TestBroker {
         addr,
         stopper,
         thread: Some(thread),
-    }
+    };
+    (broker, addrs, reloader)
 }
 
 impl TestBroker {

@@ -1,0 +1,306 @@
+//! TLS listeners: the mosquitto clients with a CA file, with client certificates (mutual TLS),
+//! refusals (a certificate from another CA, a revoked one, none when one is required),
+//! handshakes that stall or fail, and certificates reloaded without a restart.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mqtt_broker::config::Protocol;
+use mqtt_broker::mqtt::{QoS, ReasonCode};
+
+use crate::mosquitto::Sub;
+use crate::support::{config_with, start_broker_with_listeners, WAIT};
+use crate::transports::{listener, tls_connect, tls_connect_with, Authority, Certs, Client};
+
+/// Runs mosquitto_pub with `args` against `port` and returns whether it succeeded.
+fn mosquitto_pub(port: u16, args: &[&str]) -> bool {
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "localhost", "-p", &port.to_string()])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run mosquitto_pub (./build.sh test installs mosquitto-clients)");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mosquitto_pub {args:?} did not finish within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn mosquitto_clients_speak_tls_with_a_ca_file() {
+    let certs = Certs::new();
+    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
+    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let port = addrs[0].port();
+    let ca = certs.path("ca.pem");
+    let mut sub = Sub::start(
+        port,
+        &[
+            "-h",
+            "localhost",
+            "--cafile",
+            &ca,
+            "-t",
+            "tls/#",
+            "-C",
+            "2",
+            "-q",
+            "1",
+        ],
+    );
+    assert!(mosquitto_pub(
+        port,
+        &["--cafile", &ca, "-t", "tls/a", "-m", "secret", "-q", "1"]
+    ));
+    // A payload of many TLS records.
+    let big = "x".repeat(100_000);
+    assert!(mosquitto_pub(
+        port,
+        &["--cafile", &ca, "-t", "tls/b", "-m", &big, "-q", "0"]
+    ));
+    let lines = sub.messages(2);
+    assert_eq!(lines[0], "secret");
+    assert_eq!(lines[1].len(), big.len());
+    assert_eq!(sub.wait(), Some(0));
+    // Plain MQTT on the TLS port is not understood: a client expecting a CONNACK gets none.
+    assert!(!mosquitto_pub(
+        port,
+        &["-t", "tls/a", "-m", "clear", "-q", "1"]
+    ));
+    broker.stop();
+}
+
+#[test]
+fn mutual_tls_accepts_a_certificate_the_ca_signed_and_refuses_others() {
+    let certs = Certs::new();
+    let tls = listener(Protocol::Mqtt, Some(certs.settings(true)));
+    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let port = addrs[0].port();
+    let (ca, cert, key) = (
+        certs.path("ca.pem"),
+        certs.path("client.pem"),
+        certs.path("client.key"),
+    );
+    let mut sub = Sub::start(
+        port,
+        &[
+            "-h",
+            "localhost",
+            "--cafile",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "-t",
+            "m/#",
+            "-C",
+            "1",
+        ],
+    );
+    let with_cert = ["--cafile", &ca, "--cert", &cert, "--key", &key];
+    assert!(mosquitto_pub(
+        port,
+        &[&with_cert[..], &["-t", "m/a", "-m", "hello", "-q", "2"]].concat()
+    ));
+    assert_eq!(sub.messages(1), ["hello"]);
+    assert_eq!(sub.wait(), Some(0));
+
+    // Another CA's certificate, and no certificate at all, are refused in the handshake.
+    let (rogue_cert, rogue_key) = (certs.path("rogue.pem"), certs.path("rogue.key"));
+    let rogue = ["--cafile", &ca, "--cert", &rogue_cert, "--key", &rogue_key];
+    assert!(!mosquitto_pub(
+        port,
+        &[&rogue[..], &["-t", "m/a", "-m", "x"]].concat()
+    ));
+    assert!(!mosquitto_pub(
+        port,
+        &["--cafile", &ca, "-t", "m/a", "-m", "x"]
+    ));
+    let dir = &certs.dir;
+    let refused = tls_connect(
+        addrs[0],
+        &dir.join("ca.pem"),
+        Some((&dir.join("rogue.pem"), &dir.join("rogue.key"))),
+    )
+    .and_then(|stream| {
+        // TLS 1.3: the client finishes first; the refusal arrives as an alert on first read.
+        let mut client = Client::new(stream);
+        client.stream.write_all(&[0xc0, 0])?;
+        client.stream.read(&mut [0; 1])
+    });
+    assert!(
+        refused.is_err(),
+        "a rogue certificate must be refused: {refused:?}"
+    );
+    // The broker carries on for good clients.
+    let stream = tls_connect(
+        addrs[0],
+        &dir.join("ca.pem"),
+        Some((&dir.join("client.pem"), &dir.join("client.key"))),
+    )
+    .expect("a good certificate is accepted");
+    let mut client = Client::new(stream);
+    assert_eq!(client.connect("good").reason, ReasonCode::Success);
+    broker.stop();
+}
+
+#[test]
+fn a_revoked_client_certificate_is_refused() {
+    let certs = Certs::new();
+    let ca = Authority::new("crl CA");
+    certs.write("ca.pem", &ca.pem());
+    certs.write_pair("server", ca.sign("localhost", &["localhost"], 1));
+    certs.write_pair("client", ca.sign("kept", &[], 20));
+    certs.write_pair("revoked", ca.sign("revoked", &[], 21));
+    certs.write("crl.pem", &ca.crl(&[21]));
+    let mut settings = certs.settings(true);
+    settings.crlfile = Some(certs.dir.join("crl.pem"));
+    let tls = listener(Protocol::Mqtt, Some(settings));
+    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let port = addrs[0].port();
+    let ca = certs.path("ca.pem");
+    let pair = |name: &str| {
+        (
+            certs.path(&format!("{name}.pem")),
+            certs.path(&format!("{name}.key")),
+        )
+    };
+    let (cert, key) = pair("client");
+    assert!(mosquitto_pub(
+        port,
+        &["--cafile", &ca, "--cert", &cert, "--key", &key, "-t", "c", "-m", "1"]
+    ));
+    let (cert, key) = pair("revoked");
+    assert!(!mosquitto_pub(
+        port,
+        &["--cafile", &ca, "--cert", &cert, "--key", &key, "-t", "c", "-m", "1"]
+    ));
+    broker.stop();
+}
+
+#[test]
+fn a_stalled_or_garbled_handshake_is_closed_and_costs_nobody_else() {
+    let certs = Certs::new();
+    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
+    let config = config_with(|c| c.connect_timeout = Duration::from_secs(1));
+    let (broker, addrs, _) = start_broker_with_listeners(config, vec![tls]);
+    // One connection says nothing; another sends bytes that are not TLS.
+    let mut silent = TcpStream::connect(addrs[0]).expect("connect");
+    let mut garbled = TcpStream::connect(addrs[0]).expect("connect");
+    garbled.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+    // Meanwhile a good client connects and is served.
+    let stream = tls_connect(addrs[0], &certs.dir.join("ca.pem"), None).expect("handshake");
+    let mut client = Client::new(stream);
+    assert_eq!(client.connect("meanwhile").reason, ReasonCode::Success);
+    client.subscribe("t", QoS::AtMostOnce);
+    for (name, stream) in [("silent", &mut silent), ("garbled", &mut garbled)] {
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        let started = Instant::now();
+        let mut buf = [0; 256];
+        // An alert may come first; then the end of the connection.
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "{name} connection still open after {WAIT:?}"
+        );
+    }
+    client.publish("t", b"still here");
+    assert_eq!(&client.recv_publish().payload[..], b"still here");
+    broker.stop();
+}
+
+#[test]
+fn certificates_are_reloaded_without_a_restart() {
+    let certs = Certs::new();
+    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
+    let (broker, addrs, reloader) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let old_ca = certs.dir.join("old-ca.pem");
+    std::fs::copy(certs.dir.join("ca.pem"), &old_ca).expect("keep the old CA");
+    let mut before = Client::new(tls_connect(addrs[0], &old_ca, None).expect("old certificate"));
+    assert_eq!(before.connect("before").reason, ReasonCode::Success);
+
+    // Renewal: a certificate from a new CA replaces the files, as certbot would.
+    let renewed = Authority::new("renewed CA");
+    certs.write("new-ca.pem", &renewed.pem());
+    certs.write_pair("server", renewed.sign("localhost", &["localhost"], 3));
+    reloader.reload().expect("reload");
+    let new_ca = certs.dir.join("new-ca.pem");
+    let mut after = Client::new(tls_connect(addrs[0], &new_ca, None).expect("new certificate"));
+    assert_eq!(after.connect("after").reason, ReasonCode::Success);
+    assert!(
+        tls_connect(addrs[0], &old_ca, None).is_err(),
+        "the old certificate is gone"
+    );
+    // The connection made before the reload carries on.
+    after.subscribe("r", QoS::AtLeastOnce);
+    before.publish("r", b"across");
+    assert_eq!(&after.recv_publish().payload[..], b"across");
+
+    // Broken files: the reload fails and the current certificate stays.
+    certs.write("server.key", "not a key");
+    assert!(reloader.reload().is_err());
+    assert!(tls_connect(addrs[0], &new_ca, None).is_ok());
+    broker.stop();
+}
+
+#[test]
+fn a_tls12_client_is_served_unless_tls_version_says_tlsv1_3() {
+    let certs = Certs::new();
+    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
+    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let tls12 = [&rustls::version::TLS12];
+    let stream = tls_connect_with(addrs[0], &certs.dir.join("ca.pem"), None, &tls12);
+    let mut client = Client::new(stream.expect("TLS 1.2 handshake"));
+    assert_eq!(client.connect("v12").reason, ReasonCode::Success);
+    client.subscribe("v12", QoS::AtMostOnce);
+    client.publish("v12", b"over 1.2");
+    assert_eq!(&client.recv_publish().payload[..], b"over 1.2");
+    broker.stop();
+}
+
+#[test]
+fn tls_version_13_only_refuses_a_tls12_client() {
+    let certs = Certs::new();
+    let mut settings = certs.settings(false);
+    settings.tls_version = Some("tlsv1.3".into());
+    let tls = listener(Protocol::Mqtt, Some(settings));
+    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let port = addrs[0].port();
+    let ca = certs.path("ca.pem");
+    assert!(mosquitto_pub(
+        port,
+        &[
+            "--cafile",
+            &ca,
+            "--tls-version",
+            "tlsv1.3",
+            "-t",
+            "v",
+            "-m",
+            "1"
+        ]
+    ));
+    let ca = certs.dir.join("ca.pem");
+    let tls12 = [&rustls::version::TLS12];
+    assert!(tls_connect_with(addrs[0], &ca, None, &tls12).is_err());
+    let tls13 = [&rustls::version::TLS13];
+    assert!(tls_connect_with(addrs[0], &ca, None, &tls13).is_ok());
+    broker.stop();
+}
