@@ -1,8 +1,11 @@
 //! The broker's entry point, shared by `main` and the tests: bind, accept, shut down.
 //!
 //! Owns: the accept loop, connection ids, the registry of open sockets, and the shutdown
-//! order (stop accepting, close clients, let the router finish). Must not: read or write MQTT;
-//! each accepted socket is handed to `client::spawn` at once.
+//! order (stop accepting, close clients, let the router finish). Who is let in (backlog,
+//! connection and handshake limits, the CONNECT deadline) is `admission`'s. Must not: read or
+//! write MQTT; each accepted socket is handed to `client::spawn` at once.
+
+mod admission;
 
 use std::collections::HashMap;
 use std::io;
@@ -60,6 +63,7 @@ impl Broker {
     /// Starts the router for a bound listener; call `run` to accept connections.
     pub fn new(listener: TcpListener, config: Config) -> io::Result<Broker> {
         let addr = listener.local_addr()?;
+        admission::raise_backlog(&listener);
         let (queue, queue_thread) = QueueHandle::start(&config)?;
         Ok(Broker {
             listener,
@@ -90,15 +94,16 @@ impl Broker {
         if let Some((clients, limit)) = crate::limits::client_capacity() {
             info!("this machine's limits allow about {clients} clients ({limit} is the tightest)");
         }
-        let max_connections = self.config.max_connections;
-        let mut refused_since_log = 0u64;
+        let mut admission = admission::Admission::new(&self.config);
+        self.start_handshake_reaper();
         let listener = self.listener;
-        for stream in listener.incoming() {
+        loop {
+            let accepted = listener.accept();
             if self.stopper.stopping.load(Ordering::Acquire) {
                 break;
             }
-            let stream = match stream {
-                Ok(stream) => stream,
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a moment rather than spin.
                     warn!("accept failed: {e}");
@@ -106,19 +111,8 @@ impl Broker {
                     continue;
                 }
             };
-            let peer = match stream.peer_addr() {
-                Ok(peer) => peer,
-                Err(_) => continue,
-            };
-            if self.registry.len() >= max_connections {
-                // Closed at once: the connections already held carry on.
-                refused_since_log += 1;
-                if refused_since_log == 1 || refused_since_log.is_multiple_of(1000) {
-                    warn!(
-                        "{peer}: refused, {max_connections} connections held already \
-                         (MAX_CONNECTIONS; {refused_since_log} refused so far)"
-                    );
-                }
+            if !admission.admit(&self.registry, peer) {
+                // Closed at once, without CONNACK: the connections already held carry on.
                 continue;
             }
             let id = next_id.fetch_add(1, Ordering::Relaxed);
@@ -156,10 +150,27 @@ impl Broker {
     }
 }
 
-/// Every open client socket, so that shutdown can close those not yet attached to a session.
+impl Broker {
+    /// Starts the thread that closes connections whose CONNECT is late.
+    fn start_handshake_reaper(&self) {
+        let registry = Arc::clone(&self.registry);
+        let timeout = self.config.connect_timeout;
+        let stopping = Arc::clone(&self.stopper.stopping);
+        let started = std::thread::Builder::new()
+            .name("handshake-reaper".into())
+            .spawn(move || admission::reap_handshakes(registry, timeout, stopping));
+        if let Err(e) = started {
+            error!("cannot start the handshake reaper: {e}");
+        }
+    }
+}
+
+/// Every open client socket, so that shutdown can close those not yet attached to a session,
+/// and which of them are still in their handshake.
 #[derive(Default)]
 pub struct Registry {
     sockets: Mutex<HashMap<u64, Arc<TcpStream>>>,
+    pending: Mutex<admission::Pending>,
 }
 
 /// Removes its connection from the registry when the reader thread ends.
@@ -171,12 +182,14 @@ pub struct Registered<'a> {
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.registry.sockets.lock().remove(&self.id);
+        self.registry.pending.lock().remove(self.id);
     }
 }
 
 impl Registry {
     pub fn register<'a>(&'a self, id: u64, stream: &Arc<TcpStream>) -> Registered<'a> {
         self.sockets.lock().insert(id, Arc::clone(stream));
+        self.pending.lock().insert(id);
         Registered { registry: self, id }
     }
 

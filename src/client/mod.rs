@@ -210,8 +210,8 @@ pub fn spawn(
             // One socket, shared: the reader reads it, the writer writes it, the registry can
             // shut it down. It closes when the last of them lets go.
             let stream = Arc::new(stream);
-            let _registered = registry.register(connection_id, &stream);
-            reader::run(stream, peer, connection_id, queue, &config);
+            let registered = registry.register(connection_id, &stream);
+            reader::run(stream, peer, connection_id, queue, &config, &registered);
         })?;
     Ok(())
 }

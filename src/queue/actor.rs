@@ -3,25 +3,30 @@
 //!
 //! Owns: the actor's state, its loop (messages and timers) and the dispatch of each `Msg`. The
 //! handlers live beside it: `lifecycle` (CONNECT, DISCONNECT, takeover, expiry, wills,
-//! shutdown), `routing` (PUBLISH, acknowledgements, flow control) and `subscribing` (SUBSCRIBE,
-//! UNSUBSCRIBE, retained messages on subscribe); they share this file's imports and helpers.
+//! shutdown), `routing` (PUBLISH, acknowledgements, flow control), `subscribing` (SUBSCRIBE,
+//! UNSUBSCRIBE, retained messages on subscribe) and `sweep` (the periodic check of the flow
+//! hold limit, the progress clock and drop reports); they share this file's imports and helpers.
 //! Must not: block on a client (writers are only reached through the non-blocking
 //! `ClientHandle` methods) or do socket I/O.
 
 mod lifecycle;
 mod routing;
 mod subscribing;
+mod sweep;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, warn};
 
+use super::budget::QueueBudget;
 use super::message::{Delivery, Message, SubscriptionIds};
 use super::retained::RetainedStore;
-use super::session::{AckOutcome, Enqueued, Held, Online, QueueLimits, Session, Subscription};
+use super::session::{
+    AckOutcome, Enqueued, Held, Online, QueueLimits, RetainedFeed, Session, Subscription,
+};
 use super::shared::SharedGroups;
 use super::subscriptions::SubscriptionTree;
 use super::timers::{Timer, TimerKind, Timers};
@@ -77,6 +82,17 @@ pub struct QueueActor {
     dirty: Vec<u32>,
     /// Messages handled since the last flush.
     unflushed: usize,
+    /// The message being routed was refused somewhere because the broker's budget of queued
+    /// bytes is spent (an MQTT 5 publisher is told 0x97).
+    over_budget: bool,
+    /// How long a congested session may hold publishers back (`Config::flow_hold_limit`).
+    flow_hold_limit: Duration,
+    /// How long a session may take nothing while messages wait (`Config::write_timeout`).
+    write_timeout: Duration,
+    /// A publisher with this many acknowledgements held has its reader held too.
+    held_acks_limit: usize,
+    /// When `sweep` runs next.
+    next_sweep: Instant,
 }
 
 /// The most messages the router handles before it pumps the sessions they were queued for.
@@ -84,13 +100,16 @@ const FLUSH_EVERY: usize = 64;
 
 impl QueueActor {
     pub(crate) fn new(rx: Receiver<Msg>, config: &Config) -> Self {
+        let mut limits = QueueLimits::new(
+            config.max_inflight_messages,
+            config.max_queued_messages,
+            config.router_queue_capacity,
+        );
+        limits.max_queued_bytes = config.max_queued_bytes;
+        limits.budget = Arc::new(QueueBudget::new(config.max_queued_bytes_total));
         QueueActor {
             rx,
-            limits: QueueLimits::new(
-                config.max_inflight_messages,
-                config.max_queued_messages,
-                config.router_queue_capacity,
-            ),
+            limits,
             receive_maximum: config.receive_maximum,
             topic_alias_maximum: config.topic_alias_maximum,
             max_packet_size: u32::try_from(config.max_packet_size).unwrap_or(u32::MAX),
@@ -106,22 +125,25 @@ impl QueueActor {
             next_held_seq: 0,
             dirty: Vec::new(),
             unflushed: 0,
+            over_budget: false,
+            flow_hold_limit: config.flow_hold_limit,
+            write_timeout: config.write_timeout,
+            held_acks_limit: config.max_inflight_messages.max(1),
+            next_sweep: Instant::now() + sweep::SWEEP_EVERY,
         }
     }
 
     /// Handles messages and timers until every `QueueHandle` has been dropped.
     pub fn run(mut self) {
         loop {
-            let next = match self.timers.next_deadline() {
-                Some(deadline) => match self.rx.recv_deadline(deadline) {
-                    Ok(msg) => Some(msg),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-                None => match self.rx.recv() {
-                    Ok(msg) => Some(msg),
-                    Err(_) => break,
-                },
+            let deadline = match self.timers.next_deadline() {
+                Some(timer) => timer.min(self.next_sweep),
+                None => self.next_sweep,
+            };
+            let next = match self.rx.recv_deadline(deadline) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
             };
             if let Some(msg) = next {
                 self.handle(msg);
@@ -133,6 +155,11 @@ impl QueueActor {
             // Pump when the inbox is empty (no added latency) or after a batch.
             if self.unflushed >= FLUSH_EVERY || self.rx.is_empty() {
                 self.flush();
+                let now = Instant::now();
+                if now >= self.next_sweep {
+                    self.sweep(now);
+                    self.next_sweep = now + sweep::SWEEP_EVERY;
+                }
             }
         }
         self.flush();
@@ -245,14 +272,22 @@ fn send_ack(writer: &ClientHandle, kind: AckKind, packet_id: PacketId, reason: R
     let _ = writer.send_packet(packet);
 }
 
-/// Logs the first drop for a session and every thousandth after it.
-fn note_drop(session: &Session) {
-    let dropped = session.outbox.dropped;
-    if dropped > 0 && (dropped == 1 || dropped.is_multiple_of(1000)) {
+/// Logs the start of a drop episode for a session (`sweep` reports how it goes on and ends).
+fn note_drop(session: &mut Session) {
+    if session.outbox.drops.take_start() {
+        let state = if session.online.is_none() {
+            "offline"
+        } else if session.outbox.overflowing {
+            "not keeping up"
+        } else {
+            "congested"
+        };
         warn!(
-            "client {}: queue full ({} queued), {dropped} messages dropped so far",
+            "client {}: dropping messages ({state}, {} queued, {} bytes; budget {} bytes used)",
             session.client_id,
-            session.outbox.queued_len()
+            session.outbox.queued_len(),
+            session.outbox.queued_bytes(),
+            session.outbox.budget_used(),
         );
     }
 }
