@@ -273,14 +273,16 @@ fn send_ack(writer: &ClientHandle, kind: AckKind, packet_id: PacketId, reason: R
 }
 
 /// Logs the start of a drop episode for a session (`sweep` reports how it goes on and ends).
-fn note_drop(session: &mut Session) {
+fn note_drop(session: &mut Session, over_budget: bool) {
     if session.outbox.drops.take_start() {
-        let state = if session.online.is_none() {
-            "offline"
+        let state = if over_budget {
+            "the broker's budget of queued bytes is spent"
+        } else if session.online.is_none() {
+            "offline, its queue is full"
         } else if session.outbox.overflowing {
-            "not keeping up"
+            "not keeping up, its queue is full"
         } else {
-            "congested"
+            "its queue is at the hard limit"
         };
         warn!(
             "client {}: dropping messages ({state}, {} queued, {} bytes; budget {} bytes used)",

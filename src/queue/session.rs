@@ -170,20 +170,21 @@ impl Session {
             return;
         }
         loop {
-            let fed = self.feed_retained();
+            self.feed_retained();
             if let Some(online) = &self.online {
                 self.outbox.pump(online);
             }
-            if fed == 0 || self.retained_feeds.is_empty() || self.outbox.queued_len() > 0 {
+            // Again only if everything went and more is to come (a feed that leaves the queue
+            // empty has run out: what the budget refused it dropped).
+            if self.retained_feeds.is_empty() || self.outbox.queued_len() > 0 {
                 break;
             }
         }
     }
 
-    /// Moves retained messages from the feeds into the queue while it is short; how many.
-    fn feed_retained(&mut self) -> usize {
+    /// Moves retained messages from the feeds into the queue while it is short.
+    fn feed_retained(&mut self) {
         let window = RETAINED_WINDOW.min(self.outbox.max_queued / 2).max(1);
-        let mut fed = 0;
         while self.outbox.queued_len() < window {
             let Some(feed) = self.retained_feeds.front_mut() else {
                 break;
@@ -197,16 +198,10 @@ impl Session {
             let ids = feed
                 .identifier
                 .map_or(SubscriptionIds::None, SubscriptionIds::One);
-            if !self
-                .outbox
-                .push_retained(Delivery::new(message, qos, true, ids))
-            {
-                // Over the broker's budget: dropped and counted, as any other message.
-                continue;
-            }
-            fed += 1;
+            // Over the broker's budget it is dropped and counted, as any other message.
+            self.outbox
+                .push_retained(Delivery::new(message, qos, true, ids));
         }
-        fed
     }
 }
 
@@ -352,15 +347,14 @@ impl Outbox {
     }
 
     /// Queues a retained message fed in after a SUBSCRIBE (the feed keeps the queue short, so
-    /// only the broker's budget can refuse it); false if it was dropped.
-    fn push_retained(&mut self, delivery: Delivery) -> bool {
+    /// only the broker's budget can refuse it, and then it is dropped).
+    fn push_retained(&mut self, delivery: Delivery) {
         let size = queued_size(&delivery);
         if !self.budget.take(size, delivery.qos == QoS::AtMostOnce) {
             self.count_drop(delivery.qos == QoS::AtMostOnce);
-            return false;
+            return;
         }
         self.push(delivery, size);
-        true
     }
 
     fn push(&mut self, delivery: Delivery, size: usize) {

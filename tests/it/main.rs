@@ -3,6 +3,7 @@
 
 mod cli;
 mod connect;
+mod isolation;
 mod keepalive;
 mod mosquitto;
 mod pubsub;

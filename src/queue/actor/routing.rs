@@ -173,10 +173,10 @@ impl QueueActor {
                     self.mark_dirty(slot);
                 }
                 Enqueued::Skipped => {}
-                Enqueued::Dropped => note_drop(session),
+                Enqueued::Dropped => note_drop(session, false),
                 Enqueued::OverBudget => {
                     self.over_budget = true;
-                    note_drop(session);
+                    note_drop(session, true);
                 }
             }
         }

@@ -24,6 +24,8 @@ impl QueueActor {
                 continue;
             };
             if session.outbox.drops.is_active() {
+                // Drops of retained messages fed in after a SUBSCRIBE start an episode too.
+                note_drop(session, false);
                 report_drops(session, now);
             }
             let Some(online) = &session.online else {
