@@ -12,7 +12,7 @@ mod writer;
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
@@ -73,6 +73,8 @@ struct WriterShared {
     session_slot: AtomicU32,
     /// Held by the router while this client's QoS 0 messages fill congested queues.
     gate: gate::ReaderGate,
+    /// Bytes the socket has accepted so far: progress, for the router's progress clock.
+    bytes_written: AtomicU64,
     /// The socket, for `abort` (none in tests of the router).
     stream: Option<Arc<TcpStream>>,
 }
@@ -91,6 +93,7 @@ impl ClientHandle {
                 drain_requested: AtomicBool::new(false),
                 session_slot: AtomicU32::new(u32::MAX),
                 gate: gate::ReaderGate::default(),
+                bytes_written: AtomicU64::new(0),
                 stream,
             }),
         }
@@ -184,6 +187,11 @@ impl ClientHandle {
         if let Some(stream) = &self.shared.stream {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// Bytes the socket has accepted so far (the writer counts each write, even a partial one).
+    pub fn bytes_written(&self) -> u64 {
+        self.shared.bytes_written.load(Ordering::Relaxed)
     }
 
     /// Records which session slot this connection belongs to, for drain notices.

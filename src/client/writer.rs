@@ -2,7 +2,8 @@
 //!
 //! Owns: encoding `Outbound` items in batches into one reusable buffer and writing them with a
 //! single syscall per batch, outbound topic aliases (MQTT 5), the remaining message expiry at
-//! the moment of writing, and closing the socket when told to or when every handle is gone.
+//! the moment of writing, counting the bytes the socket accepts (progress, for the router's
+//! progress clock), and closing the socket when told to or when every handle is gone.
 //! Must not: read the socket, decide what to send, or block on anything but its own channel and
 //! its own socket (the one send it makes, a drain notice to the router, never waits on a writer).
 
@@ -70,7 +71,7 @@ pub(super) fn run(
         }
         if !out.is_empty() {
             trace!("client {connection_id}: writing {} bytes", out.len());
-            if let Err(e) = (&*stream).write_all(&out) {
+            if let Err(e) = write_counting(&stream, &out, &shared.bytes_written) {
                 debug!("client {connection_id}: write failed: {e}");
                 break 'connection;
             }
@@ -98,6 +99,27 @@ pub(super) fn run(
     // Ends the reader's blocking read too, if it is still waiting.
     let _ = stream.shutdown(Shutdown::Both);
     debug!("client {connection_id}: writer stopped");
+}
+
+/// Writes all of `out`, adding what each write call took to `written`, so that a client
+/// reading slowly shows progress to the router even while one batch is being written.
+fn write_counting(
+    mut stream: &std::net::TcpStream,
+    mut out: &[u8],
+    written: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()> {
+    while !out.is_empty() {
+        match stream.write(out) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                written.fetch_add(n as u64, Ordering::Relaxed);
+                out = &out[n..];
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Turns `Outbound` items into bytes for one connection.

@@ -254,6 +254,9 @@ pub(super) struct Outbox {
     /// Since when messages have waited in the queue without the client taking any (the
     /// progress clock: a client that takes nothing for the write timeout is disconnected).
     pub stalled_since: Option<Instant>,
+    /// The writer's byte count when the sweep last looked: bytes accepted since count as
+    /// progress too (a slow reader is working through a large batch).
+    pub bytes_seen: u64,
     /// Messages dropped because the queue or the budget was full, since the session began.
     pub dropped: u64,
     pub drops: DropLog,
@@ -294,6 +297,7 @@ impl Outbox {
             congested_since: None,
             overflowing: false,
             stalled_since: None,
+            bytes_seen: 0,
             dropped: 0,
             drops: DropLog::default(),
         }

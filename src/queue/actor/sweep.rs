@@ -31,6 +31,14 @@ impl QueueActor {
             let Some(online) = &session.online else {
                 continue;
             };
+            if session.outbox.stalled_since.is_some() {
+                // Bytes accepted by its socket are progress too.
+                let written = online.writer.bytes_written();
+                if written != session.outbox.bytes_seen {
+                    session.outbox.bytes_seen = written;
+                    session.outbox.stalled_since = Some(now);
+                }
+            }
             let stalled = session
                 .outbox
                 .stalled_since
