@@ -24,6 +24,11 @@ use crate::mqtt::{Disconnect, Packet, PacketId, ProtocolVersion};
 use crate::queue::message::Delivery;
 use crate::queue::QueueHandle;
 
+/// The bytes of deliveries (`Delivery::weight`) a writer's channel holds before the router
+/// keeps further ones in the session queue: with large messages the count alone
+/// (`writer_queue_capacity`) would let a stuck client's channel hold a great deal.
+const WRITER_BYTES: usize = 1024 * 1024;
+
 /// Something for the writer to put on the wire.
 #[derive(Debug)]
 pub enum Outbound {
@@ -64,8 +69,10 @@ pub struct ClientHandle {
 struct WriterShared {
     /// Beyond this many deliveries waiting `room` says none.
     capacity: usize,
-    /// Deliveries handed to the writer and not yet encoded.
+    /// Deliveries handed to the writer and not yet encoded, and their weight in bytes
+    /// (`Delivery::weight`): the channel is bounded in both.
     waiting_deliveries: AtomicUsize,
+    waiting_bytes: AtomicUsize,
     /// Set by the router when it kept messages back because the channel was full: the writer
     /// then tells the router when it has caught up.
     drain_requested: AtomicBool,
@@ -90,6 +97,7 @@ impl ClientHandle {
             shared: Arc::new(WriterShared {
                 capacity,
                 waiting_deliveries: AtomicUsize::new(0),
+                waiting_bytes: AtomicUsize::new(0),
                 drain_requested: AtomicBool::new(false),
                 session_slot: AtomicU32::new(u32::MAX),
                 gate: gate::ReaderGate::default(),
@@ -112,6 +120,7 @@ impl ClientHandle {
         self.shared
             .waiting_deliveries
             .fetch_sub(count, Ordering::AcqRel);
+        self.shared.waiting_bytes.store(0, Ordering::Release);
     }
 
     /// Queues a control packet. These are not counted against the capacity: the protocol
@@ -137,6 +146,13 @@ impl ClientHandle {
         room(self.shared.waiting_deliveries.load(Ordering::Acquire))
     }
 
+    /// How many more bytes of deliveries may be handed over now: while fewer than
+    /// `WRITER_BYTES` wait, at least one more delivery may go, whatever its size.
+    pub fn byte_room(&self) -> usize {
+        let waiting = self.shared.waiting_bytes.load(Ordering::Acquire);
+        WRITER_BYTES.saturating_sub(waiting)
+    }
+
     /// Asks the writer to tell the router when it has caught up.
     pub fn request_drain_notice(&self) {
         self.shared.drain_requested.store(true, Ordering::Release);
@@ -145,6 +161,14 @@ impl ClientHandle {
     /// Hands deliveries (`Outbound::Publish` items) to the writer in one go. Never blocks.
     pub fn deliver(&self, mut items: Vec<Outbound>) -> Result<(), WriterGone> {
         let count = items.len();
+        let bytes: usize = items
+            .iter()
+            .map(|item| match item {
+                Outbound::Publish { delivery, .. } => delivery.weight(),
+                _ => 0,
+            })
+            .sum();
+        self.shared.waiting_bytes.fetch_add(bytes, Ordering::AcqRel);
         let item = match count {
             0 => return Ok(()),
             1 => items.pop().expect("one item"),

@@ -46,6 +46,7 @@ pub(super) fn run(
         version,
         aliases: TopicAliases::new(topic_alias_maximum),
         delivered: 0,
+        delivered_bytes: 0,
     };
     let mut out = Vec::new();
     // `recv` fails once every handle is dropped and the channel is empty.
@@ -62,12 +63,14 @@ pub(super) fn run(
             }
             next = rx.try_recv().ok();
         }
-        // Deliveries encoded leave the count the router's `room` is measured against.
+        // Deliveries encoded leave the counts the router's `room` is measured against.
         let delivered = std::mem::take(&mut encoder.delivered);
         if delivered > 0 {
             shared
                 .waiting_deliveries
                 .fetch_sub(delivered, Ordering::AcqRel);
+            let bytes = std::mem::take(&mut encoder.delivered_bytes);
+            shared.waiting_bytes.fetch_sub(bytes, Ordering::AcqRel);
         }
         if !out.is_empty() {
             trace!("client {connection_id}: writing {} bytes", out.len());
@@ -126,8 +129,9 @@ fn write_counting(
 struct Encoder {
     version: ProtocolVersion,
     aliases: TopicAliases,
-    /// Deliveries encoded since the count was last settled.
+    /// Deliveries encoded since the count was last settled, and their weight.
     delivered: usize,
+    delivered_bytes: usize,
 }
 
 impl Encoder {
@@ -142,6 +146,7 @@ impl Encoder {
             } => {
                 self.encode_publish(&delivery, packet_id, dup, out);
                 self.delivered += 1;
+                self.delivered_bytes += delivery.weight();
                 false
             }
             Outbound::Batch(items) => {

@@ -309,7 +309,18 @@ mod tests {
     }
 
     fn connect(tx: &Sender<Msg>, id: &str, connection_id: u64, slot: u32) -> Client {
-        let (writer, rx) = ClientHandle::for_tests(100);
+        connect_with_writer(tx, id, connection_id, slot, 100)
+    }
+
+    /// A client whose writer takes at most `capacity` deliveries.
+    fn connect_with_writer(
+        tx: &Sender<Msg>,
+        id: &str,
+        connection_id: u64,
+        slot: u32,
+        capacity: usize,
+    ) -> Client {
+        let (writer, rx) = ClientHandle::for_tests(capacity);
         let (reply, _) = crossbeam_channel::bounded(1);
         let request = ConnectRequest {
             connection_id,
@@ -401,6 +412,74 @@ mod tests {
         actor.run();
         assert_eq!(names(&subscriber.rx), ["CONNACK", "SUBACK", "PUBLISH a/b"]);
         assert_eq!(names(&publisher.rx), ["CONNACK", "PubAck 7"]);
+    }
+
+    fn publish_qos1(tx: &Sender<Msg>, from: ConnectionRef, topic: &str, id: u16) {
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: None,
+            properties: PublishProperties::default(),
+            payload: Arc::from(&b"x"[..]),
+        };
+        tx.send(Msg::Publish {
+            from,
+            message: Arc::new(Message::new(publish)),
+            packet_id: PacketId::new(id),
+        })
+        .expect("queued");
+    }
+
+    /// Handles what is in the inbox and pumps, as one round of `run` does.
+    fn handle_all(actor: &mut QueueActor) {
+        while let Ok(msg) = actor.rx.try_recv() {
+            actor.handle(msg);
+        }
+        actor.flush();
+    }
+
+    #[test]
+    fn a_congested_session_holds_publishers_only_until_the_hold_limit() {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let config = Config {
+            max_queued_messages: 2,
+            ..Config::default()
+        };
+        let mut actor = QueueActor::new(rx, &config);
+        // A subscriber whose writer takes nothing.
+        let subscriber = connect_with_writer(&tx, "stuck", 1, 0, 0);
+        let publisher = connect(&tx, "pub", 2, 1);
+        subscribe(&tx, subscriber.from, "t", QoS::AtLeastOnce);
+        for id in 1..=5 {
+            publish_qos1(&tx, publisher.from, "t", id);
+        }
+        handle_all(&mut actor);
+        // Past two queued the subscriber is congested: the later PUBACKs are held.
+        assert_eq!(names(&publisher.rx), ["CONNACK", "PubAck 1", "PubAck 2"]);
+        let start = Instant::now();
+        actor.sweep(start + Duration::from_millis(100));
+        assert!(names(&publisher.rx).is_empty(), "within the hold limit");
+        // Past the hold limit the publisher is released ...
+        actor.sweep(start + config.flow_hold_limit + Duration::from_millis(100));
+        assert_eq!(names(&publisher.rx), ["PubAck 3", "PubAck 4", "PubAck 5"]);
+        // ... and no longer held: what does not fit the subscriber's queue is dropped for it.
+        publish_qos1(&tx, publisher.from, "t", 6);
+        handle_all(&mut actor);
+        assert_eq!(names(&publisher.rx), ["PubAck 6"]);
+        let stuck = actor.sessions[0]
+            .as_ref()
+            .expect("the subscriber's session");
+        assert_eq!((stuck.outbox.queued_len(), stuck.outbox.dropped), (5, 1));
+        // Having taken nothing for the write timeout, the subscriber is disconnected.
+        assert!(is_online(&actor.sessions, 0));
+        actor.sweep(start + config.write_timeout + Duration::from_secs(1));
+        assert!(
+            !actor.by_client_id.contains_key("stuck"),
+            "its session ended"
+        );
+        assert!(is_online(&actor.sessions, 1), "the publisher carries on");
     }
 
     #[test]

@@ -7,11 +7,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Bytes counted for a queued delivery beyond its topic and payload: the queue entry, and a
-/// share of the message's header. A message queued for several sessions counts once per
-/// session, so the total is an upper bound of the memory it stands for.
-pub(super) const ENTRY_OVERHEAD: usize = 96;
-
 /// The queued bytes of the whole broker. Only the router thread changes it (atomics so that the
 /// router stays `Send` and readers such as metrics may look).
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use log::debug;
 
-use super::budget::{QueueBudget, ENTRY_OVERHEAD};
+use super::budget::QueueBudget;
 use super::flow::{DropLog, HeldAcks};
 use super::message::{Delivery, Message, SubscriptionIds};
 use crate::client::{AckKind, ClientHandle, Outbound};
@@ -29,7 +29,7 @@ pub(super) struct QueueLimits {
     /// Queued messages beyond which an online session is congested and an offline one (or an
     /// online one whose congestion outlasted the hold limit) drops.
     pub max_queued: usize,
-    /// The same in bytes (`ENTRY_OVERHEAD` counted per message); 0 for none.
+    /// The same in bytes (`Delivery::weight`); 0 for none.
     pub max_queued_bytes: usize,
     /// The most an online session queues while flow control holds its publishers: they stop
     /// within about twice the router's inbox, so this leaves room for that overshoot.
@@ -427,15 +427,17 @@ impl Outbox {
     fn pump(&mut self, online: &Online) {
         let writer = &online.writer;
         let mut room = writer.room();
+        let mut byte_room = writer.byte_room();
         let mut batch = Vec::new();
         let mut taken = false;
         while let Some(next) = self.queued.front() {
             if next.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
                 break;
             }
-            if room == 0 {
+            if room == 0 || byte_room == 0 {
                 break;
             }
+            byte_room = byte_room.saturating_sub(next.weight());
             let delivery = self.pop().expect("front() was Some");
             taken = true;
             if delivery.may_expire && delivery.message.is_expired() {
@@ -468,7 +470,7 @@ impl Outbox {
             });
             room -= 1;
         }
-        if room == 0 {
+        if room == 0 || byte_room == 0 {
             writer.request_drain_notice();
         }
         // The progress clock: it runs while messages wait and the client takes none.
@@ -570,8 +572,7 @@ impl Drop for Outbox {
 
 /// What a queued delivery counts against `max_queued_bytes` and the broker's budget.
 fn queued_size(delivery: &Delivery) -> usize {
-    let publish = &delivery.message.publish;
-    publish.payload.len() + publish.topic.len() + ENTRY_OVERHEAD
+    delivery.weight()
 }
 
 /// The size of `delivery` on the wire for a client speaking `version`, as the writer will
@@ -879,7 +880,7 @@ mod tests {
     fn bytes_bound_the_queue_and_the_budget_is_given_back() {
         let budget = Arc::new(QueueBudget::new(0));
         let mut limits = limits(10, 1000);
-        limits.max_queued_bytes = 3 * (100 + 1 + ENTRY_OVERHEAD);
+        limits.max_queued_bytes = 3 * (100 + 1 + crate::queue::message::DELIVERY_OVERHEAD);
         limits.budget = Arc::clone(&budget);
         let mut s = Session::new("c".into(), u32::MAX, limits);
         let big = "x".repeat(100);
@@ -901,7 +902,9 @@ mod tests {
     #[test]
     fn the_broker_budget_refuses_past_its_limit() {
         let mut limits = limits(10, 1000);
-        limits.budget = Arc::new(QueueBudget::new(2 * (1 + 1 + ENTRY_OVERHEAD)));
+        limits.budget = Arc::new(QueueBudget::new(
+            2 * (1 + 1 + crate::queue::message::DELIVERY_OVERHEAD),
+        ));
         let mut s = Session::new("c".into(), u32::MAX, limits);
         assert_eq!(
             deliver(&mut s, message("a", QoS::AtLeastOnce)),
