@@ -171,6 +171,7 @@ impl Broker {
 pub struct Registry {
     sockets: Mutex<HashMap<u64, Arc<TcpStream>>>,
     pending: Mutex<admission::Pending>,
+    admission_log: Mutex<admission::AdmissionLog>,
 }
 
 /// Removes its connection from the registry when the reader thread ends.

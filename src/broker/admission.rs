@@ -21,6 +21,8 @@ use crate::config::Config;
 
 /// Repeated conditions are logged at most once per this interval, with counts.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// A repeated condition has ended once it has not happened for this long: its summary is due.
+const QUIET: Duration = Duration::from_secs(2);
 /// How often the reaper looks for handshakes past their deadline.
 const REAP_EVERY: Duration = Duration::from_millis(200);
 /// The backlog asked for when the system's maximum cannot be read (the kernel caps it anyway).
@@ -40,13 +42,14 @@ pub fn raise_backlog(listener: &TcpListener) {
     }
 }
 
-/// A condition that may repeat many times a second, logged when it starts and then once per
-/// `LOG_EVERY` with the count since the last line.
+/// A condition that may repeat many times a second, logged when it starts, then once per
+/// `LOG_EVERY` with the count since the last line, and once more when it has stopped.
 #[derive(Debug, Default)]
 pub struct IntervalLog {
     since_line: u64,
     total: u64,
     last_line: Option<Instant>,
+    last_event: Option<Instant>,
 }
 
 impl IntervalLog {
@@ -54,6 +57,7 @@ impl IntervalLog {
     pub fn note(&mut self, now: Instant) -> Option<(u64, u64)> {
         self.since_line += 1;
         self.total += 1;
+        self.last_event = Some(now);
         let due = self
             .last_line
             .is_none_or(|last| now.saturating_duration_since(last) >= LOG_EVERY);
@@ -63,14 +67,33 @@ impl IntervalLog {
         self.last_line = Some(now);
         Some((std::mem::take(&mut self.since_line), self.total))
     }
+
+    /// The summary of an episode that has stopped (nothing for `QUIET`) with occurrences not
+    /// yet told: `(since the last line, in all)`. The next occurrence starts a new episode.
+    pub fn ended(&mut self, now: Instant) -> Option<(u64, u64)> {
+        let quiet = self
+            .last_event
+            .is_some_and(|last| now.saturating_duration_since(last) >= QUIET);
+        if self.since_line == 0 || !quiet {
+            return None;
+        }
+        self.last_line = None;
+        Some((std::mem::take(&mut self.since_line), self.total))
+    }
 }
 
-/// The accept loop's decisions, with their logs.
+/// The accept loop's log of refusals and evictions, shared with the reaper, which writes
+/// their summaries once they stop.
+#[derive(Debug, Default)]
+pub struct AdmissionLog {
+    refused: IntervalLog,
+    evicted: IntervalLog,
+}
+
+/// The accept loop's decisions.
 pub struct Admission {
     max_connections: usize,
     max_pending: usize,
-    refused: IntervalLog,
-    evicted: IntervalLog,
 }
 
 impl Admission {
@@ -78,8 +101,6 @@ impl Admission {
         Admission {
             max_connections: config.max_connections,
             max_pending: config.pending_handshake_limit(),
-            refused: IntervalLog::default(),
-            evicted: IntervalLog::default(),
         }
     }
 
@@ -88,7 +109,8 @@ impl Admission {
     /// max_connections). At the handshake limit the oldest pending handshake is closed.
     pub fn admit(&mut self, registry: &Registry, peer: SocketAddr) -> bool {
         if registry.len() >= self.max_connections {
-            if let Some((recent, total)) = self.refused.note(Instant::now()) {
+            let line = registry.admission_log.lock().refused.note(Instant::now());
+            if let Some((recent, total)) = line {
                 warn!(
                     "{peer}: refused, {} connections held already (MAX_CONNECTIONS); \
                      {recent} refused since the last line, {total} in all",
@@ -98,7 +120,8 @@ impl Admission {
             return false;
         }
         if registry.close_oldest_pending_over(self.max_pending) {
-            if let Some((recent, total)) = self.evicted.note(Instant::now()) {
+            let line = registry.admission_log.lock().evicted.note(Instant::now());
+            if let Some((recent, total)) = line {
                 warn!(
                     "{} connections are in their handshake (MAX_PENDING_HANDSHAKES): the \
                      oldest are closed to make room; {recent} closed since the last line, \
@@ -129,6 +152,27 @@ pub fn reap_handshakes(
                      {recent} since the last line, {total} in all"
                 );
             }
+        }
+        if let Some((recent, total)) = reaped.ended(now) {
+            warn!(
+                "stopped closing late handshakes: {recent} more since the last line, {total} \
+                 in all"
+            );
+        }
+        let (refused, evicted) = {
+            let mut log = registry.admission_log.lock();
+            (log.refused.ended(now), log.evicted.ended(now))
+        };
+        if let Some((recent, total)) = refused {
+            warn!(
+                "stopped refusing connections: {recent} more since the last line, {total} in all"
+            );
+        }
+        if let Some((recent, total)) = evicted {
+            warn!(
+                "stopped closing the oldest handshakes for room: {recent} more since the last \
+                 line, {total} in all"
+            );
         }
     }
     debug!("handshake reaper stopped");
@@ -213,5 +257,16 @@ mod tests {
             assert_eq!(log.note(t0 + Duration::from_millis(n)), None);
         }
         assert_eq!(log.note(t0 + LOG_EVERY), Some((1000, 1001)));
+        assert_eq!(log.ended(t0 + LOG_EVERY + Duration::from_millis(10)), None);
+        for n in 1..=5 {
+            assert_eq!(log.note(t0 + LOG_EVERY + Duration::from_millis(n)), None);
+        }
+        assert_eq!(log.ended(t0 + LOG_EVERY + QUIET * 2), Some((5, 1006)));
+        assert_eq!(log.ended(t0 + LOG_EVERY + QUIET * 3), None, "told once");
+        assert_eq!(
+            log.note(t0 + LOG_EVERY * 2),
+            Some((1, 1007)),
+            "a new episode starts with a line"
+        );
     }
 }
