@@ -22,8 +22,9 @@ pub struct Config {
     /// (`MAX_INFLIGHT_MESSAGES`, default 100); the rest wait in the session queue, in order.
     pub max_inflight_messages: usize,
     /// Messages waiting in one session's queue, online or offline, behind its in-flight window
-    /// (`MAX_QUEUED_MESSAGES`, default 1000). When full, new messages for that session are
-    /// dropped and counted, as mosquitto does; other sessions are unaffected.
+    /// (`MAX_QUEUED_MESSAGES`, default 1000). Offline, or online once congestion has outlasted
+    /// `flow_hold_limit`, new messages beyond it are dropped for that session alone (QoS 0
+    /// first) and counted, as mosquitto does; within the hold limit publishers are slowed.
     pub max_queued_messages: usize,
     /// The same bound in bytes (`MAX_QUEUED_BYTES`, default 0: none, as mosquitto). Payload,
     /// topic and a small fixed overhead count per queued message.
