@@ -1,8 +1,11 @@
 //! The broker's entry point, shared by `main` and the tests: bind, accept, shut down.
 //!
 //! Owns: the accept loop, connection ids, the registry of open sockets, and the shutdown
-//! order (stop accepting, close clients, let the router finish). Must not: read or write MQTT;
-//! each accepted socket is handed to `client::spawn` at once.
+//! order (stop accepting, close clients, let the router finish). Who is let in (backlog,
+//! connection and handshake limits, the CONNECT deadline) is `admission`'s. Must not: read or
+//! write MQTT; each accepted socket is handed to `client::spawn` at once.
+
+mod admission;
 
 use std::collections::HashMap;
 use std::io;
@@ -69,6 +72,7 @@ impl Broker {
     /// Starts the router for a bound listener; call `run` to accept connections.
     pub fn new(listener: TcpListener, config: Config) -> io::Result<Broker> {
         let addr = listener.local_addr()?;
+        admission::raise_backlog(&listener);
         let (queue, queue_thread) = QueueHandle::start(&config)?;
         Ok(Broker {
             listener,
@@ -91,6 +95,7 @@ impl Broker {
     pub fn add_listener(&mut self, socket: TcpListener, settings: Listener) -> io::Result<()> {
         let acceptor = Acceptor::new(&settings, self.config.max_packet_size)?;
         let acceptor = Arc::new(acceptor);
+        admission::raise_backlog(&socket);
         self.stopper.extra.lock().push(socket.local_addr()?);
         self.reloader.add(Arc::clone(&acceptor));
         self.extra.push((socket, acceptor));
@@ -118,21 +123,19 @@ impl Broker {
         if let Some((clients, limit)) = crate::limits::client_capacity() {
             info!("this machine's limits allow about {clients} clients ({limit} is the tightest)");
         }
-        let max_connections = self.config.max_connections;
-        let mut refused_since_log = 0u64;
-        let listener = self.listener;
-        let acceptor = Arc::new(Acceptor::plain());
+        self.start_handshake_reaper();
+        let accept_loop = AcceptLoop {
+            stopping: Arc::clone(&self.stopper.stopping),
+            queue: self.queue.clone(),
+            config: Arc::clone(&self.config),
+            registry: Arc::clone(&self.registry),
+            next_id: Arc::clone(&next_id),
+        };
         let extra_threads: Vec<JoinHandle<()>> = self
             .extra
             .into_iter()
             .filter_map(|(socket, acceptor)| {
-                let accept = AcceptExtra {
-                    stopping: Arc::clone(&self.stopper.stopping),
-                    queue: self.queue.clone(),
-                    config: Arc::clone(&self.config),
-                    registry: Arc::clone(&self.registry),
-                    next_id: Arc::clone(&next_id),
-                };
+                let accept = accept_loop.clone();
                 std::thread::Builder::new()
                     .name("acceptor".into())
                     .spawn(move || accept.run(socket, acceptor))
@@ -140,53 +143,8 @@ impl Broker {
                     .ok()
             })
             .collect();
-        for stream in listener.incoming() {
-            if self.stopper.stopping.load(Ordering::Acquire) {
-                break;
-            }
-            let stream = match stream {
-                Ok(stream) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a moment rather than spin.
-                    warn!("accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
-            };
-            let peer = match stream.peer_addr() {
-                Ok(peer) => peer,
-                Err(_) => continue,
-            };
-            if self.registry.len() >= max_connections {
-                // Closed at once: the connections already held carry on.
-                refused_since_log += 1;
-                if refused_since_log == 1 || refused_since_log.is_multiple_of(1000) {
-                    warn!(
-                        "{peer}: refused, {max_connections} connections held already \
-                         (MAX_CONNECTIONS; {refused_since_log} refused so far)"
-                    );
-                }
-                continue;
-            }
-            let id = next_id.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = client::spawn(
-                stream,
-                peer,
-                id,
-                self.queue.clone(),
-                Arc::clone(&self.config),
-                Arc::clone(&self.registry),
-                Arc::clone(&acceptor),
-            ) {
-                let hint = crate::limits::client_capacity()
-                    .map(|(clients, limit)| {
-                        format!(" (about {clients} clients fit; raise {limit} for more)")
-                    })
-                    .unwrap_or_default();
-                error!("{peer}: cannot start client thread: {e}{hint}");
-            }
-        }
-        drop(listener);
+        let listener = self.listener;
+        accept_loop.run(listener, Arc::new(Acceptor::plain()));
         for thread in extra_threads {
             let _ = thread.join();
         }
@@ -207,10 +165,28 @@ impl Broker {
     }
 }
 
-/// Every open client socket, so that shutdown can close those not yet attached to a session.
+impl Broker {
+    /// Starts the thread that closes connections whose CONNECT is late.
+    fn start_handshake_reaper(&self) {
+        let registry = Arc::clone(&self.registry);
+        let timeout = self.config.connect_timeout;
+        let stopping = Arc::clone(&self.stopper.stopping);
+        let started = std::thread::Builder::new()
+            .name("handshake-reaper".into())
+            .spawn(move || admission::reap_handshakes(registry, timeout, stopping));
+        if let Err(e) = started {
+            error!("cannot start the handshake reaper: {e}");
+        }
+    }
+}
+
+/// Every open connection, so that shutdown can close those not yet attached to a session,
+/// and which of them are still in their handshake.
 #[derive(Default)]
 pub struct Registry {
     sockets: Mutex<HashMap<u64, Arc<dyn Link>>>,
+    pending: Mutex<admission::Pending>,
+    admission_log: Mutex<admission::AdmissionLog>,
 }
 
 /// Removes its connection from the registry when the reader thread ends.
@@ -222,12 +198,14 @@ pub struct Registered<'a> {
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.registry.sockets.lock().remove(&self.id);
+        self.registry.pending.lock().remove(self.id);
     }
 }
 
 impl Registry {
     pub fn register<'a>(&'a self, id: u64, link: &Arc<dyn Link>) -> Registered<'a> {
         self.sockets.lock().insert(id, Arc::clone(link));
+        self.pending.lock().insert(id);
         Registered { registry: self, id }
     }
 
@@ -255,9 +233,10 @@ impl Registry {
     }
 }
 
-/// The accept loop of a listener added by `add_listener` (a minimal one: the connection limit
-/// and the ids are shared with the first listener).
-struct AcceptExtra {
+/// One listener's accept loop: the first listener's on the main thread, each further one's on
+/// an `acceptor` thread. The connection limit, the handshake limit and the ids are shared.
+#[derive(Clone)]
+struct AcceptLoop {
     stopping: Arc<AtomicBool>,
     queue: QueueHandle,
     config: Arc<Config>,
@@ -265,20 +244,25 @@ struct AcceptExtra {
     next_id: Arc<AtomicU64>,
 }
 
-impl AcceptExtra {
+impl AcceptLoop {
     fn run(self, listener: TcpListener, acceptor: Arc<Acceptor>) {
-        for stream in listener.incoming() {
+        let mut admission = admission::Admission::new(&self.config);
+        loop {
+            let accepted = listener.accept();
             if self.stopping.load(Ordering::Acquire) {
                 break;
             }
-            let Ok(stream) = stream else {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    warn!("accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
             };
-            let Ok(peer) = stream.peer_addr() else {
-                continue;
-            };
-            if self.registry.len() >= self.config.max_connections {
+            if !admission.admit(&self.registry, peer) {
+                // Closed at once, without CONNACK: the connections already held carry on.
                 continue;
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -291,7 +275,12 @@ impl AcceptExtra {
                 Arc::clone(&self.registry),
                 Arc::clone(&acceptor),
             ) {
-                error!("{peer}: cannot start client thread: {e}");
+                let hint = crate::limits::client_capacity()
+                    .map(|(clients, limit)| {
+                        format!(" (about {clients} clients fit; raise {limit} for more)")
+                    })
+                    .unwrap_or_default();
+                error!("{peer}: cannot start client thread: {e}{hint}");
             }
         }
     }

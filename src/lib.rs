@@ -2,7 +2,8 @@
 //! writer thread, and one routing actor, talking over crossbeam channels.
 //!
 //! # Layout
-//! - [`broker`]: bind, the accept loop, shutdown. `main` and the tests share `Broker`.
+//! - [`broker`]: bind, the accept loop, admission (backlog, connection and handshake limits,
+//!   the CONNECT deadline), shutdown. `main` and the tests share `Broker`.
 //! - [`config`]: limits and defaults, from the environment.
 //! - [`limits`]: how many clients the machine's thread, map and file limits allow.
 //! - [`client`]: one connection: `reader` (handshake, keepalive, packets in) and `writer`
@@ -10,7 +11,8 @@
 //! - [`transport`]: what the client threads read and write through: plain TCP, TLS (rustls),
 //!   WebSocket (tungstenite), made from an accepted socket by a listener's `Acceptor`.
 //! - [`queue`]: the router actor (`QueueHandle` / `QueueActor`): sessions, subscriptions,
-//!   retained messages, in-flight windows and offline queues.
+//!   retained messages, in-flight windows, session queues bounded in messages and bytes, and
+//!   the flow control that keeps one slow client from holding up the others.
 //! - [`mqtt`]: the packet model and codec for all three protocol versions, and topics.
 //!
 //! See ARCHITECTURE.md for the threads, channels and invariants.

@@ -55,6 +55,21 @@ pub fn client_capacity() -> Option<(u64, &'static str)> {
     tightest
 }
 
+/// The default budget for queued messages: a quarter of the machine's memory, at most 1 GiB.
+pub fn default_queued_bytes_total() -> usize {
+    const CAP: u64 = 1 << 30;
+    let quarter = memory_total().map_or(CAP, |bytes| bytes / 4);
+    usize::try_from(quarter.min(CAP)).unwrap_or(usize::MAX)
+}
+
+/// Physical memory, from /proc/meminfo.
+fn memory_total() -> Option<u64> {
+    let info = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 fn read_number(path: &str) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }

@@ -12,7 +12,7 @@ mod writer;
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -25,6 +25,11 @@ use crate::mqtt::{Disconnect, Packet, PacketId, ProtocolVersion};
 use crate::queue::message::Delivery;
 use crate::queue::QueueHandle;
 use crate::transport::{Acceptor, Link, Output};
+
+/// The bytes of deliveries (`Delivery::weight`) a writer's channel holds before the router
+/// keeps further ones in the session queue: with large messages the count alone
+/// (`writer_queue_capacity`) would let a stuck client's channel hold a great deal.
+const WRITER_BYTES: usize = 1024 * 1024;
 
 /// Something for the writer to put on the wire.
 #[derive(Debug)]
@@ -68,8 +73,10 @@ pub struct ClientHandle {
 struct WriterShared {
     /// Beyond this many deliveries waiting `room` says none.
     capacity: usize,
-    /// Deliveries handed to the writer and not yet encoded.
+    /// Deliveries handed to the writer and not yet encoded, and their weight in bytes
+    /// (`Delivery::weight`): the channel is bounded in both.
     waiting_deliveries: AtomicUsize,
+    waiting_bytes: AtomicUsize,
     /// Set by the router when it kept messages back because the channel was full: the writer
     /// then tells the router when it has caught up.
     drain_requested: AtomicBool,
@@ -77,6 +84,8 @@ struct WriterShared {
     session_slot: AtomicU32,
     /// Held by the router while this client's QoS 0 messages fill congested queues.
     gate: gate::ReaderGate,
+    /// Bytes the socket has accepted so far: progress, for the router's progress clock.
+    bytes_written: AtomicU64,
     /// The connection, for `abort` (none in tests of the router).
     link: Option<Arc<dyn Link>>,
 }
@@ -92,9 +101,11 @@ impl ClientHandle {
             shared: Arc::new(WriterShared {
                 capacity,
                 waiting_deliveries: AtomicUsize::new(0),
+                waiting_bytes: AtomicUsize::new(0),
                 drain_requested: AtomicBool::new(false),
                 session_slot: AtomicU32::new(u32::MAX),
                 gate: gate::ReaderGate::default(),
+                bytes_written: AtomicU64::new(0),
                 link,
             }),
         }
@@ -113,6 +124,7 @@ impl ClientHandle {
         self.shared
             .waiting_deliveries
             .fetch_sub(count, Ordering::AcqRel);
+        self.shared.waiting_bytes.store(0, Ordering::Release);
     }
 
     /// Queues a control packet. These are not counted against the capacity: the protocol
@@ -138,6 +150,13 @@ impl ClientHandle {
         room(self.shared.waiting_deliveries.load(Ordering::Acquire))
     }
 
+    /// How many more bytes of deliveries may be handed over now: while fewer than
+    /// `WRITER_BYTES` wait, at least one more delivery may go, whatever its size.
+    pub fn byte_room(&self) -> usize {
+        let waiting = self.shared.waiting_bytes.load(Ordering::Acquire);
+        WRITER_BYTES.saturating_sub(waiting)
+    }
+
     /// Asks the writer to tell the router when it has caught up.
     pub fn request_drain_notice(&self) {
         self.shared.drain_requested.store(true, Ordering::Release);
@@ -146,6 +165,14 @@ impl ClientHandle {
     /// Hands deliveries (`Outbound::Publish` items) to the writer in one go. Never blocks.
     pub fn deliver(&self, mut items: Vec<Outbound>) -> Result<(), WriterGone> {
         let count = items.len();
+        let bytes: usize = items
+            .iter()
+            .map(|item| match item {
+                Outbound::Publish { delivery, .. } => delivery.weight(),
+                _ => 0,
+            })
+            .sum();
+        self.shared.waiting_bytes.fetch_add(bytes, Ordering::AcqRel);
         let item = match count {
             0 => return Ok(()),
             1 => items.pop().expect("one item"),
@@ -190,6 +217,11 @@ impl ClientHandle {
         }
     }
 
+    /// Bytes the socket has accepted so far (the writer counts each write, even a partial one).
+    pub fn bytes_written(&self) -> u64 {
+        self.shared.bytes_written.load(Ordering::Relaxed)
+    }
+
     /// Records which session slot this connection belongs to, for drain notices.
     pub fn bind_session(&self, slot: u32) {
         self.shared.session_slot.store(slot, Ordering::Release);
@@ -217,7 +249,7 @@ pub fn spawn(
             // shut it down (a stalled handshake included). It closes when the last lets go.
             let stream = Arc::new(stream);
             let link: Arc<dyn Link> = Arc::clone(&stream) as Arc<dyn Link>;
-            let _registered = registry.register(connection_id, &link);
+            let registered = registry.register(connection_id, &link);
             let transport = match acceptor.accept(stream, peer, handshake_timeout(&config)) {
                 Ok(transport) => transport,
                 Err(e) => {
@@ -225,7 +257,7 @@ pub fn spawn(
                     return;
                 }
             };
-            reader::run(transport, peer, connection_id, queue, &config);
+            reader::run(transport, peer, connection_id, queue, &config, &registered);
         })?;
     Ok(())
 }

@@ -16,6 +16,7 @@ use log::{debug, info, warn};
 
 use super::handshake::{handshake, refuse, Accepted};
 use super::{AckKind, Outbound};
+use crate::broker::Registered;
 use crate::config::Config;
 use crate::mqtt::topic::{validate_topic_filter, validate_topic_name};
 use crate::mqtt::{
@@ -41,6 +42,7 @@ pub(super) fn run(
     connection_id: u64,
     queue: QueueHandle,
     config: &Config,
+    registered: &Registered,
 ) {
     let Transport {
         input,
@@ -56,6 +58,9 @@ pub(super) fn run(
         config.max_packet_size,
         &mut body,
     );
+    // The whole CONNECT is in (however it trickled): no longer a pending handshake, which the
+    // acceptor limits and the reaper closes after `connect_timeout`.
+    registered.connect_received();
     let mut connect = match packet {
         Ok(Packet::Connect(connect)) => connect,
         Ok(other) => {

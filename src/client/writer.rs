@@ -2,7 +2,8 @@
 //!
 //! Owns: encoding `Outbound` items in batches into one reusable buffer and writing them with a
 //! single syscall per batch, outbound topic aliases (MQTT 5), the remaining message expiry at
-//! the moment of writing, and closing the socket when told to or when every handle is gone.
+//! the moment of writing, counting the bytes the socket accepts (progress, for the router's
+//! progress clock), and closing the socket when told to or when every handle is gone.
 //! Must not: read the socket, decide what to send, or block on anything but its own channel and
 //! its own socket (the one send it makes, a drain notice to the router, never waits on a writer).
 
@@ -47,6 +48,7 @@ pub(super) fn run(
         version,
         aliases: TopicAliases::new(topic_alias_maximum),
         delivered: 0,
+        delivered_bytes: 0,
         flush: false,
     };
     let mut out = Vec::new();
@@ -64,16 +66,18 @@ pub(super) fn run(
             }
             next = rx.try_recv().ok();
         }
-        // Deliveries encoded leave the count the router's `room` is measured against.
+        // Deliveries encoded leave the counts the router's `room` is measured against.
         let delivered = std::mem::take(&mut encoder.delivered);
         if delivered > 0 {
             shared
                 .waiting_deliveries
                 .fetch_sub(delivered, Ordering::AcqRel);
+            let bytes = std::mem::take(&mut encoder.delivered_bytes);
+            shared.waiting_bytes.fetch_sub(bytes, Ordering::AcqRel);
         }
         if !out.is_empty() {
             trace!("client {connection_id}: writing {} bytes", out.len());
-            if let Err(e) = write.write_all(&out) {
+            if let Err(e) = write_counting(&mut *write, &out, &shared.bytes_written) {
                 debug!("client {connection_id}: write failed: {e}");
                 failed = true;
                 break 'connection;
@@ -116,12 +120,34 @@ pub(super) fn run(
     debug!("client {connection_id}: writer stopped");
 }
 
+/// Writes all of `out`, adding what each write call took to `written`, so that a client
+/// reading slowly shows progress to the router even while one batch is being written.
+fn write_counting(
+    stream: &mut dyn Write,
+    mut out: &[u8],
+    written: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()> {
+    while !out.is_empty() {
+        match stream.write(out) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                written.fetch_add(n as u64, Ordering::Relaxed);
+                out = &out[n..];
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Turns `Outbound` items into bytes for one connection.
 struct Encoder {
     version: ProtocolVersion,
     aliases: TopicAliases,
-    /// Deliveries encoded since the count was last settled.
+    /// Deliveries encoded since the count was last settled, and their weight.
     delivered: usize,
+    delivered_bytes: usize,
     /// The transport has output of its own to write (`Outbound::Flush`).
     flush: bool,
 }
@@ -138,6 +164,7 @@ impl Encoder {
             } => {
                 self.encode_publish(&delivery, packet_id, dup, out);
                 self.delivered += 1;
+                self.delivered_bytes += delivery.weight();
                 false
             }
             Outbound::Batch(items) => {

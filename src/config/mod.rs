@@ -30,9 +30,22 @@ pub struct Config {
     /// in order.
     pub max_inflight_messages: usize,
     /// Messages waiting in one session's queue, online or offline, behind its in-flight window
-    /// (`MAX_QUEUED_MESSAGES`, default 1000). When full, new messages for that session are
-    /// dropped and counted, as mosquitto does; other sessions are unaffected.
+    /// (`MAX_QUEUED_MESSAGES`, default 1000). Offline, or online once congestion has outlasted
+    /// `flow_hold_limit`, new messages beyond it are dropped for that session alone (QoS 0
+    /// first) and counted, as mosquitto does; within the hold limit publishers are slowed.
     pub max_queued_messages: usize,
+    /// The same bound in bytes (`MAX_QUEUED_BYTES`, default 0: none, as mosquitto). Payload,
+    /// topic and a small fixed overhead count per queued message.
+    pub max_queued_bytes: usize,
+    /// Bytes queued in the whole broker, every session together (`MAX_QUEUED_BYTES_TOTAL`;
+    /// default a quarter of the machine's memory, at most 1 GiB; 0: none). Past three quarters
+    /// of it QoS 0 messages are no longer queued, past all of it nothing is, and an MQTT 5
+    /// publisher whose QoS 1/2 message was refused somewhere gets 0x97 (quota exceeded).
+    pub max_queued_bytes_total: usize,
+    /// Longest a congested subscriber may hold its publishers back (`FLOW_HOLD_MS`, default
+    /// 500 ms). Past it they are released and that subscriber's own limits apply: what does
+    /// not fit its queue is dropped for it alone.
+    pub flow_hold_limit: Duration,
     /// Packets waiting in one client's writer channel before the router treats it as full
     /// and keeps further messages in the session queue instead.
     pub writer_queue_capacity: usize,
@@ -60,12 +73,17 @@ pub struct Config {
     /// Connections held at once (`MAX_CONNECTIONS`; default: what this machine's thread, memory
     /// map and file limits allow, see `limits`). Further connections are closed at once.
     pub max_connections: usize,
-    /// A client whose socket accepts nothing for this long is disconnected (its will is
-    /// published). Flow control makes publishers wait for a congested subscriber, so this also
-    /// bounds how long one that stopped reading can hold them up.
+    /// A client that takes nothing for this long while messages wait for it (its socket
+    /// accepts no bytes, or it acknowledges nothing while its window is full) is disconnected
+    /// (its will is published) (`WRITE_TIMEOUT` in seconds, default 10).
     pub write_timeout: Duration,
-    /// How long a new connection may take to send CONNECT.
+    /// How long a new connection may take to send its whole CONNECT, however it trickles
+    /// (`CONNECT_TIMEOUT` in seconds, default 10).
     pub connect_timeout: Duration,
+    /// Connections still in their handshake held at once (`MAX_PENDING_HANDSHAKES`, default a
+    /// quarter of `max_connections`, at least 64). At the limit the oldest one is closed to
+    /// make room, so that slow handshakes never lock out a real client.
+    pub max_pending_handshakes: usize,
     /// Stack size of each client thread; two per client, so keep it small.
     pub client_stack_size: usize,
 }
@@ -77,6 +95,9 @@ impl Default for Config {
             max_packet_size: PROTOCOL_MAX_PACKET_SIZE,
             max_inflight_messages: 20,
             max_queued_messages: 1000,
+            max_queued_bytes: 0,
+            max_queued_bytes_total: crate::limits::default_queued_bytes_total(),
+            flow_hold_limit: Duration::from_millis(500),
             writer_queue_capacity: 1024,
             writer_backlog_limit: 16 * 1024,
             router_queue_capacity: 512,
@@ -86,6 +107,7 @@ impl Default for Config {
             max_connections: crate::limits::default_max_connections(),
             write_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 0,
             client_stack_size: 128 * 1024,
         }
     }
@@ -122,7 +144,43 @@ impl Config {
         if let Some(n) = var::<u16>("MAX_KEEPALIVE")? {
             config.max_keep_alive = n;
         }
+        if let Some(n) = var("MAX_QUEUED_BYTES")? {
+            config.max_queued_bytes = n;
+        }
+        if let Some(n) = var("MAX_QUEUED_BYTES_TOTAL")? {
+            config.max_queued_bytes_total = n;
+        }
+        if let Some(ms) = var::<u64>("FLOW_HOLD_MS")? {
+            config.flow_hold_limit = Duration::from_millis(ms);
+        }
+        if let Some(secs) = var::<f64>("WRITE_TIMEOUT")? {
+            config.write_timeout = seconds(secs, "WRITE_TIMEOUT")?;
+        }
+        if let Some(secs) = var::<f64>("CONNECT_TIMEOUT")? {
+            config.connect_timeout = seconds(secs, "CONNECT_TIMEOUT")?;
+        }
+        if let Some(n) = var("MAX_PENDING_HANDSHAKES")? {
+            config.max_pending_handshakes = n;
+        }
         Ok(config)
+    }
+}
+
+fn seconds(secs: f64, name: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{name}={secs} is not a positive number of seconds"))
+}
+
+impl Config {
+    /// Handshakes held at once: `max_pending_handshakes`, or by default a quarter of
+    /// `max_connections` (at least 64).
+    pub fn pending_handshake_limit(&self) -> usize {
+        match self.max_pending_handshakes {
+            0 => (self.max_connections / 4).max(64),
+            n => n,
+        }
     }
 }
 

@@ -3,25 +3,30 @@
 //!
 //! Owns: the actor's state, its loop (messages and timers) and the dispatch of each `Msg`. The
 //! handlers live beside it: `lifecycle` (CONNECT, DISCONNECT, takeover, expiry, wills,
-//! shutdown), `routing` (PUBLISH, acknowledgements, flow control) and `subscribing` (SUBSCRIBE,
-//! UNSUBSCRIBE, retained messages on subscribe); they share this file's imports and helpers.
+//! shutdown), `routing` (PUBLISH, acknowledgements, flow control), `subscribing` (SUBSCRIBE,
+//! UNSUBSCRIBE, retained messages on subscribe) and `sweep` (the periodic check of the flow
+//! hold limit, the progress clock and drop reports); they share this file's imports and helpers.
 //! Must not: block on a client (writers are only reached through the non-blocking
 //! `ClientHandle` methods) or do socket I/O.
 
 mod lifecycle;
 mod routing;
 mod subscribing;
+mod sweep;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, warn};
 
+use super::budget::QueueBudget;
 use super::message::{Delivery, Message, SubscriptionIds};
 use super::retained::RetainedStore;
-use super::session::{AckOutcome, Enqueued, Held, Online, QueueLimits, Session, Subscription};
+use super::session::{
+    AckOutcome, Enqueued, Held, Online, QueueLimits, RetainedFeed, Session, Subscription,
+};
 use super::shared::SharedGroups;
 use super::subscriptions::SubscriptionTree;
 use super::timers::{Timer, TimerKind, Timers};
@@ -77,6 +82,17 @@ pub struct QueueActor {
     dirty: Vec<u32>,
     /// Messages handled since the last flush.
     unflushed: usize,
+    /// The message being routed was refused somewhere because the broker's budget of queued
+    /// bytes is spent (an MQTT 5 publisher is told 0x97).
+    over_budget: bool,
+    /// How long a congested session may hold publishers back (`Config::flow_hold_limit`).
+    flow_hold_limit: Duration,
+    /// How long a session may take nothing while messages wait (`Config::write_timeout`).
+    write_timeout: Duration,
+    /// A publisher with this many acknowledgements held has its reader held too.
+    held_acks_limit: usize,
+    /// When `sweep` runs next.
+    next_sweep: Instant,
 }
 
 /// The most messages the router handles before it pumps the sessions they were queued for.
@@ -84,13 +100,16 @@ const FLUSH_EVERY: usize = 64;
 
 impl QueueActor {
     pub(crate) fn new(rx: Receiver<Msg>, config: &Config) -> Self {
+        let mut limits = QueueLimits::new(
+            config.max_inflight_messages,
+            config.max_queued_messages,
+            config.router_queue_capacity,
+        );
+        limits.max_queued_bytes = config.max_queued_bytes;
+        limits.budget = Arc::new(QueueBudget::new(config.max_queued_bytes_total));
         QueueActor {
             rx,
-            limits: QueueLimits::new(
-                config.max_inflight_messages,
-                config.max_queued_messages,
-                config.router_queue_capacity,
-            ),
+            limits,
             receive_maximum: config.receive_maximum,
             topic_alias_maximum: config.topic_alias_maximum,
             max_packet_size: u32::try_from(config.max_packet_size).unwrap_or(u32::MAX),
@@ -106,22 +125,25 @@ impl QueueActor {
             next_held_seq: 0,
             dirty: Vec::new(),
             unflushed: 0,
+            over_budget: false,
+            flow_hold_limit: config.flow_hold_limit,
+            write_timeout: config.write_timeout,
+            held_acks_limit: config.max_inflight_messages.max(1),
+            next_sweep: Instant::now() + sweep::SWEEP_EVERY,
         }
     }
 
     /// Handles messages and timers until every `QueueHandle` has been dropped.
     pub fn run(mut self) {
         loop {
-            let next = match self.timers.next_deadline() {
-                Some(deadline) => match self.rx.recv_deadline(deadline) {
-                    Ok(msg) => Some(msg),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-                None => match self.rx.recv() {
-                    Ok(msg) => Some(msg),
-                    Err(_) => break,
-                },
+            let deadline = match self.timers.next_deadline() {
+                Some(timer) => timer.min(self.next_sweep),
+                None => self.next_sweep,
+            };
+            let next = match self.rx.recv_deadline(deadline) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
             };
             if let Some(msg) = next {
                 self.handle(msg);
@@ -133,6 +155,11 @@ impl QueueActor {
             // Pump when the inbox is empty (no added latency) or after a batch.
             if self.unflushed >= FLUSH_EVERY || self.rx.is_empty() {
                 self.flush();
+                let now = Instant::now();
+                if now >= self.next_sweep {
+                    self.sweep(now);
+                    self.next_sweep = now + sweep::SWEEP_EVERY;
+                }
             }
         }
         self.flush();
@@ -252,14 +279,24 @@ fn send_ack(writer: &ClientHandle, kind: AckKind, packet_id: PacketId, reason: R
     let _ = writer.send_packet(packet);
 }
 
-/// Logs the first drop for a session and every thousandth after it.
-fn note_drop(session: &Session) {
-    let dropped = session.outbox.dropped;
-    if dropped > 0 && (dropped == 1 || dropped.is_multiple_of(1000)) {
+/// Logs the start of a drop episode for a session (`sweep` reports how it goes on and ends).
+fn note_drop(session: &mut Session, over_budget: bool) {
+    if session.outbox.drops.take_start() {
+        let state = if over_budget {
+            "the broker's budget of queued bytes is spent"
+        } else if session.online.is_none() {
+            "offline, its queue is full"
+        } else if session.outbox.overflowing {
+            "not keeping up, its queue is full"
+        } else {
+            "its queue is at the hard limit"
+        };
         warn!(
-            "client {}: queue full ({} queued), {dropped} messages dropped so far",
+            "client {}: dropping messages ({state}, {} queued, {} bytes; budget {} bytes used)",
             session.client_id,
-            session.outbox.queued_len()
+            session.outbox.queued_len(),
+            session.outbox.queued_bytes(),
+            session.outbox.budget_used(),
         );
     }
 }
@@ -279,7 +316,18 @@ mod tests {
     }
 
     fn connect(tx: &Sender<Msg>, id: &str, connection_id: u64, slot: u32) -> Client {
-        let (writer, rx) = ClientHandle::for_tests(100);
+        connect_with_writer(tx, id, connection_id, slot, 100)
+    }
+
+    /// A client whose writer takes at most `capacity` deliveries.
+    fn connect_with_writer(
+        tx: &Sender<Msg>,
+        id: &str,
+        connection_id: u64,
+        slot: u32,
+        capacity: usize,
+    ) -> Client {
+        let (writer, rx) = ClientHandle::for_tests(capacity);
         let (reply, _) = crossbeam_channel::bounded(1);
         let request = ConnectRequest {
             connection_id,
@@ -372,6 +420,74 @@ mod tests {
         actor.run();
         assert_eq!(names(&subscriber.rx), ["CONNACK", "SUBACK", "PUBLISH a/b"]);
         assert_eq!(names(&publisher.rx), ["CONNACK", "PubAck 7"]);
+    }
+
+    fn publish_qos1(tx: &Sender<Msg>, from: ConnectionRef, topic: &str, id: u16) {
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: None,
+            properties: PublishProperties::default(),
+            payload: Arc::from(&b"x"[..]),
+        };
+        tx.send(Msg::Publish {
+            from,
+            message: Arc::new(Message::new(publish)),
+            packet_id: PacketId::new(id),
+        })
+        .expect("queued");
+    }
+
+    /// Handles what is in the inbox and pumps, as one round of `run` does.
+    fn handle_all(actor: &mut QueueActor) {
+        while let Ok(msg) = actor.rx.try_recv() {
+            actor.handle(msg);
+        }
+        actor.flush();
+    }
+
+    #[test]
+    fn a_congested_session_holds_publishers_only_until_the_hold_limit() {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let config = Config {
+            max_queued_messages: 2,
+            ..Config::default()
+        };
+        let mut actor = QueueActor::new(rx, &config);
+        // A subscriber whose writer takes nothing.
+        let subscriber = connect_with_writer(&tx, "stuck", 1, 0, 0);
+        let publisher = connect(&tx, "pub", 2, 1);
+        subscribe(&tx, subscriber.from, "t", QoS::AtLeastOnce);
+        for id in 1..=5 {
+            publish_qos1(&tx, publisher.from, "t", id);
+        }
+        handle_all(&mut actor);
+        // Past two queued the subscriber is congested: the later PUBACKs are held.
+        assert_eq!(names(&publisher.rx), ["CONNACK", "PubAck 1", "PubAck 2"]);
+        let start = Instant::now();
+        actor.sweep(start + Duration::from_millis(100));
+        assert!(names(&publisher.rx).is_empty(), "within the hold limit");
+        // Past the hold limit the publisher is released ...
+        actor.sweep(start + config.flow_hold_limit + Duration::from_millis(100));
+        assert_eq!(names(&publisher.rx), ["PubAck 3", "PubAck 4", "PubAck 5"]);
+        // ... and no longer held: what does not fit the subscriber's queue is dropped for it.
+        publish_qos1(&tx, publisher.from, "t", 6);
+        handle_all(&mut actor);
+        assert_eq!(names(&publisher.rx), ["PubAck 6"]);
+        let stuck = actor.sessions[0]
+            .as_ref()
+            .expect("the subscriber's session");
+        assert_eq!((stuck.outbox.queued_len(), stuck.outbox.dropped), (5, 1));
+        // Having taken nothing for the write timeout, the subscriber is disconnected.
+        assert!(is_online(&actor.sessions, 0));
+        actor.sweep(start + config.write_timeout + Duration::from_secs(1));
+        assert!(
+            !actor.by_client_id.contains_key("stuck"),
+            "its session ended"
+        );
+        assert!(is_online(&actor.sessions, 1), "the publisher carries on");
     }
 
     #[test]

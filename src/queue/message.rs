@@ -100,6 +100,11 @@ impl SubscriptionIds {
     }
 }
 
+/// Bytes counted for a delivery beyond its topic and payload: its queue entry and a share of
+/// the message's header. A message held for several sessions counts once for each, so sums of
+/// weights are an upper bound of the memory they stand for.
+pub const DELIVERY_OVERHEAD: usize = 96;
+
 /// One message for one session.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -127,6 +132,13 @@ impl Delivery {
             subscription_ids,
             may_expire,
         }
+    }
+
+    /// What this delivery counts against byte limits (session queues, the broker's budget,
+    /// a writer's channel).
+    pub fn weight(&self) -> usize {
+        let publish = &self.message.publish;
+        publish.payload.len() + publish.topic.len() + DELIVERY_OVERHEAD
     }
 }
 

@@ -4,6 +4,7 @@
 //! method only builds a `Msg` and sends it (and, for requests, waits for the one reply).
 
 mod actor;
+mod budget;
 mod flow;
 pub mod message;
 mod retained;

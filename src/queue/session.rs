@@ -2,31 +2,40 @@
 //! the outbound queue with its in-flight window.
 //!
 //! Owns: packet-id allocation, the QoS 1 and 2 outbound state machines, the bounded queue
-//! behind the window and its overflow policy, and the inbound QoS 2 ids awaiting PUBREL.
+//! behind the window (in messages and bytes) and its overflow policy, the progress clock (since
+//! when queued messages have waited without the client taking any), retained messages still to
+//! be fed in after a SUBSCRIBE, and the inbound QoS 2 ids awaiting PUBREL.
 //! Must not: match topics or touch other sessions; it only ever uses the non-blocking
 //! `ClientHandle` methods, so a slow client cannot stall the router.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
+use std::time::Instant;
 
 use log::debug;
 
-use super::flow::HeldAcks;
-use super::message::Delivery;
+use super::budget::QueueBudget;
+use super::flow::{DropLog, HeldAcks};
+use super::message::{Delivery, Message, SubscriptionIds};
 use crate::client::{AckKind, ClientHandle, Outbound};
 use crate::mqtt::{PacketId, ProtocolVersion, PublishView, QoS, SubscriptionOptions, Will};
 
 /// The bounds of one session's outbound queue.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct QueueLimits {
     /// QoS 1/2 messages in flight (before the client's own Receive Maximum).
     pub max_inflight: usize,
-    /// Queued messages beyond which an online session is congested and an offline one drops.
+    /// Queued messages beyond which an online session is congested and an offline one (or an
+    /// online one whose congestion outlasted the hold limit) drops.
     pub max_queued: usize,
-    /// The most an online session queues however congested: flow control stops publishers
+    /// The same in bytes (`Delivery::weight`); 0 for none.
+    pub max_queued_bytes: usize,
+    /// The most an online session queues while flow control holds its publishers: they stop
     /// within about twice the router's inbox, so this leaves room for that overshoot.
     pub hard_limit: usize,
+    /// The broker-wide budget every session's queue draws on.
+    pub budget: Arc<QueueBudget>,
 }
 
 impl QueueLimits {
@@ -34,9 +43,11 @@ impl QueueLimits {
         QueueLimits {
             max_inflight,
             max_queued,
+            max_queued_bytes: 0,
             hard_limit: max_queued
                 .saturating_mul(10)
                 .max(max_queued.saturating_add(router_queue_capacity.saturating_mul(3))),
+            budget: Arc::new(QueueBudget::new(0)),
         }
     }
 }
@@ -88,7 +99,23 @@ pub(super) struct Session {
     /// This session as a congested receiver: what it holds back of which publisher (by slot)
     /// until its queue drains.
     pub holding: Vec<(u32, Held)>,
+    /// Retained messages matched by a SUBSCRIBE and not yet queued: fed into the queue a
+    /// window at a time as the client takes them, so that a large retained set is streamed
+    /// at the client's pace instead of overflowing its queue.
+    pub retained_feeds: VecDeque<RetainedFeed>,
 }
+
+/// Retained messages for one subscription, still to be queued.
+pub(super) struct RetainedFeed {
+    pub messages: std::vec::IntoIter<Arc<Message>>,
+    /// The QoS granted to the subscription.
+    pub granted: QoS,
+    pub identifier: Option<u32>,
+}
+
+/// Retained messages are fed into a session's queue while it holds fewer than this (or half
+/// of `max_queued`, if smaller).
+const RETAINED_WINDOW: usize = 256;
 
 /// What a congested session holds back of a publisher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +133,12 @@ pub(super) enum Enqueued {
     Accepted,
     /// Queued, but the session is congested: slow the publisher down.
     Congested,
-    /// Dropped: QoS 0 for an offline session, or a queue at its limit.
+    /// Not queued because the session is offline and the message is QoS 0 (not a drop).
+    Skipped,
+    /// Dropped: the session's queue is at its limit.
     Dropped,
+    /// Dropped: the broker-wide budget of queued bytes is spent.
+    OverBudget,
 }
 
 impl Session {
@@ -125,6 +156,7 @@ impl Session {
             dirty: false,
             held_acks: HeldAcks::default(),
             holding: Vec::new(),
+            retained_feeds: VecDeque::new(),
         }
     }
 
@@ -132,20 +164,47 @@ impl Session {
     /// sessions it queued for once per batch of its inbox, so that each writer gets one batch.
     pub fn deliver(&mut self, delivery: Delivery) -> Enqueued {
         let online = self.online.is_some();
-        if !self.outbox.enqueue(delivery, online) {
-            return Enqueued::Dropped;
+        self.outbox.enqueue(delivery, online)
+    }
+
+    /// Sends queued messages while the window and the writer have room, feeding in retained
+    /// messages still waiting as the queue empties.
+    pub fn pump(&mut self) {
+        if self.online.is_none() {
+            return;
         }
-        if online && self.outbox.is_congested() {
-            Enqueued::Congested
-        } else {
-            Enqueued::Accepted
+        loop {
+            self.feed_retained();
+            if let Some(online) = &self.online {
+                self.outbox.pump(online);
+            }
+            // Again only if everything went and more is to come (a feed that leaves the queue
+            // empty has run out: what the budget refused it dropped).
+            if self.retained_feeds.is_empty() || self.outbox.queued_len() > 0 {
+                break;
+            }
         }
     }
 
-    /// Sends queued messages while the window and the writer have room.
-    pub fn pump(&mut self) {
-        if let Some(online) = &self.online {
-            self.outbox.pump(online);
+    /// Moves retained messages from the feeds into the queue while it is short.
+    fn feed_retained(&mut self) {
+        let window = RETAINED_WINDOW.min(self.outbox.max_queued / 2).max(1);
+        while self.outbox.queued_len() < window {
+            let Some(feed) = self.retained_feeds.front_mut() else {
+                break;
+            };
+            let Some(message) = feed.messages.next() else {
+                self.retained_feeds.pop_front();
+                continue;
+            };
+            // [MQTT-3.3.1-8] Sent because of a new subscription: retain flag set.
+            let qos = message.publish.qos.min(feed.granted);
+            let ids = feed
+                .identifier
+                .map_or(SubscriptionIds::None, SubscriptionIds::One);
+            // Over the broker's budget it is dropped and counted, as any other message.
+            self.outbox
+                .push_retained(Delivery::new(message, qos, true, ids));
         }
     }
 }
@@ -183,9 +242,28 @@ pub(super) struct Outbox {
     window: usize,
     max_inflight: usize,
     max_queued: usize,
+    max_queued_bytes: usize,
     hard_limit: usize,
-    /// Messages dropped because the queue was full, since the session began.
+    /// The bytes bound while flow control holds publishers (ten times `max_queued_bytes`).
+    hard_bytes: usize,
+    /// What `queued` holds, in bytes as `queued_size` counts them, and how many are QoS 0.
+    queued_bytes: usize,
+    queued_qos0: usize,
+    budget: Arc<QueueBudget>,
+    /// Since when this online session is congested (holding its publishers back).
+    pub congested_since: Option<Instant>,
+    /// Congestion lasted longer than the hold limit: publishers were released and this
+    /// session's own limits apply (overflow dropped) until its queue has drained to half.
+    pub overflowing: bool,
+    /// Since when messages have waited in the queue without the client taking any (the
+    /// progress clock: a client that takes nothing for the write timeout is disconnected).
+    pub stalled_since: Option<Instant>,
+    /// The writer's byte count when the sweep last looked: bytes accepted since count as
+    /// progress too (a slow reader is working through a large batch).
+    pub bytes_seen: u64,
+    /// Messages dropped because the queue or the budget was full, since the session began.
     pub dropped: u64,
+    pub drops: DropLog,
 }
 
 /// What an acknowledgement from the client did.
@@ -204,7 +282,9 @@ impl Outbox {
         let QueueLimits {
             max_inflight,
             max_queued,
+            max_queued_bytes,
             hard_limit,
+            budget,
         } = limits;
         Outbox {
             inflight: VecDeque::new(),
@@ -214,8 +294,18 @@ impl Outbox {
             window: max_inflight,
             max_inflight,
             max_queued,
+            max_queued_bytes,
             hard_limit,
+            hard_bytes: max_queued_bytes.saturating_mul(10),
+            queued_bytes: 0,
+            queued_qos0: 0,
+            budget,
+            congested_since: None,
+            overflowing: false,
+            stalled_since: None,
+            bytes_seen: 0,
             dropped: 0,
+            drops: DropLog::default(),
         }
     }
 
@@ -226,47 +316,136 @@ impl Outbox {
     }
 
     /// The queue policy. Offline: QoS 0 is not stored (as mosquitto does by default) and QoS
-    /// 1/2 up to `max_queued`. Online: beyond `max_queued` too, while the router slows the
-    /// publishers (holding QoS 1/2 acknowledgements, or the reader of a QoS 0 publisher), up to
-    /// a hard limit (`QueueLimits::hard_limit`) that only publishers ignoring flow control
-    /// reach.
-    fn enqueue(&mut self, delivery: Delivery, online: bool) -> bool {
+    /// 1/2 up to `max_queued` messages and `max_queued_bytes`. Online: beyond those too, while
+    /// the router slows the publishers (holding QoS 1/2 acknowledgements, or the reader of a
+    /// QoS 0 publisher), up to hard limits (`QueueLimits::hard_limit`, ten times the bytes)
+    /// that only publishers ignoring flow control reach; once the congestion has outlasted the
+    /// hold limit (`overflowing`), the session's own limits apply again. At a limit, a QoS 1/2
+    /// message takes the place of the oldest queued QoS 0 one; otherwise the new message is
+    /// dropped. Every queued byte is also taken from the broker's budget.
+    fn enqueue(&mut self, delivery: Delivery, online: bool) -> Enqueued {
         let qos0 = delivery.qos == QoS::AtMostOnce;
-        let limit = match (online, qos0) {
-            (false, true) => return false,
-            (false, false) => self.max_queued,
-            (true, _) => self.hard_limit,
+        if !online && qos0 {
+            return Enqueued::Skipped;
+        }
+        let size = queued_size(&delivery);
+        let holding = online && !self.overflowing;
+        let (max_len, max_bytes) = if holding {
+            (self.hard_limit, self.hard_bytes)
+        } else {
+            (self.max_queued, self.max_queued_bytes)
         };
-        if self.queued.len() >= limit {
-            self.dropped += 1;
+        while self.queued.len() >= max_len
+            || (max_bytes > 0 && self.queued_bytes + size > max_bytes)
+        {
+            if qos0 || !self.drop_oldest_qos0() {
+                self.count_drop(qos0);
+                return Enqueued::Dropped;
+            }
+        }
+        if !self.budget.take(size, qos0) {
+            self.count_drop(qos0);
+            return Enqueued::OverBudget;
+        }
+        self.push(delivery, size);
+        if holding && self.is_congested() {
+            self.congested_since.get_or_insert_with(Instant::now);
+            Enqueued::Congested
+        } else {
+            Enqueued::Accepted
+        }
+    }
+
+    /// Queues a retained message fed in after a SUBSCRIBE (the feed keeps the queue short, so
+    /// only the broker's budget can refuse it, and then it is dropped).
+    fn push_retained(&mut self, delivery: Delivery) {
+        let size = queued_size(&delivery);
+        if !self.budget.take(size, delivery.qos == QoS::AtMostOnce) {
+            self.count_drop(delivery.qos == QoS::AtMostOnce);
+            return;
+        }
+        self.push(delivery, size);
+    }
+
+    fn push(&mut self, delivery: Delivery, size: usize) {
+        self.queued_bytes += size;
+        self.queued_qos0 += usize::from(delivery.qos == QoS::AtMostOnce);
+        self.queued.push_back(delivery);
+    }
+
+    /// Takes the front of the queue, giving its bytes back.
+    fn pop(&mut self) -> Option<Delivery> {
+        let delivery = self.queued.pop_front()?;
+        self.forget(&delivery);
+        Some(delivery)
+    }
+
+    fn forget(&mut self, delivery: &Delivery) {
+        let size = queued_size(delivery);
+        self.queued_bytes -= size;
+        self.queued_qos0 -= usize::from(delivery.qos == QoS::AtMostOnce);
+        self.budget.give_back(size);
+    }
+
+    /// Drops the oldest queued QoS 0 message to make room; false if there is none.
+    fn drop_oldest_qos0(&mut self) -> bool {
+        if self.queued_qos0 == 0 {
             return false;
         }
-        self.queued.push_back(delivery);
+        let Some(index) = self.queued.iter().position(|d| d.qos == QoS::AtMostOnce) else {
+            return false;
+        };
+        let dropped = self.queued.remove(index).expect("position() found it");
+        self.forget(&dropped);
+        self.count_drop(true);
         true
     }
 
-    /// More is queued than `max_queued`: publishers to this session are to be slowed down.
-    pub fn is_congested(&self) -> bool {
-        self.queued.len() > self.max_queued
+    fn count_drop(&mut self, qos0: bool) {
+        self.dropped += 1;
+        self.drops.record(qos0, Instant::now());
     }
 
-    /// The queue is back to half of `max_queued`: held acknowledgements may go.
+    /// More is queued than `max_queued` (or `max_queued_bytes`): publishers to this session
+    /// are to be slowed down.
+    pub fn is_congested(&self) -> bool {
+        self.queued.len() > self.max_queued
+            || (self.max_queued_bytes > 0 && self.queued_bytes > self.max_queued_bytes)
+    }
+
+    /// The queue is back to half of its limits: held acknowledgements may go, and a
+    /// congestion episode is over.
     pub fn is_drained(&self) -> bool {
         self.queued.len() <= self.max_queued / 2
+            && (self.max_queued_bytes == 0 || self.queued_bytes <= self.max_queued_bytes / 2)
+    }
+
+    /// Bytes queued behind the window, as the limits count them.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Bytes queued in the whole broker.
+    pub fn budget_used(&self) -> usize {
+        self.budget.used()
     }
 
     fn pump(&mut self, online: &Online) {
         let writer = &online.writer;
         let mut room = writer.room();
+        let mut byte_room = writer.byte_room();
         let mut batch = Vec::new();
+        let mut taken = false;
         while let Some(next) = self.queued.front() {
             if next.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
                 break;
             }
-            if room == 0 {
+            if room == 0 || byte_room == 0 {
                 break;
             }
-            let delivery = self.queued.pop_front().expect("front() was Some");
+            byte_room = byte_room.saturating_sub(next.weight());
+            let delivery = self.pop().expect("front() was Some");
+            taken = true;
             // A QoS 1/2 message skipped here still uses up a packet id, as with mosquitto
             // (which numbers messages when it queues them), so the ids a client sees match.
             if delivery.may_expire && delivery.message.is_expired() {
@@ -305,9 +484,15 @@ impl Outbox {
             });
             room -= 1;
         }
-        if room == 0 {
+        if room == 0 || byte_room == 0 {
             writer.request_drain_notice();
         }
+        // The progress clock: it runs while messages wait and the client takes none.
+        self.stalled_since = match (self.queued.is_empty(), taken) {
+            (true, _) => None,
+            (false, true) => Some(Instant::now()),
+            (false, false) => self.stalled_since.or_else(|| Some(Instant::now())),
+        };
         // If the connection is going, in-flight messages stay for the next one.
         let _ = writer.deliver(batch);
     }
@@ -391,6 +576,17 @@ impl Outbox {
             }
         }
     }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.budget.give_back(self.queued_bytes);
+    }
+}
+
+/// What a queued delivery counts against `max_queued_bytes` and the broker's budget.
+fn queued_size(delivery: &Delivery) -> usize {
+    delivery.weight()
 }
 
 /// The size of `delivery` on the wire for a client speaking `version`, as the writer will
@@ -596,7 +792,7 @@ mod tests {
         let mut s = Session::new("c".into(), u32::MAX, limits(10, 2));
         assert_eq!(
             deliver(&mut s, message("q0", QoS::AtMostOnce)),
-            Enqueued::Dropped
+            Enqueued::Skipped
         );
         assert_eq!(
             deliver(&mut s, message("a", QoS::AtLeastOnce)),
@@ -673,6 +869,125 @@ mod tests {
         }
         assert!(s.outbox.is_congested() && !s.outbox.is_drained());
         assert_eq!(s.outbox.queued_len(), 20);
+    }
+
+    #[test]
+    fn past_the_hold_limit_own_limits_apply_and_qos0_goes_first() {
+        use Enqueued::{Accepted, Dropped};
+        use QoS::{AtLeastOnce as Q1, AtMostOnce as Q0};
+        let (mut s, _rx) = session_with_writer(0, 10, 3);
+        s.outbox.overflowing = true;
+        for (qos, want) in [
+            (Q1, Accepted),
+            (Q0, Accepted),
+            (Q0, Accepted),
+            (Q0, Dropped),
+        ] {
+            assert_eq!(deliver(&mut s, message("m", qos)), want);
+        }
+        // A QoS 1 message takes the place of the oldest QoS 0 one.
+        assert_eq!(deliver(&mut s, message("n", Q1)), Accepted);
+        assert_eq!(deliver(&mut s, message("o", Q1)), Accepted);
+        assert_eq!(deliver(&mut s, message("p", Q1)), Dropped);
+        let kept: Vec<_> = s.outbox.queued.iter().map(|d| d.qos).collect();
+        assert_eq!(kept, [Q1, Q1, Q1]);
+        assert_eq!(s.outbox.dropped, 4);
+        assert!(s.outbox.drops.take_start());
+    }
+
+    #[test]
+    fn bytes_bound_the_queue_and_the_budget_is_given_back() {
+        let budget = Arc::new(QueueBudget::new(0));
+        let mut limits = limits(10, 1000);
+        limits.max_queued_bytes = 3 * (100 + 1 + crate::queue::message::DELIVERY_OVERHEAD);
+        limits.budget = Arc::clone(&budget);
+        let mut s = Session::new("c".into(), u32::MAX, limits);
+        let big = "x".repeat(100);
+        for _ in 0..3 {
+            assert_eq!(
+                deliver(&mut s, message(&big, QoS::AtLeastOnce)),
+                Enqueued::Accepted
+            );
+        }
+        assert_eq!(
+            deliver(&mut s, message(&big, QoS::AtLeastOnce)),
+            Enqueued::Dropped
+        );
+        assert_eq!(budget.used(), s.outbox.queued_bytes());
+        drop(s);
+        assert_eq!(budget.used(), 0, "an ended session gives its bytes back");
+    }
+
+    #[test]
+    fn the_broker_budget_refuses_past_its_limit() {
+        let mut limits = limits(10, 1000);
+        limits.budget = Arc::new(QueueBudget::new(
+            2 * (1 + 1 + crate::queue::message::DELIVERY_OVERHEAD),
+        ));
+        let mut s = Session::new("c".into(), u32::MAX, limits);
+        assert_eq!(
+            deliver(&mut s, message("a", QoS::AtLeastOnce)),
+            Enqueued::Accepted
+        );
+        assert_eq!(
+            deliver(&mut s, message("b", QoS::AtLeastOnce)),
+            Enqueued::Accepted
+        );
+        assert_eq!(
+            deliver(&mut s, message("c", QoS::AtLeastOnce)),
+            Enqueued::OverBudget
+        );
+    }
+
+    #[test]
+    fn the_progress_clock_runs_only_while_nothing_is_taken() {
+        let (mut s, _rx) = session(1, 10);
+        deliver(&mut s, message("a", QoS::AtLeastOnce));
+        assert!(s.outbox.stalled_since.is_none(), "all taken");
+        deliver(&mut s, message("b", QoS::AtLeastOnce));
+        let since = s
+            .outbox
+            .stalled_since
+            .expect("b waits behind a full window");
+        deliver(&mut s, message("c", QoS::AtLeastOnce));
+        assert_eq!(s.outbox.stalled_since, Some(since), "still nothing taken");
+        s.outbox.acknowledge(AckKind::PubAck, id(1), None);
+        s.pump();
+        assert!(
+            s.outbox.stalled_since.is_some_and(|t| t >= since),
+            "b taken: restarted"
+        );
+        s.outbox.acknowledge(AckKind::PubAck, id(2), None);
+        s.pump();
+        assert!(s.outbox.stalled_since.is_none(), "queue empty");
+    }
+
+    #[test]
+    fn retained_messages_are_fed_a_window_at_a_time() {
+        let (mut s, rx) = session_with_writer(50, 100, 1000);
+        let messages: Vec<_> = (0..1000)
+            .map(|n| message(&n.to_string(), QoS::AtMostOnce).message)
+            .collect();
+        s.retained_feeds.push_back(RetainedFeed {
+            messages: messages.into_iter(),
+            granted: QoS::AtMostOnce,
+            identifier: None,
+        });
+        s.pump();
+        assert_eq!(drain(&rx).len(), 50, "as many as the writer takes");
+        assert!(s.outbox.queued_len() <= RETAINED_WINDOW);
+        let mut received = 50;
+        while received < 1000 {
+            if let Some(online) = &s.online {
+                online.writer.written_for_tests(50);
+            }
+            s.pump();
+            let got = drain(&rx);
+            assert!(!got.is_empty(), "the feed goes on after {received}");
+            received += got.len();
+        }
+        assert_eq!(received, 1000);
+        assert!(s.retained_feeds.is_empty() && s.outbox.dropped == 0);
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod browser;
 mod cli;
 mod connect;
 mod differential;
+mod isolation;
 mod keepalive;
 mod mosquitto;
 mod pubsub;

@@ -125,6 +125,8 @@ fn slow_subscriber_slows_a_qos1_publisher_instead_of_losing_messages() {
     let broker = start_broker_with(config_with(|c| {
         c.max_queued_messages = 10;
         c.writer_queue_capacity = 4;
+        // Within the hold limit flow control is lossless; this subscriber pauses for longer.
+        c.flow_hold_limit = Duration::from_secs(30);
     }));
     let (mut sub, _) = RawClient::connect(broker.addr, "slow", ProtocolVersion::V3_1_1, true);
     sub.subscribe(1, &[("big", QoS::AtLeastOnce)]);
@@ -180,6 +182,8 @@ fn slow_subscriber_slows_a_qos0_publisher_instead_of_dropping() {
     let broker = start_broker_with(config_with(|c| {
         c.max_queued_messages = 10;
         c.writer_queue_capacity = 4;
+        // Within the hold limit flow control is lossless; this subscriber pauses for longer.
+        c.flow_hold_limit = Duration::from_secs(30);
     }));
     let (mut sub, _) = RawClient::connect(broker.addr, "slow0", ProtocolVersion::V3_1_1, true);
     sub.subscribe(1, &[("big0", QoS::AtMostOnce)]);

@@ -40,7 +40,11 @@ impl QueueActor {
             None => None,
         };
         let slot = resumed.unwrap_or_else(|| {
-            let session = Session::new(Arc::clone(&client_id), request.session_expiry, self.limits);
+            let session = Session::new(
+                Arc::clone(&client_id),
+                request.session_expiry,
+                self.limits.clone(),
+            );
             let slot = self.insert_session(session);
             self.by_client_id.insert(client_id, slot);
             slot

@@ -56,7 +56,7 @@ impl QueueActor {
             }
             (QoS::AtLeastOnce, Some(packet_id)) => {
                 let matched = self.route(from.slot, message);
-                let reason = ack_reason(v5, matched);
+                let reason = self.publish_reason(v5, matched);
                 self.acknowledge(from.slot, AckKind::PubAck, packet_id, reason);
             }
             (QoS::ExactlyOnce, Some(packet_id)) => {
@@ -87,10 +87,32 @@ impl QueueActor {
                     }));
                     return;
                 }
-                // PUBREC says success whether or not anyone subscribed, as from mosquitto.
-                self.acknowledge(from.slot, AckKind::PubRec, packet_id, ReasonCode::Success);
+                // PUBREC says success whether or not anyone subscribed, as from mosquitto;
+                // only the broker's queue budget refuses (MQTT 5: 0x97).
+                let reason = if first && v5 && self.over_budget {
+                    ReasonCode::QuotaExceeded
+                } else {
+                    ReasonCode::Success
+                };
+                if reason.is_error() {
+                    // A PUBREC with an error ends the exchange: no PUBREL will come.
+                    if let Some(session) = self.sessions[from.slot as usize].as_mut() {
+                        session.incoming_qos2.remove(&packet_id);
+                    }
+                }
+                self.acknowledge(from.slot, AckKind::PubRec, packet_id, reason);
             }
             (_, None) => debug!("PUBLISH with QoS > 0 and no packet id cannot be decoded"),
+        }
+    }
+
+    /// The reason code for a PUBLISH just routed: 0x97 (quota exceeded) to an MQTT 5 client
+    /// when the broker's budget of queued bytes refused it somewhere.
+    fn publish_reason(&self, v5: bool, matched: usize) -> ReasonCode {
+        if v5 && self.over_budget {
+            ReasonCode::QuotaExceeded
+        } else {
+            ack_reason(v5, matched)
         }
     }
 
@@ -101,6 +123,7 @@ impl QueueActor {
             self.retained.update(&message);
         }
 
+        self.over_budget = false;
         self.congested.clear();
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
@@ -202,7 +225,12 @@ impl QueueActor {
                     self.congested.push(slot);
                     self.mark_dirty(slot);
                 }
-                Enqueued::Dropped => note_drop(session),
+                Enqueued::Skipped => {}
+                Enqueued::Dropped => note_drop(session, false),
+                Enqueued::OverBudget => {
+                    self.over_budget = true;
+                    note_drop(session, true);
+                }
             }
         }
         self.matches = matches;
@@ -220,6 +248,7 @@ impl QueueActor {
     ) {
         let congested = std::mem::take(&mut self.congested);
         let seq = self.next_held_seq;
+        let held_acks_limit = self.held_acks_limit;
         if let Some(session) = self.sessions[publisher as usize].as_mut() {
             if congested.is_empty() && session.held_acks.is_empty() {
                 // A copy the publisher gets of its own message goes before its
@@ -234,6 +263,14 @@ impl QueueActor {
                 self.next_held_seq += 1;
                 let waits = u32::try_from(congested.len()).unwrap_or(u32::MAX);
                 session.held_acks.hold(seq, kind, packet_id, reason, waits);
+                // As many held as its window: its reader stops too, so a publisher that does
+                // not wait for its acknowledgements cannot make them pile up.
+                if session.held_acks.len() >= held_acks_limit && !session.held_acks.gated {
+                    if let Some(online) = &session.online {
+                        online.writer.hold_reader();
+                        session.held_acks.gated = true;
+                    }
+                }
                 for &slot in &congested {
                     if let Some(receiver) = self.sessions[slot as usize].as_mut() {
                         receiver.holding.push((publisher, Held::Ack(seq)));
@@ -276,10 +313,17 @@ impl QueueActor {
         let Some(session) = self.sessions[slot as usize].as_mut() else {
             return;
         };
-        if session.holding.is_empty() || !(force || session.outbox.is_drained()) {
+        let drained = session.outbox.is_drained();
+        if drained {
+            // The congestion episode is over: the next one may hold publishers again.
+            session.outbox.congested_since = None;
+            session.outbox.overflowing = false;
+        }
+        if session.holding.is_empty() || !(force || drained) {
             return;
         }
         let holding = std::mem::take(&mut session.holding);
+        let held_acks_limit = self.held_acks_limit;
         for (publisher, held) in holding {
             let Some(publisher) = self.sessions[publisher as usize].as_mut() else {
                 continue;
@@ -291,6 +335,11 @@ impl QueueActor {
                 Held::Ack(seq) => {
                     for ack in publisher.held_acks.release(seq) {
                         send_ack(&online.writer, ack.kind, ack.packet_id, ack.reason);
+                    }
+                    if publisher.held_acks.gated && publisher.held_acks.len() < held_acks_limit / 2
+                    {
+                        publisher.held_acks.gated = false;
+                        online.writer.release_reader();
                     }
                 }
                 // A reader held for an earlier connection has gone with it.

@@ -1,7 +1,8 @@
 //! The router's SUBSCRIBE and UNSUBSCRIBE: filter checks, the subscription index and shared
 //! groups, SUBACK and UNSUBACK, and retained messages on subscribe.
 //!
-//! Owns: a session's subscriptions. Must not: deliver anything but retained messages.
+//! Owns: a session's subscriptions. Must not: deliver anything but retained messages, and
+//! those only through the session's retained feed (streamed at the client's pace).
 
 use std::time::Instant;
 
@@ -89,21 +90,22 @@ impl QueueActor {
             reasons,
             properties,
         }));
+        // The retained messages are not queued all at once: the session feeds them into its
+        // queue a window at a time as the client takes them (`Session::pump`).
         let now = Instant::now();
         for (filter, granted) in retained_for {
             let messages = self.retained.matching(&filter, now);
+            if messages.is_empty() {
+                continue;
+            }
             let Some(session) = self.sessions[from.slot as usize].as_mut() else {
                 return;
             };
-            for message in messages {
-                // [MQTT-3.3.1-8] Sent because of a new subscription: retain flag set.
-                let qos = message.publish.qos.min(granted);
-                let ids = identifier.map_or(SubscriptionIds::None, SubscriptionIds::One);
-                let delivery = Delivery::new(message, qos, true, ids);
-                if session.deliver(delivery) == Enqueued::Dropped {
-                    note_drop(session);
-                }
-            }
+            session.retained_feeds.push_back(RetainedFeed {
+                messages: messages.into_iter(),
+                granted,
+                identifier,
+            });
             self.mark_dirty(from.slot);
         }
     }

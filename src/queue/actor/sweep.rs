@@ -1,0 +1,99 @@
+//! The router's periodic sweep (every `SWEEP_EVERY`): the bounds that make flow control
+//! isolate, and the drop reports.
+//!
+//! Owns: ending a congested session's hold on its publishers once it has lasted
+//! `flow_hold_limit` (from then on the session's own limits apply and its overflow is dropped),
+//! disconnecting a client that has taken nothing for `write_timeout` while messages wait (the
+//! progress clock, whether or not its writer is blocked), and the periodic and final lines of
+//! each session's drop episodes. Must not: block on a client (a stuck one is cut off by
+//! shutting its socket down, which never waits).
+
+use log::{info, warn};
+
+use super::super::flow::DropReport;
+use super::*;
+
+/// How often the sweep runs; the hold limit is enforced within this much.
+pub(super) const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+impl QueueActor {
+    pub(super) fn sweep(&mut self, now: Instant) {
+        for slot in 0..self.sessions.len() {
+            let slot = u32::try_from(slot).expect("fewer than 4 billion sessions");
+            let Some(session) = self.sessions[slot as usize].as_mut() else {
+                continue;
+            };
+            if session.outbox.drops.is_active() {
+                // Drops of retained messages fed in after a SUBSCRIBE start an episode too.
+                note_drop(session, false);
+                report_drops(session, now);
+            }
+            let Some(online) = &session.online else {
+                continue;
+            };
+            if session.outbox.stalled_since.is_some() {
+                // Bytes accepted by its socket are progress too.
+                let written = online.writer.bytes_written();
+                if written != session.outbox.bytes_seen {
+                    session.outbox.bytes_seen = written;
+                    session.outbox.stalled_since = Some(now);
+                }
+            }
+            let stalled = session
+                .outbox
+                .stalled_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= self.write_timeout);
+            if stalled {
+                warn!(
+                    "client {}: took nothing for {:?} while {} messages ({} bytes) waited; \
+                     disconnecting it",
+                    session.client_id,
+                    self.write_timeout,
+                    session.outbox.queued_len(),
+                    session.outbox.queued_bytes(),
+                );
+                // Its writer may be blocked in a write: shutting the socket down ends that,
+                // and its reader, without waiting for either.
+                online.writer.abort();
+                let from = ConnectionRef {
+                    slot,
+                    connection: online.connection_id,
+                };
+                session.outbox.stalled_since = None;
+                self.handle_disconnect(from, Ending::Abnormal);
+                continue;
+            }
+            let held_too_long = !session.outbox.overflowing
+                && session.outbox.congested_since.is_some_and(|since| {
+                    now.saturating_duration_since(since) >= self.flow_hold_limit
+                });
+            if held_too_long {
+                debug!(
+                    "client {}: congested for {:?}; publishers released, its own limits apply",
+                    session.client_id, self.flow_hold_limit
+                );
+                session.outbox.overflowing = true;
+                self.release_held(slot, true);
+            }
+        }
+    }
+}
+
+/// Writes the drop line due for `session`, if one is.
+fn report_drops(session: &mut Session, now: Instant) {
+    let id = &session.client_id;
+    let queued = session.outbox.queued_len();
+    match session.outbox.drops.report(now) {
+        Some(DropReport::Ongoing { count, qos0, secs }) => warn!(
+            "client {id}: still dropping: {count} messages ({qos0} of them QoS 0) in the last \
+             {secs} s; {queued} queued; {} dropped since the session began",
+            session.outbox.dropped
+        ),
+        Some(DropReport::Ended { count, qos0, secs }) => info!(
+            "client {id}: stopped dropping after {secs} s: {count} messages ({qos0} of them \
+             QoS 0) since the last line; {} dropped since the session began",
+            session.outbox.dropped
+        ),
+        None => {}
+    }
+}
