@@ -15,17 +15,32 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use parking_lot::Mutex;
 
+use crate::auth::{Authorizer, Reloader};
 use crate::client;
-use crate::config::Config;
+use crate::config::{Config, Listener, Protocol};
 use crate::queue::QueueHandle;
 
 /// A bound broker, ready to `run`.
 pub struct Broker {
-    listener: TcpListener,
-    config: Arc<Config>,
+    /// The first listener (accepted on the thread that calls `run`), then the others (one
+    /// `acceptor-N` thread each).
+    listeners: Vec<Bound>,
+    /// The settings as given, before per-listener copies are made.
+    base: Config,
     queue: QueueHandle,
     queue_thread: JoinHandle<()>,
     stopper: Stopper,
+    reloader: Reloader,
+    /// The authorizer every listener shares unless `per_listener_settings` (loaded once).
+    shared_authorizer: Option<Option<Arc<Authorizer>>>,
+}
+
+/// One bound listener: its socket, its settings, its copy of the config (with its
+/// authorizer), and the connections it holds.
+struct Bound {
+    socket: TcpListener,
+    settings: Listener,
+    config: Arc<Config>,
     registry: Arc<Registry>,
 }
 
@@ -33,7 +48,7 @@ pub struct Broker {
 #[derive(Clone)]
 pub struct Stopper {
     stopping: Arc<AtomicBool>,
-    addr: SocketAddr,
+    addrs: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl Stopper {
@@ -42,59 +57,231 @@ impl Stopper {
         if self.stopping.swap(true, Ordering::AcqRel) {
             return;
         }
-        // `accept` blocks; a connection of our own wakes it to see the flag.
-        let wake = match self.addr.ip() {
-            ip if ip.is_unspecified() && self.addr.is_ipv4() => {
-                SocketAddr::from(([127, 0, 0, 1], self.addr.port()))
-            }
-            ip if ip.is_unspecified() => {
-                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.addr.port()))
-            }
-            _ => self.addr,
-        };
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        // `accept` blocks; a connection of our own wakes each listener to see the flag.
+        let addrs = self.addrs.lock().clone();
+        for addr in addrs {
+            let wake = match addr.ip() {
+                ip if ip.is_unspecified() && addr.is_ipv4() => {
+                    SocketAddr::from(([127, 0, 0, 1], addr.port()))
+                }
+                ip if ip.is_unspecified() => {
+                    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+                }
+                _ => addr,
+            };
+            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        }
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 }
 
+/// Refuses listeners whose transport this build cannot serve yet. The one place to change
+/// when TLS, WebSockets or the metrics endpoint arrive.
+pub fn check_transport(settings: &Listener) -> io::Result<()> {
+    let missing = match (settings.protocol, &settings.tls) {
+        (Protocol::Mqtt, None) => return Ok(()),
+        (Protocol::Mqtt, Some(_)) => "TLS (certfile/keyfile)",
+        (Protocol::WebSockets, _) => "protocol websockets",
+        (Protocol::Quic, _) => "protocol quic",
+        (Protocol::Metrics, _) => "protocol metrics",
+    };
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("listener {}: not supported yet: {missing}", settings.addr),
+    ))
+}
+
 impl Broker {
-    /// Starts the router for a bound listener; call `run` to accept connections.
+    /// Starts the router for a bound listener; call `run` to accept connections. When
+    /// `config.listeners` is not empty, its first entry holds this listener's settings.
     pub fn new(listener: TcpListener, config: Config) -> io::Result<Broker> {
         let addr = listener.local_addr()?;
+        let mut settings = config
+            .listeners
+            .first()
+            .cloned()
+            .unwrap_or_else(|| Listener::mqtt(addr));
+        settings.addr = addr;
         let (queue, queue_thread) = QueueHandle::start(&config)?;
-        Ok(Broker {
-            listener,
-            config: Arc::new(config),
+        let mut broker = Broker {
+            listeners: Vec::new(),
+            base: config,
             queue,
             queue_thread,
             stopper: Stopper {
                 stopping: Arc::new(AtomicBool::new(false)),
-                addr,
+                addrs: Arc::new(Mutex::new(Vec::new())),
             },
-            registry: Arc::new(Registry::default()),
-        })
+            reloader: Reloader::default(),
+            shared_authorizer: None,
+        };
+        broker.add_listener(listener, settings)?;
+        Ok(broker)
     }
 
+    /// Adds a further listener with its own settings (its protocol, connection limit and,
+    /// with `per_listener_settings`, its own password file, ACL file and anonymous access).
+    /// Fails if the listener needs what this build cannot serve or its files do not load.
+    pub fn add_listener(&mut self, socket: TcpListener, mut settings: Listener) -> io::Result<()> {
+        check_transport(&settings)?;
+        settings.addr = socket.local_addr()?;
+        let authorizer = self.authorizer_for(&settings)?;
+        let mut config = self.base.clone();
+        config.authorizer = authorizer;
+        self.stopper.addrs.lock().push(settings.addr);
+        self.listeners.push(Bound {
+            socket,
+            settings,
+            config: Arc::new(config),
+            registry: Arc::new(Registry::default()),
+        });
+        Ok(())
+    }
+
+    fn authorizer_for(&mut self, settings: &Listener) -> io::Result<Option<Arc<Authorizer>>> {
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+        let authorizer = if self.base.per_listener_settings {
+            Authorizer::load(&settings.security).map_err(invalid)?
+        } else {
+            match &self.shared_authorizer {
+                Some(shared) => shared.clone(),
+                None => {
+                    let loaded = Authorizer::load(&self.base.security).map_err(invalid)?;
+                    self.shared_authorizer = Some(loaded.clone());
+                    loaded
+                }
+            }
+        };
+        if let Some(authorizer) = &authorizer {
+            self.reloader.add(authorizer);
+        }
+        Ok(authorizer)
+    }
+
+    /// The first listener's address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listeners[0].socket.local_addr()
+    }
+
+    /// Every listener's address, in the order they were added.
+    pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.listeners
+            .iter()
+            .map(|l| l.socket.local_addr())
+            .collect()
     }
 
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()
     }
 
-    /// Accepts connections on the calling thread until stopped, then closes every client and
-    /// returns once they and the router have finished (or after a bounded wait).
+    /// Reloads the password and ACL files (what SIGHUP does).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// Accepts connections until stopped (the first listener on the calling thread, each
+    /// other one on an `acceptor-N` thread), then closes every client and returns once they
+    /// and the router have finished (or after a bounded wait).
     pub fn run(self) {
-        let next_id = AtomicU64::new(1);
-        info!("listening on {}", self.stopper.addr);
         if let Some((clients, limit)) = crate::limits::client_capacity() {
             info!("this machine's limits allow about {clients} clients ({limit} is the tightest)");
         }
-        let max_connections = self.config.max_connections;
+        let Broker {
+            listeners,
+            base,
+            queue,
+            queue_thread,
+            stopper,
+            ..
+        } = self;
+        let registries: Vec<Arc<Registry>> =
+            listeners.iter().map(|l| Arc::clone(&l.registry)).collect();
+        let next_id = Arc::new(AtomicU64::new(1));
+        let mut listeners = listeners.into_iter();
+        let first = listeners
+            .next()
+            .expect("Broker::new adds the first listener");
+        let mut acceptors = Vec::new();
+        for (n, bound) in listeners.enumerate() {
+            let acceptor = Acceptor {
+                queue: queue.clone(),
+                stopper: stopper.clone(),
+                next_id: Arc::clone(&next_id),
+                all: registries.clone(),
+                max_connections: base.max_connections,
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("acceptor-{}", n + 1))
+                .spawn(move || acceptor.run(bound));
+            match spawned {
+                Ok(thread) => acceptors.push(thread),
+                Err(e) => error!("cannot start an acceptor thread: {e}"),
+            }
+        }
+        let acceptor = Acceptor {
+            queue: queue.clone(),
+            stopper: stopper.clone(),
+            next_id,
+            all: registries.clone(),
+            max_connections: base.max_connections,
+        };
+        acceptor.run(first);
+        for thread in acceptors {
+            let _ = thread.join();
+        }
+        info!("shutting down");
+        // The router closes every session's connection (DISCONNECT 0x8B for v5 clients) ...
+        let _ = queue.shutdown();
+        drop(queue);
+        // ... then connections still in their handshake are closed too.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        for registry in &registries {
+            registry.wait_until_empty(deadline.saturating_duration_since(Instant::now()));
+        }
+        for registry in &registries {
+            registry.close_all();
+        }
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        for registry in &registries {
+            if !registry.wait_until_empty(deadline.saturating_duration_since(Instant::now())) {
+                let open: usize = registries.iter().map(|r| r.len()).sum();
+                warn!("{open} connections did not close in time");
+                return;
+            }
+        }
+        // Every client thread has dropped its router handle, so the router ends.
+        let _ = queue_thread.join();
+        info!("stopped");
+    }
+}
+
+/// One listener's accept loop.
+struct Acceptor {
+    queue: QueueHandle,
+    stopper: Stopper,
+    next_id: Arc<AtomicU64>,
+    /// Every listener's registry: the broker-wide connection limit counts them all.
+    all: Vec<Arc<Registry>>,
+    max_connections: usize,
+}
+
+impl Acceptor {
+    fn run(self, bound: Bound) {
+        let Bound {
+            socket,
+            settings,
+            config,
+            registry,
+        } = bound;
+        info!("listening on {}", settings.addr);
+        let own_limit = settings.max_connections.unwrap_or(usize::MAX);
         let mut refused_since_log = 0u64;
-        let listener = self.listener;
-        for stream in listener.incoming() {
-            if self.stopper.stopping.load(Ordering::Acquire) {
+        for stream in socket.incoming() {
+            if self.stopper.is_stopping() {
                 break;
             }
             let stream = match stream {
@@ -110,25 +297,27 @@ impl Broker {
                 Ok(peer) => peer,
                 Err(_) => continue,
             };
-            if self.registry.len() >= max_connections {
+            let held: usize = self.all.iter().map(|r| r.len()).sum();
+            if held >= self.max_connections || registry.len() >= own_limit {
                 // Closed at once: the connections already held carry on.
                 refused_since_log += 1;
                 if refused_since_log == 1 || refused_since_log.is_multiple_of(1000) {
                     warn!(
-                        "{peer}: refused, {max_connections} connections held already \
-                         (MAX_CONNECTIONS; {refused_since_log} refused so far)"
+                        "{peer}: refused, connection limit reached on {} \
+                         ({held} held; {refused_since_log} refused so far)",
+                        settings.addr
                     );
                 }
                 continue;
             }
-            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = client::spawn(
                 stream,
                 peer,
                 id,
                 self.queue.clone(),
-                Arc::clone(&self.config),
-                Arc::clone(&self.registry),
+                Arc::clone(&config),
+                Arc::clone(&registry),
             ) {
                 let hint = crate::limits::client_capacity()
                     .map(|(clients, limit)| {
@@ -138,21 +327,6 @@ impl Broker {
                 error!("{peer}: cannot start client thread: {e}{hint}");
             }
         }
-        drop(listener);
-        info!("shutting down");
-        // The router closes every session's connection (DISCONNECT 0x8B for v5 clients) ...
-        let _ = self.queue.shutdown();
-        drop(self.queue);
-        // ... then connections still in their handshake are closed too.
-        self.registry.wait_until_empty(Duration::from_millis(500));
-        self.registry.close_all();
-        if !self.registry.wait_until_empty(Duration::from_millis(1500)) {
-            warn!("{} connections did not close in time", self.registry.len());
-            return;
-        }
-        // Every client thread has dropped its router handle, so the router ends.
-        let _ = self.queue_thread.join();
-        info!("stopped");
     }
 }
 

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use log::{info, warn};
 
 use super::{spawn_writer, ClientHandle, WriterSetup};
+use crate::auth::ClientAuth;
 use crate::config::Config;
 use crate::mqtt::topic::validate_topic_name;
-use crate::mqtt::{ConnAck, Connect, Packet, ProtocolVersion, ReasonCode};
+use crate::mqtt::{ConnAck, Connect, Packet, ProtocolVersion, ReasonCode, Will};
 use crate::queue::{ConnectRequest, ConnectionRef, QueueHandle};
 
 /// Numbers server-assigned client identifiers.
@@ -30,6 +31,8 @@ pub(super) struct Accepted {
     pub session_expiry: u32,
     pub writer: ClientHandle,
     pub from: ConnectionRef,
+    /// Credentials and access checks (None: no authentication configured).
+    pub auth: Option<ClientAuth>,
 }
 
 /// Validates CONNECT, starts the writer and registers with the router; `None` when refused.
@@ -49,13 +52,15 @@ pub(super) fn handshake(
     let refusal = if client_id.is_empty() {
         if version == ProtocolVersion::V3_1
             || (version == ProtocolVersion::V3_1_1 && !connect.clean_start)
+            || !config.allow_zero_length_clientid
         {
             // [MQTT-3.1.3-8] An empty client id needs clean session 1; 3.1 needs 1 to 23
             // characters.
             Some(ReasonCode::ClientIdentifierNotValid)
         } else {
             // [MQTT-3.1.3-6] The server assigns a unique identifier.
-            client_id = format!("auto-{}", ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed));
+            let n = ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed);
+            client_id = format!("{}{n}", config.auto_id_prefix);
             assigned = true;
             None
         }
@@ -79,11 +84,33 @@ pub(super) fn handshake(
     } else {
         None
     });
+    let refusal = refusal.or_else(|| {
+        let prefix = config.clientid_prefixes.as_deref()?;
+        (!client_id.starts_with(prefix)).then_some(ReasonCode::NotAuthorized)
+    });
     if let Some(reason) = refusal {
         warn!("{peer}: refused client {client_id:?}: {reason:?}");
         refuse(stream, connection_id, version, reason, queue, config);
         return None;
     }
+    let auth = match authenticate(
+        &connect.username,
+        &connect.password,
+        &connect.will,
+        &client_id,
+        peer,
+        config,
+    ) {
+        Ok(auth) => auth,
+        Err(why) => {
+            // mosquitto 2 answers every authentication failure "not authorised"; the client
+            // gets no session and its will is dropped.
+            warn!("{peer}: refused client {client_id:?}: {why}");
+            let reason = ReasonCode::NotAuthorized;
+            refuse(stream, connection_id, version, reason, queue, config);
+            return None;
+        }
+    };
 
     // [MQTT-3.2.2-21] A capped keepalive is announced as Server Keep Alive.
     let (keep_alive, server_keep_alive) = if over_cap {
@@ -131,6 +158,7 @@ pub(super) fn handshake(
         response_information: properties.request_response_information.unwrap_or(false),
         server_keep_alive,
         writer: writer.clone(),
+        read_acl: auth.as_ref().and_then(ClientAuth::read_acl),
     };
     let from = match queue.connect(request) {
         Ok(from) => from,
@@ -151,7 +179,31 @@ pub(super) fn handshake(
         session_expiry,
         writer,
         from,
+        auth,
     })
+}
+
+/// Checks credentials (and the will's topic) when the listener has an authorizer.
+fn authenticate(
+    username: &Option<String>,
+    password: &Option<Vec<u8>>,
+    will: &Option<Will>,
+    client_id: &str,
+    peer: SocketAddr,
+    config: &Config,
+) -> Result<Option<ClientAuth>, String> {
+    let Some(authorizer) = &config.authorizer else {
+        return Ok(None);
+    };
+    let username = username.as_deref();
+    let mut auth = ClientAuth::connect(authorizer, client_id, username, password.as_deref(), peer)
+        .map_err(|refusal| format!("{refusal:?} (user {username:?})"))?;
+    if let Some(will) = will {
+        if !auth.may_will(&will.topic) {
+            return Err(format!("will topic {:?} denied by the ACL", will.topic));
+        }
+    }
+    Ok(Some(auth))
 }
 
 /// Answers a refused CONNECT with a CONNACK carrying `reason` and closes.

@@ -88,6 +88,9 @@ pub struct Config {
     pub message_size_limit: usize,
     /// `log_dest` (default stderr).
     pub log_dest: LogDest,
+    /// Not a setting: the authorizer of the listener this copy of the config was made for,
+    /// set by `Broker` (None: everyone may connect and do anything).
+    pub authorizer: Option<std::sync::Arc<crate::auth::Authorizer>>,
 }
 
 impl Default for Config {
@@ -118,6 +121,7 @@ impl Default for Config {
             clientid_prefixes: None,
             message_size_limit: 0,
             log_dest: LogDest::Stderr,
+            authorizer: None,
         }
     }
 }

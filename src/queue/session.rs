@@ -64,6 +64,8 @@ pub(super) struct Online {
 
 pub(super) struct Session {
     pub client_id: Arc<str>,
+    /// Read access control of the client last attached (None: no ACL file).
+    pub read_acl: Option<crate::auth::ReadAcl>,
     /// Seconds the session outlives its connection; 0 ends it with the connection.
     pub expiry: u32,
     pub online: Option<Online>,
@@ -108,6 +110,11 @@ pub(super) enum Enqueued {
 }
 
 impl Session {
+    /// May this session receive a message published to `topic` (its ACL; true without one)?
+    pub fn may_read(&self, topic: &str) -> bool {
+        self.read_acl.as_ref().is_none_or(|acl| acl.may_read(topic))
+    }
+
     pub fn new(client_id: Arc<str>, expiry: u32, limits: QueueLimits) -> Self {
         Session {
             client_id,
@@ -121,6 +128,7 @@ impl Session {
             dirty: false,
             held_acks: HeldAcks::default(),
             holding: Vec::new(),
+            read_acl: None,
         }
     }
 

@@ -75,6 +75,7 @@ impl QueueActor {
             .expect("slot was just filled or resumed");
         session.expiry = request.session_expiry;
         session.last_connection = request.connection_id;
+        session.read_acl = request.read_acl;
         // Acknowledgements held for the previous connection are gone with it: the client
         // resends those PUBLISH packets.
         session.held_acks.clear();

@@ -11,6 +11,16 @@ use super::*;
 
 impl QueueActor {
     pub(super) fn handle_subscribe(&mut self, from: ConnectionRef, subscribe: Subscribe) {
+        self.subscribe_refusing(from, subscribe, &[]);
+    }
+
+    /// SUBSCRIBE; the filters at the indexes in `refused` were denied by access control.
+    pub(super) fn subscribe_refusing(
+        &mut self,
+        from: ConnectionRef,
+        subscribe: Subscribe,
+        refused: &[usize],
+    ) {
         let Some(session) = attached(&mut self.sessions, from) else {
             return;
         };
@@ -24,7 +34,12 @@ impl QueueActor {
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut problems = Vec::new();
         let mut retained_for: Vec<(String, QoS)> = Vec::new();
-        for (filter, options) in subscribe.filters {
+        for (index, (filter, options)) in subscribe.filters.into_iter().enumerate() {
+            if refused.contains(&index) {
+                // SUBACK 0x87 (0x80 before v5).
+                reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
             if let Err(e) = validate_topic_filter(&filter) {
                 debug!(
                     "client {}: invalid filter {filter:?}: {e}",
@@ -95,6 +110,10 @@ impl QueueActor {
                 return;
             };
             for message in messages {
+                // Retained messages are checked against the ACL like any delivery.
+                if !session.may_read(&message.publish.topic) {
+                    continue;
+                }
                 // [MQTT-3.3.1-8] Sent because of a new subscription: retain flag set.
                 let qos = message.publish.qos.min(granted);
                 let ids = identifier.map_or(SubscriptionIds::None, SubscriptionIds::One);
