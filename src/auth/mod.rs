@@ -161,7 +161,8 @@ fn read_with<T>(path: &Path, parse: fn(&str) -> Result<T, (usize, String)>) -> R
     parse(&text).map_err(|(line, why)| format!("{}:{line}: {why}", path.display()))
 }
 
-/// A connected client's identity, as the router needs it to check read access per delivery.
+/// A connected client's identity, as the router needs it to check read access per delivery
+/// (and write access for its will).
 #[derive(Debug, Clone)]
 pub struct ReadAcl {
     authorizer: Arc<Authorizer>,
@@ -177,6 +178,16 @@ impl ReadAcl {
             self.username.as_deref(),
             topic,
             Access::Read,
+        )
+    }
+
+    /// May this client's will be published to `topic`?
+    pub fn may_write(&self, topic: &str) -> bool {
+        self.authorizer.acl_allows(
+            &self.client_id,
+            self.username.as_deref(),
+            topic,
+            Access::Write,
         )
     }
 }
@@ -278,11 +289,6 @@ impl ClientAuth {
                 Access::Read,
             ))
             && self.ask_http(filter, "subscribe")
-    }
-
-    /// May the will be published to `topic`?
-    pub fn may_will(&mut self, topic: &str) -> bool {
-        self.may_publish(topic)
     }
 
     fn ask_http(&mut self, topic: &str, access: &'static str) -> bool {

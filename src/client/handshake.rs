@@ -15,7 +15,7 @@ use super::{spawn_writer, ClientHandle, WriterSetup};
 use crate::auth::ClientAuth;
 use crate::config::Config;
 use crate::mqtt::topic::validate_topic_name;
-use crate::mqtt::{ConnAck, Connect, Packet, ProtocolVersion, ReasonCode, Will};
+use crate::mqtt::{ConnAck, Connect, Packet, ProtocolVersion, ReasonCode};
 use crate::queue::{ConnectRequest, ConnectionRef, QueueHandle};
 
 /// Numbers server-assigned client identifiers.
@@ -96,7 +96,6 @@ pub(super) fn handshake(
     let auth = match authenticate(
         &connect.username,
         &connect.password,
-        &connect.will,
         &client_id,
         peer,
         config,
@@ -183,11 +182,11 @@ pub(super) fn handshake(
     })
 }
 
-/// Checks credentials (and the will's topic) when the listener has an authorizer.
+/// Checks credentials when the listener has an authorizer. The will's topic is checked when
+/// the will is sent: mosquitto 2.0 accepts the CONNECT either way.
 fn authenticate(
     username: &Option<String>,
     password: &Option<Vec<u8>>,
-    will: &Option<Will>,
     client_id: &str,
     peer: SocketAddr,
     config: &Config,
@@ -196,13 +195,8 @@ fn authenticate(
         return Ok(None);
     };
     let username = username.as_deref();
-    let mut auth = ClientAuth::connect(authorizer, client_id, username, password.as_deref(), peer)
+    let auth = ClientAuth::connect(authorizer, client_id, username, password.as_deref(), peer)
         .map_err(|refusal| format!("{refusal:?} (user {username:?})"))?;
-    if let Some(will) = will {
-        if !auth.may_will(&will.topic) {
-            return Err(format!("will topic {:?} denied by the ACL", will.topic));
-        }
-    }
     Ok(Some(auth))
 }
 

@@ -110,6 +110,13 @@ pub(super) enum Enqueued {
 }
 
 impl Session {
+    /// May this session's client publish to `topic` (its will; true without an ACL)?
+    pub fn may_write(&self, topic: &str) -> bool {
+        self.read_acl
+            .as_ref()
+            .is_none_or(|acl| acl.may_write(topic))
+    }
+
     /// May this session receive a message published to `topic` (its ACL; true without one)?
     pub fn may_read(&self, topic: &str) -> bool {
         self.read_acl.as_ref().is_none_or(|acl| acl.may_read(topic))

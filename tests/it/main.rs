@@ -1,8 +1,13 @@
 //! The integration tests: one crate, one binary. Each test starts the real broker in-process
 //! on an ephemeral port and talks to it over TCP, with raw packets or the mosquitto clients.
 
+mod acl;
+mod auth;
+mod auth_support;
 mod cli;
+mod config_file;
 mod connect;
+mod http_auth;
 mod keepalive;
 mod mosquitto;
 mod pubsub;

@@ -251,6 +251,12 @@ impl QueueActor {
     }
 
     pub(super) fn publish_will(&mut self, slot: u32, will: Will) {
+        // As mosquitto 2.0: a will is checked against the ACL when it is sent, not at CONNECT.
+        let session = self.sessions[slot as usize].as_ref();
+        if session.is_some_and(|s| !s.may_write(&will.topic)) {
+            debug!("will to {} denied by the ACL", will.topic);
+            return;
+        }
         let Will {
             topic,
             payload,
