@@ -1,5 +1,5 @@
 //! The `mqtt-broker` binary: settings from the environment and `-c mosquitto.conf`, logging,
-//! signals (SIGINT/SIGTERM stop, SIGHUP reloads the password and ACL files), every listener
+//! signals (SIGINT/SIGTERM stop, SIGHUP reloads the password and ACL files; signal-hook), every listener
 //! bound before anything starts, then the accept loop on the main thread. Also the `passwd`
 //! subcommand.
 
@@ -66,15 +66,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let stopper = broker.stopper();
-    // SIGINT and SIGTERM (ctrlc's "termination" feature): PID 1 in a container gets no
-    // default handling, so `docker stop` relies on this.
-    if let Err(e) = ctrlc::set_handler(move || stopper.stop()) {
-        error!("cannot install the signal handler: {e}");
-        return ExitCode::FAILURE;
-    }
-    if let Err(e) = watch_sighup(broker.reloader()) {
-        error!("cannot install the SIGHUP handler: {e}");
+    if let Err(e) = watch_signals(broker.stopper(), broker.reloader()) {
+        error!("cannot install the signal handlers: {e}");
         return ExitCode::FAILURE;
     }
     broker.run();
@@ -175,15 +168,24 @@ fn init_logging(dest: &LogDest, types: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGHUP reloads the password and ACL files, on a thread of its own.
-fn watch_sighup(reloader: mqtt_broker::auth::Reloader) -> std::io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+/// SIGINT and SIGTERM stop the broker (PID 1 in a container gets no default handling, so
+/// `docker stop` relies on this); SIGHUP reloads the password and ACL files, as mosquitto.
+fn watch_signals(
+    stopper: mqtt_broker::Stopper,
+    reloader: mqtt_broker::auth::Reloader,
+) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
-        .name("sighup".into())
+        .name("signals".into())
         .spawn(move || {
-            for _ in signals.forever() {
-                info!("SIGHUP: reloading the password and ACL files");
-                reloader.reload();
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    info!("SIGHUP: reloading the password and ACL files");
+                    reloader.reload();
+                } else {
+                    stopper.stop();
+                }
             }
         })?;
     Ok(())

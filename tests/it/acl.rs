@@ -95,9 +95,9 @@ fn each_rule_form_decides_delivery() {
     let dir = TempDir::new("acl-forms");
     let broker = broker(&dir);
     let v3 = ProtocolVersion::V3_1_1;
-    let mut anon_pub = client(broker.addr, "anon-pub", v3, false);
-    let mut alice_pub = client(broker.addr, "alice-pub", v3, true);
-    let mut dev7_pub = client(broker.addr, "dev7", v3, false);
+    let anon_pub = client(broker.addr, "anon-pub", v3, false);
+    let alice_pub = client(broker.addr, "alice-pub", v3, true);
+    let dev7_pub = client(broker.addr, "dev7", v3, false);
 
     let mut anon = client(broker.addr, "anon", v3, false);
     assert_eq!(

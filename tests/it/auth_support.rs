@@ -141,7 +141,19 @@ pub fn delivered(
     topic: &str,
 ) -> bool {
     let port_text = port.to_string();
-    let mut args = vec!["-h", "127.0.0.1", "-p", &port_text, "-t", topic, "-C", "1"];
+    // A wildcard filter: mosquitto 2.0 grants every subscription and checks each message;
+    // we refuse a plain filter the ACL denies, so compare what is delivered.
+    let filter = format!("{}/#", topic.split('/').next().unwrap_or(""));
+    let mut args = vec![
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port_text,
+        "-t",
+        &filter,
+        "-C",
+        "1",
+    ];
     args.extend(["-W", "3", "-q", "1"]);
     if let Some((user, password)) = subscriber {
         args.extend(["-u", user, "-P", password]);
