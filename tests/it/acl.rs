@@ -142,7 +142,6 @@ fn each_rule_form_decides_delivery() {
         deliveries(&mut subs, &mut dev8_pub, "devices/dev8-pub/t"),
         [false, false, false]
     );
-    drop(subs);
     dev8.send(&publish_packet(
         "devices/dev8/t",
         b"m",
