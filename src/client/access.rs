@@ -55,7 +55,8 @@ pub(super) fn publish_refusal(
             publish.topic,
             publish.payload.len()
         );
-        return Some(ReasonCode::PacketTooLarge);
+        // mosquitto answers 0x83 (implementation specific) under MQTT 5.
+        return Some(ReasonCode::ImplementationSpecificError);
     }
     let auth = auth.as_mut()?;
     if auth.may_publish(&publish.topic) {

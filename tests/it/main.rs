@@ -9,6 +9,7 @@ mod config_file;
 mod connect;
 mod http_auth;
 mod keepalive;
+mod listeners;
 mod mosquitto;
 mod pubsub;
 mod qos;
