@@ -1,8 +1,10 @@
-//! The broker's entry point, shared by `main` and the tests: bind, accept, shut down.
+//! The broker's entry point, shared by `main` and the tests: listeners, accept, shut down.
 //!
-//! Owns: the accept loop, connection ids, the registry of open sockets, and the shutdown
-//! order (stop accepting, close clients, let the router finish). Must not: read or write MQTT;
-//! each accepted socket is handed to `client::spawn` at once.
+//! Owns: the listeners (the first accepted on the caller's thread, each further one on an
+//! `acceptor-N` thread), each listener's settings and authorizer, connection ids, the
+//! registries of open sockets, and the shutdown order (stop accepting, close clients, let the
+//! router finish). Must not: read or write MQTT; each accepted socket is handed to
+//! `client::spawn` at once.
 
 use std::collections::HashMap;
 use std::io;
