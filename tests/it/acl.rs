@@ -195,6 +195,8 @@ fn denied_publish_is_dropped_or_refused_with_0x87() {
     }
     v3.send(&publish_packet("alice/x", b"m", QoS::AtMostOnce, false, 0));
     v3.ping();
+    // 3.1.1 QoS 2: the whole flow completes, the message goes nowhere.
+    v3.publish("alice/x", b"m", QoS::ExactlyOnce, false, 7);
     // 5: PUBACK / PUBREC with 0x87.
     let mut v5 = client(broker.addr, "v5", ProtocolVersion::V5, false);
     v5.send(&publish_packet("alice/x", b"m", QoS::AtLeastOnce, false, 2));

@@ -209,3 +209,27 @@ fn sighup_reloads_the_password_file() {
     );
     assert_eq!(pub_status(port, "mqttv311", None, "t"), 5);
 }
+
+#[test]
+fn log_dest_file_and_log_type() {
+    let dir = TempDir::new("log-dest");
+    let log = dir.0.join("broker.log");
+    let port = free_port();
+    let conf = dir.file(
+        "c.conf",
+        &format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest file {}\nlog_type debug\n",
+            log.display()
+        ),
+    );
+    let broker = ChildBroker::ours(&conf, &[port]);
+    assert_eq!(pub_status(port, "mqttv311", None, "t"), 0);
+    drop(broker);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!("listening on 127.0.0.1:{port}")),
+        "{text}"
+    );
+    // log_type debug: every packet is logged.
+    assert!(text.contains("received PUBLISH"), "{text}");
+}
