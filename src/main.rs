@@ -53,6 +53,14 @@ fn main() -> ExitCode {
     for warning in &parsed.warnings {
         warn!("{warning}");
     }
+    // Until the storage actor is merged nothing reads persistence_dir: say so rather than
+    // ignore `persistence true` silently. (Delete this block with the storage merge.)
+    if let Some(dir) = &parsed.config.persistence_dir {
+        warn!(
+            "persistence: accepted (location {}), but this build keeps sessions in memory only",
+            dir.display()
+        );
+    }
     if let Some(pid_file) = &parsed.pid_file {
         if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
             error!("cannot write pid_file {}: {e}", pid_file.display());

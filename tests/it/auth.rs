@@ -290,3 +290,60 @@ fn reload_rechecks_connected_clients() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Password hashing runs on each client's reader thread: a burst of slow-to-verify CONNECTs
+/// does not hold up routing between clients already connected.
+#[test]
+fn hashing_does_not_stall_routing() {
+    let dir = TempDir::new("burst");
+    let mut file = PasswordFile::default();
+    let salt = [3u8; 12];
+    let iterations = 20_000;
+    let mut derived = vec![0u8; 64];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(b"slow-pw", &salt, iterations, &mut derived);
+    file.set(
+        "slow",
+        Hash::Pbkdf2 {
+            iterations,
+            salt: salt.to_vec(),
+            hash: derived,
+        },
+    );
+    let pw = dir.file("pw", &file.to_text());
+    let broker = start_broker_with(config_with(|c| {
+        c.security = Security {
+            allow_anonymous: Some(true),
+            password_file: Some(pw),
+            ..Default::default()
+        }
+    }));
+    let (mut sub, _) = RawClient::connect(broker.addr, "sub", ProtocolVersion::V3_1_1, true);
+    sub.subscribe(1, &[("t", QoS::AtLeastOnce)]);
+    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V3_1_1, true);
+    let addr = broker.addr;
+    let started = std::time::Instant::now();
+    let burst: Vec<_> = (0..4)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let mut connect =
+                    connect_packet(&format!("slow-{n}"), ProtocolVersion::V3_1_1, true);
+                connect.username = Some("slow".into());
+                connect.password = Some(b"slow-pw".to_vec());
+                let (_c, ack) = RawClient::connect_with(addr, connect);
+                assert_eq!(ack.reason, ReasonCode::Success);
+                started.elapsed()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let sent = std::time::Instant::now();
+    publisher.publish("t", b"m", QoS::AtLeastOnce, false, 1);
+    assert_eq!(sub.recv_publish().topic, "t");
+    let round_trip = sent.elapsed();
+    let slowest = burst.into_iter().map(|t| t.join().unwrap()).max().unwrap();
+    // Generous: what matters is that routing did not wait for the hashes.
+    assert!(
+        round_trip * 2 < slowest,
+        "round trip {round_trip:?} while the CONNECT burst took {slowest:?}"
+    );
+}
