@@ -129,16 +129,89 @@ impl Acl {
             if rule.uses_username && username.is_none() {
                 continue;
             }
-            let pattern = rule
-                .topic
-                .replace("%c", client_id)
-                .replace("%u", username.unwrap_or(""));
-            if let Some(allowed) = decide(rule, &pattern, topic, access) {
+            let user = username.unwrap_or("");
+            let verdict =
+                if rule.topic.starts_with('%') || client_id.contains('/') || user.contains('/') {
+                    // A substitution that starts the topic or spans levels: substitute, then match.
+                    let pattern = rule.topic.replace("%c", client_id).replace("%u", user);
+                    decide(rule, &pattern, topic, access)
+                } else {
+                    decide_pattern(rule, client_id, user, topic, access)
+                };
+            if let Some(allowed) = verdict {
                 return allowed;
             }
         }
         false
     }
+}
+
+/// `decide` for a pattern, substituting `%c` and `%u` level by level without allocating
+/// (the router asks per delivery). Only for substitutions that stay within one level.
+fn decide_pattern(
+    rule: &Rule,
+    client_id: &str,
+    username: &str,
+    topic: &str,
+    access: Access,
+) -> Option<bool> {
+    if topic.starts_with('$') && !rule.topic.starts_with('$') {
+        return None;
+    }
+    let mut topic_levels = topic.split('/');
+    for level in rule.topic.split('/') {
+        if level == "#" {
+            return verdict(rule, access);
+        }
+        match topic_levels.next() {
+            Some(t) if level == "+" || level_equals(level, t, client_id, username) => {}
+            _ => return None,
+        }
+    }
+    if topic_levels.next().is_some() {
+        return None;
+    }
+    verdict(rule, access)
+}
+
+/// What a rule that matched says about `access`: refuse (deny), allow, or nothing.
+fn verdict(rule: &Rule, access: Access) -> Option<bool> {
+    match rule.grant {
+        Grant::Deny => Some(false),
+        grant if grant.allows(access) => Some(true),
+        _ => None,
+    }
+}
+
+/// Whether `pattern` (one level, possibly with `%c`/`%u`) equals `level` once substituted.
+fn level_equals(pattern: &str, mut level: &str, client_id: &str, username: &str) -> bool {
+    let mut rest = pattern;
+    while let Some(at) = rest.find('%') {
+        let (literal, tail) = rest.split_at(at);
+        let Some(stripped) = level.strip_prefix(literal) else {
+            return false;
+        };
+        level = stripped;
+        let value = match tail.as_bytes().get(1) {
+            Some(b'c') => client_id,
+            Some(b'u') => username,
+            _ => {
+                // A lone '%': literal.
+                let Some(stripped) = level.strip_prefix('%') else {
+                    return false;
+                };
+                level = stripped;
+                rest = &tail[1..];
+                continue;
+            }
+        };
+        let Some(stripped) = level.strip_prefix(value) else {
+            return false;
+        };
+        level = stripped;
+        rest = &tail[2..];
+    }
+    level == rest
 }
 
 /// Some(verdict) if `rule` (with its topic as `filter`) settles the question.
@@ -150,11 +223,7 @@ fn decide(rule: &Rule, filter: &str, topic: &str, access: Access) -> Option<bool
     if !filter_matches(filter, topic) {
         return None;
     }
-    match rule.grant {
-        Grant::Deny => Some(false),
-        grant if grant.allows(access) => Some(true),
-        _ => None,
-    }
+    verdict(rule, access)
 }
 
 fn parse_rule(rest: &str) -> Result<Rule, String> {
@@ -310,6 +379,33 @@ pattern readwrite users/%u/inbox
         ];
         for &(text, line) in cases {
             assert_eq!(Acl::parse(text).unwrap_err().0, line, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn patterns_match_without_substituting_the_whole_topic() {
+        let acl =
+            Acl::parse("pattern readwrite a/%c/b\npattern read x/%u-%c/%\npattern read p/#/\n");
+        // (The last line is not a valid filter.)
+        assert!(acl.is_err());
+        let acl = Acl::parse("pattern readwrite a/%c/b\npattern read x/%u-%c/%z\n").unwrap();
+        let cases: &[(&str, Option<&str>, &str, Access, bool)] = &[
+            ("c1", None, "a/c1/b", Write, true),
+            ("c1", None, "a/c2/b", Write, false),
+            ("c1", None, "a/c1", Write, false),
+            ("c1", None, "a/c1/b/d", Write, false),
+            ("c1", Some("u"), "x/u-c1/%z", Read, true),
+            ("c1", Some("u"), "x/u-c1/z", Read, false),
+            ("c1", Some("u"), "x/u-c2/%z", Read, false),
+            // A client id with '/' spans levels, as mosquitto's string substitution does.
+            ("g/h", None, "a/g/h/b", Write, true),
+        ];
+        for &(client, user, topic, access, allowed) in cases {
+            assert_eq!(
+                acl.check(client, user, topic, access),
+                allowed,
+                "{client} {user:?} {topic}"
+            );
         }
     }
 
