@@ -233,3 +233,51 @@ fn log_dest_file_and_log_type() {
     // log_type debug: every packet is logged.
     assert!(text.contains("received PUBLISH"), "{text}");
 }
+
+/// `per_listener_settings true`: each listener's own security, compared with mosquitto.
+#[test]
+fn per_listener_settings_decide_as_mosquitto() {
+    let dir = TempDir::new("per-listener-diff");
+    let pw = dir.0.join("pw");
+    let (code, stderr) = run(
+        "mosquitto_passwd",
+        &["-c", "-b", pw.to_str().unwrap(), "alice", "alice-pw"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let acl = dir.file(
+        "acl",
+        "topic write open/#\nuser alice\ntopic write closed/#\n",
+    );
+    let conf = |open: u16, closed: u16| {
+        format!(
+            "user root\n\
+             per_listener_settings true\n\
+             listener {open} 127.0.0.1\n\
+             allow_anonymous true\n\
+             acl_file {acl}\n\
+             listener {closed} 127.0.0.1\n\
+             password_file {pw}\n\
+             acl_file {acl}\n",
+            pw = pw.display(),
+            acl = acl.display()
+        )
+    };
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let ours_conf = dir.file("ours.conf", &conf(ports[0], ports[1]));
+    let theirs_conf = dir.file("theirs.conf", &conf(ports[2], ports[3]));
+    let _ours = ChildBroker::ours(&ours_conf, &ports[..2]);
+    let _theirs = ChildBroker::mosquitto(&theirs_conf, &ports[2..]);
+    for version in ["mqttv311", "mqttv5"] {
+        for creds in [Some(("alice", "alice-pw")), Some(("alice", "x")), None] {
+            for topic in ["open/t", "closed/t"] {
+                for listener in 0..2 {
+                    assert_eq!(
+                        pub_status(ports[listener], version, creds, topic),
+                        pub_status(ports[listener + 2], version, creds, topic),
+                        "listener {listener} {version} {creds:?} {topic}"
+                    );
+                }
+            }
+        }
+    }
+}
