@@ -198,7 +198,9 @@ impl Connection {
         }
         // Effects keep the order of the packets.
         self.flush_pub_acks()?;
-        if !super::access::still_valid(&mut self.accepted.auth) {
+        // A client leaving with DISCONNECT leaves normally, revoked or not.
+        let leaving = matches!(packet, Packet::Disconnect(_));
+        if !leaving && !super::access::still_valid(&mut self.accepted.auth) {
             let why = "credentials no longer accepted after a reload of the password file";
             return Ok(violation(ReasonCode::NotAuthorized, why));
         }
