@@ -1,9 +1,12 @@
-//! The broker's entry point, shared by `main` and the tests: bind, accept, shut down.
+//! The broker's entry point, shared by `main` and the tests: listeners, accept, shut down.
 //!
-//! Owns: the accept loop, connection ids, the registry of open sockets, and the shutdown
-//! order (stop accepting, close clients, let the router finish). Who is let in (backlog,
-//! connection and handshake limits, the CONNECT deadline) is `admission`'s. Must not: read or
-//! write MQTT; each accepted socket is handed to `client::spawn` at once.
+//! Owns: the listeners (the first accepted on the caller's thread, each further one on an
+//! `acceptor-N` thread), each listener's settings and authorizer, connection ids, the
+//! registries of open sockets, and the shutdown order (stop accepting, close clients, let the
+//! router finish). Who is let in (backlog, connection and handshake limits, the CONNECT
+//! deadline) is `admission`'s; what an accepted socket becomes (TCP, TLS, WebSocket) is the
+//! listener's `transport::Acceptor`'s. Must not: read or write MQTT; each accepted socket is
+//! handed to `client::spawn` at once.
 
 mod admission;
 
@@ -18,31 +21,60 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use parking_lot::Mutex;
 
+use crate::auth::{self, Authorizer};
 use crate::client;
-use crate::config::{Config, Listener};
+use crate::config::{Config, Listener, Protocol};
 use crate::queue::QueueHandle;
-use crate::transport::{Acceptor, Link, Reloader};
+use crate::transport::{self, Link};
 
 /// A bound broker, ready to `run`.
 pub struct Broker {
-    listener: TcpListener,
-    config: Arc<Config>,
+    /// The first listener (accepted on the thread that calls `run`), then the others (one
+    /// `acceptor-N` thread each).
+    listeners: Vec<Bound>,
+    /// The settings as given, before per-listener copies are made.
+    base: Config,
     queue: QueueHandle,
     queue_thread: JoinHandle<()>,
     stopper: Stopper,
-    registry: Arc<Registry>,
-    /// Listeners beyond the first (`add_listener`), each with what it makes of its sockets.
-    extra: Vec<(TcpListener, Arc<Acceptor>)>,
     reloader: Reloader,
+    /// The authorizer every listener shares unless `per_listener_settings` (loaded once).
+    shared_authorizer: Option<Option<Arc<Authorizer>>>,
+}
+
+/// One bound listener: its socket, its settings, its copy of the config (with its
+/// authorizer), and the connections it holds.
+struct Bound {
+    socket: TcpListener,
+    settings: Listener,
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    /// What its accepted sockets become: plain TCP, TLS, WebSocket.
+    transport: Arc<transport::Acceptor>,
+}
+
+/// Reloads what SIGHUP reloads: every password and ACL file, and every TLS listener's
+/// certificate and key. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Reloader {
+    auth: auth::Reloader,
+    tls: transport::Reloader,
+}
+
+impl Reloader {
+    /// Reloads everything; a file that fails to load keeps its old contents in use (logged).
+    /// The error is the first TLS listener's that failed.
+    pub fn reload(&self) -> io::Result<()> {
+        self.auth.reload();
+        self.tls.reload()
+    }
 }
 
 /// Stops a running broker from any thread (a signal handler, a test). Cheap to clone.
 #[derive(Clone)]
 pub struct Stopper {
     stopping: Arc<AtomicBool>,
-    addr: SocketAddr,
-    /// The addresses of `add_listener`'s listeners, woken the same way.
-    extra: Arc<Mutex<Vec<SocketAddr>>>,
+    addrs: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl Stopper {
@@ -51,9 +83,9 @@ impl Stopper {
         if self.stopping.swap(true, Ordering::AcqRel) {
             return;
         }
-        // `accept` blocks; a connection of our own wakes it to see the flag.
-        let extra = self.extra.lock().clone();
-        for addr in std::iter::once(self.addr).chain(extra) {
+        // `accept` blocks; a connection of our own wakes each listener to see the flag.
+        let addrs = self.addrs.lock().clone();
+        for addr in addrs {
             let wake = match addr.ip() {
                 ip if ip.is_unspecified() && addr.is_ipv4() => {
                     SocketAddr::from(([127, 0, 0, 1], addr.port()))
@@ -66,122 +98,274 @@ impl Stopper {
             let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         }
     }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// Refuses listeners whose transport this build cannot serve yet. The one place to change
+/// when QUIC or the metrics endpoint arrive.
+pub fn check_transport(settings: &Listener) -> io::Result<()> {
+    let missing = match settings.protocol {
+        Protocol::Mqtt | Protocol::WebSockets => return Ok(()),
+        Protocol::Quic => "protocol quic",
+        Protocol::Metrics => "protocol metrics",
+    };
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("listener {}: not supported yet: {missing}", settings.addr),
+    ))
 }
 
 impl Broker {
-    /// Starts the router for a bound listener; call `run` to accept connections.
+    /// Starts the router for a bound listener; call `run` to accept connections. When
+    /// `config.listeners` is not empty, its first entry holds this listener's settings.
     pub fn new(listener: TcpListener, config: Config) -> io::Result<Broker> {
         let addr = listener.local_addr()?;
-        admission::raise_backlog(&listener);
+        let mut settings = config
+            .listeners
+            .first()
+            .cloned()
+            .unwrap_or_else(|| Listener::mqtt(addr));
+        settings.addr = addr;
         let (queue, queue_thread) = QueueHandle::start(&config)?;
-        Ok(Broker {
-            listener,
-            config: Arc::new(config),
+        let mut broker = Broker {
+            listeners: Vec::new(),
+            base: config,
             queue,
             queue_thread,
             stopper: Stopper {
                 stopping: Arc::new(AtomicBool::new(false)),
-                addr,
-                extra: Arc::default(),
+                addrs: Arc::new(Mutex::new(Vec::new())),
             },
-            registry: Arc::new(Registry::default()),
-            extra: Vec::new(),
             reloader: Reloader::default(),
-        })
+            shared_authorizer: None,
+        };
+        broker.add_listener(listener, settings)?;
+        Ok(broker)
     }
 
-    /// Serves one more listener: `socket` is bound already, `settings` say what it speaks (MQTT
-    /// or WebSockets, with or without TLS). Fails if its TLS files cannot be loaded.
-    pub fn add_listener(&mut self, socket: TcpListener, settings: Listener) -> io::Result<()> {
-        let acceptor = Acceptor::new(&settings, self.config.max_packet_size)?;
-        let acceptor = Arc::new(acceptor);
+    /// Adds a further listener with its own settings (its protocol, connection limit and,
+    /// with `per_listener_settings`, its own password file, ACL file and anonymous access).
+    /// Fails if the listener needs what this build cannot serve or its files do not load.
+    pub fn add_listener(&mut self, socket: TcpListener, mut settings: Listener) -> io::Result<()> {
+        check_transport(&settings)?;
+        settings.addr = socket.local_addr()?;
+        let transport = Arc::new(transport::Acceptor::new(
+            &settings,
+            self.base.max_packet_size,
+        )?);
+        self.reloader.tls.add(Arc::clone(&transport));
         admission::raise_backlog(&socket);
-        self.stopper.extra.lock().push(socket.local_addr()?);
-        self.reloader.add(Arc::clone(&acceptor));
-        self.extra.push((socket, acceptor));
+        let authorizer = self.authorizer_for(&settings)?;
+        let mut config = self.base.clone();
+        config.authorizer = authorizer;
+        self.stopper.addrs.lock().push(settings.addr);
+        self.listeners.push(Bound {
+            socket,
+            settings,
+            config: Arc::new(config),
+            registry: Arc::new(Registry::default()),
+            transport,
+        });
         Ok(())
     }
 
+    fn authorizer_for(&mut self, settings: &Listener) -> io::Result<Option<Arc<Authorizer>>> {
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+        let authorizer = if self.base.per_listener_settings {
+            Authorizer::load(&settings.security).map_err(invalid)?
+        } else {
+            match &self.shared_authorizer {
+                Some(shared) => shared.clone(),
+                None => {
+                    let loaded = Authorizer::load(&self.base.security).map_err(invalid)?;
+                    self.shared_authorizer = Some(loaded.clone());
+                    loaded
+                }
+            }
+        };
+        if let Some(authorizer) = &authorizer {
+            self.reloader.auth.add(authorizer);
+        }
+        Ok(authorizer)
+    }
+
+    /// The first listener's address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listeners[0].socket.local_addr()
+    }
+
+    /// Every listener's address, in the order they were added.
+    pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.listeners
+            .iter()
+            .map(|l| l.socket.local_addr())
+            .collect()
     }
 
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()
     }
 
-    /// Reloads the TLS certificates and keys of every listener (for the SIGHUP handler).
+    /// Reloads the password and ACL files and the TLS certificates (what SIGHUP does).
     pub fn reloader(&self) -> Reloader {
         self.reloader.clone()
     }
 
-    /// Accepts connections on the calling thread until stopped, then closes every client and
-    /// returns once they and the router have finished (or after a bounded wait).
+    /// Accepts connections until stopped (the first listener on the calling thread, each
+    /// other one on an `acceptor-N` thread), then closes every client and returns once they
+    /// and the router have finished (or after a bounded wait).
     pub fn run(self) {
-        let next_id = Arc::new(AtomicU64::new(1));
-        info!("listening on {}", self.stopper.addr);
         if let Some((clients, limit)) = crate::limits::client_capacity() {
             info!("this machine's limits allow about {clients} clients ({limit} is the tightest)");
         }
-        self.start_handshake_reaper();
-        let accept_loop = AcceptLoop {
-            stopping: Arc::clone(&self.stopper.stopping),
-            queue: self.queue.clone(),
-            config: Arc::clone(&self.config),
-            registry: Arc::clone(&self.registry),
-            next_id: Arc::clone(&next_id),
+        let Broker {
+            listeners,
+            base,
+            queue,
+            queue_thread,
+            stopper,
+            ..
+        } = self;
+        let registries: Vec<Arc<Registry>> =
+            listeners.iter().map(|l| Arc::clone(&l.registry)).collect();
+        start_handshake_reaper(&registries, base.connect_timeout, &stopper);
+        let next_id = Arc::new(AtomicU64::new(1));
+        let mut listeners = listeners.into_iter();
+        let first = listeners
+            .next()
+            .expect("Broker::new adds the first listener");
+        let mut acceptors = Vec::new();
+        for (n, bound) in listeners.enumerate() {
+            let acceptor = AcceptLoop {
+                queue: queue.clone(),
+                stopper: stopper.clone(),
+                next_id: Arc::clone(&next_id),
+                all: registries.clone(),
+                max_connections: base.max_connections,
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("acceptor-{}", n + 1))
+                .spawn(move || acceptor.run(bound));
+            match spawned {
+                Ok(thread) => acceptors.push(thread),
+                Err(e) => error!("cannot start an acceptor thread: {e}"),
+            }
+        }
+        let acceptor = AcceptLoop {
+            queue: queue.clone(),
+            stopper: stopper.clone(),
+            next_id,
+            all: registries.clone(),
+            max_connections: base.max_connections,
         };
-        let extra_threads: Vec<JoinHandle<()>> = self
-            .extra
-            .into_iter()
-            .filter_map(|(socket, acceptor)| {
-                let accept = accept_loop.clone();
-                std::thread::Builder::new()
-                    .name("acceptor".into())
-                    .spawn(move || accept.run(socket, acceptor))
-                    .map_err(|e| error!("cannot start an acceptor thread: {e}"))
-                    .ok()
-            })
-            .collect();
-        let listener = self.listener;
-        accept_loop.run(listener, Arc::new(Acceptor::plain()));
-        for thread in extra_threads {
+        acceptor.run(first);
+        for thread in acceptors {
             let _ = thread.join();
         }
         info!("shutting down");
         // The router closes every session's connection (DISCONNECT 0x8B for v5 clients) ...
-        let _ = self.queue.shutdown();
-        drop(self.queue);
+        let _ = queue.shutdown();
+        drop(queue);
         // ... then connections still in their handshake are closed too.
-        self.registry.wait_until_empty(Duration::from_millis(500));
-        self.registry.close_all();
-        if !self.registry.wait_until_empty(Duration::from_millis(1500)) {
-            warn!("{} connections did not close in time", self.registry.len());
-            return;
+        let deadline = Instant::now() + Duration::from_millis(500);
+        for registry in &registries {
+            registry.wait_until_empty(deadline.saturating_duration_since(Instant::now()));
+        }
+        for registry in &registries {
+            registry.close_all();
+        }
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        for registry in &registries {
+            if !registry.wait_until_empty(deadline.saturating_duration_since(Instant::now())) {
+                let open: usize = registries.iter().map(|r| r.len()).sum();
+                warn!("{open} connections did not close in time");
+                return;
+            }
         }
         // Every client thread has dropped its router handle, so the router ends.
-        let _ = self.queue_thread.join();
+        let _ = queue_thread.join();
         info!("stopped");
     }
 }
 
-impl Broker {
-    /// Starts the thread that closes connections whose CONNECT is late.
-    fn start_handshake_reaper(&self) {
-        let registry = Arc::clone(&self.registry);
-        let timeout = self.config.connect_timeout;
-        let stopping = Arc::clone(&self.stopper.stopping);
-        let started = std::thread::Builder::new()
-            .name("handshake-reaper".into())
-            .spawn(move || admission::reap_handshakes(registry, timeout, stopping));
-        if let Err(e) = started {
-            error!("cannot start the handshake reaper: {e}");
+/// One listener's accept loop.
+struct AcceptLoop {
+    queue: QueueHandle,
+    stopper: Stopper,
+    next_id: Arc<AtomicU64>,
+    /// Every listener's registry: the broker-wide connection limit counts them all.
+    all: Vec<Arc<Registry>>,
+    max_connections: usize,
+}
+
+impl AcceptLoop {
+    fn run(self, bound: Bound) {
+        let Bound {
+            socket,
+            settings,
+            config,
+            registry,
+            transport,
+        } = bound;
+        info!("listening on {}", settings.addr);
+        let mut admission = admission::Admission::new(&config, settings.max_connections);
+        loop {
+            let accepted = socket.accept();
+            if self.stopper.is_stopping() {
+                break;
+            }
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    warn!("accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            let held: usize = self.all.iter().map(|r| r.len()).sum();
+            if !admission.admit(&registry, held, self.max_connections, peer) {
+                // Closed at once, without CONNACK: the connections already held carry on.
+                continue;
+            }
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = client::spawn(
+                stream,
+                peer,
+                id,
+                self.queue.clone(),
+                Arc::clone(&config),
+                Arc::clone(&registry),
+                Arc::clone(&transport),
+            ) {
+                let hint = crate::limits::client_capacity()
+                    .map(|(clients, limit)| {
+                        format!(" (about {clients} clients fit; raise {limit} for more)")
+                    })
+                    .unwrap_or_default();
+                error!("{peer}: cannot start client thread: {e}{hint}");
+            }
         }
     }
 }
 
-/// Every open connection, so that shutdown can close those not yet attached to a session,
-/// and which of them are still in their handshake.
+/// Starts the thread that closes connections whose CONNECT is late, on every listener.
+fn start_handshake_reaper(registries: &[Arc<Registry>], timeout: Duration, stopper: &Stopper) {
+    let registries = registries.to_vec();
+    let stopping = Arc::clone(&stopper.stopping);
+    let started = std::thread::Builder::new()
+        .name("handshake-reaper".into())
+        .spawn(move || admission::reap_handshakes(registries, timeout, stopping));
+    if let Err(e) = started {
+        error!("cannot start the handshake reaper: {e}");
+    }
+}
+
+/// One listener's open connections, so that shutdown can close those not yet attached to a
+/// session, and which of them are still in their handshake.
 #[derive(Default)]
 pub struct Registry {
     sockets: Mutex<HashMap<u64, Arc<dyn Link>>>,
@@ -230,58 +414,5 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(5));
         }
         true
-    }
-}
-
-/// One listener's accept loop: the first listener's on the main thread, each further one's on
-/// an `acceptor` thread. The connection limit, the handshake limit and the ids are shared.
-#[derive(Clone)]
-struct AcceptLoop {
-    stopping: Arc<AtomicBool>,
-    queue: QueueHandle,
-    config: Arc<Config>,
-    registry: Arc<Registry>,
-    next_id: Arc<AtomicU64>,
-}
-
-impl AcceptLoop {
-    fn run(self, listener: TcpListener, acceptor: Arc<Acceptor>) {
-        let mut admission = admission::Admission::new(&self.config);
-        loop {
-            let accepted = listener.accept();
-            if self.stopping.load(Ordering::Acquire) {
-                break;
-            }
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a moment rather than spin.
-                    warn!("accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
-            };
-            if !admission.admit(&self.registry, peer) {
-                // Closed at once, without CONNACK: the connections already held carry on.
-                continue;
-            }
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = client::spawn(
-                stream,
-                peer,
-                id,
-                self.queue.clone(),
-                Arc::clone(&self.config),
-                Arc::clone(&self.registry),
-                Arc::clone(&acceptor),
-            ) {
-                let hint = crate::limits::client_capacity()
-                    .map(|(clients, limit)| {
-                        format!(" (about {clients} clients fit; raise {limit} for more)")
-                    })
-                    .unwrap_or_default();
-                error!("{peer}: cannot start client thread: {e}{hint}");
-            }
-        }
     }
 }

@@ -5,6 +5,9 @@
 //! - [`broker`]: bind, the accept loop, admission (backlog, connection and handshake limits,
 //!   the CONNECT deadline), shutdown. `main` and the tests share `Broker`.
 //! - [`config`]: limits and defaults, from the environment.
+//! - [`broker`]: bind, the accept loop, shutdown. `main` and the tests share `Broker`.
+//! - [`config`]: limits and defaults, from the environment or a mosquitto.conf.
+//! - [`auth`]: password files, ACL files, the HTTP hook, behind one `Authorizer`.
 //! - [`limits`]: how many clients the machine's thread, map and file limits allow.
 //! - [`client`]: one connection: `reader` (handshake, keepalive, packets in) and `writer`
 //!   (the only code writing the socket), joined by `ClientHandle`.
@@ -17,6 +20,7 @@
 //!
 //! See ARCHITECTURE.md for the threads, channels and invariants.
 
+pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod config;

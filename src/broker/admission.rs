@@ -92,14 +92,15 @@ pub struct AdmissionLog {
 
 /// The accept loop's decisions.
 pub struct Admission {
-    max_connections: usize,
+    /// This listener's own `max_connections` (None: only the broker-wide limit).
+    own_limit: Option<usize>,
     max_pending: usize,
 }
 
 impl Admission {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, own_limit: Option<usize>) -> Self {
         Admission {
-            max_connections: config.max_connections,
+            own_limit,
             max_pending: config.pending_handshake_limit(),
         }
     }
@@ -107,14 +108,25 @@ impl Admission {
     /// Whether a socket just accepted from `peer` may start a client. At the connection limit
     /// it is refused (the caller drops it: closed without CONNACK, as mosquitto does at
     /// max_connections). At the handshake limit the oldest pending handshake is closed.
-    pub fn admit(&mut self, registry: &Registry, peer: SocketAddr) -> bool {
-        if registry.len() >= self.max_connections {
+    ///
+    /// `held` counts the connections of every listener, `max_connections` is the broker's
+    /// limit; `registry` is this listener's.
+    pub fn admit(
+        &mut self,
+        registry: &Registry,
+        held: usize,
+        max_connections: usize,
+        peer: SocketAddr,
+    ) -> bool {
+        let over_own = self.own_limit.is_some_and(|own| registry.len() >= own);
+        if held >= max_connections || over_own {
             let line = registry.admission_log.lock().refused.note(Instant::now());
             if let Some((recent, total)) = line {
                 warn!(
-                    "{peer}: refused, {} connections held already (MAX_CONNECTIONS); \
-                     {recent} refused since the last line, {total} in all",
-                    self.max_connections
+                    "{peer}: refused, {held} connections held already (max_connections \
+                     {max_connections}, this listener's {:?}); {recent} refused since the \
+                     last line, {total} in all",
+                    self.own_limit
                 );
             }
             return false;
@@ -137,7 +149,7 @@ impl Admission {
 /// Closes, every `REAP_EVERY` until `stopping`, connections whose CONNECT has not arrived
 /// within `timeout` of their accept. Runs on a thread of its own.
 pub fn reap_handshakes(
-    registry: Arc<Registry>,
+    registries: Vec<Arc<Registry>>,
     timeout: Duration,
     stopping: Arc<std::sync::atomic::AtomicBool>,
 ) {
@@ -145,7 +157,11 @@ pub fn reap_handshakes(
     while !stopping.load(Ordering::Acquire) {
         std::thread::sleep(REAP_EVERY);
         let now = Instant::now();
-        for _ in 0..registry.close_pending_older_than(timeout, now) {
+        let closed: usize = registries
+            .iter()
+            .map(|registry| registry.close_pending_older_than(timeout, now))
+            .sum();
+        for _ in 0..closed {
             if let Some((recent, total)) = reaped.note(now) {
                 warn!(
                     "closed connections that sent no complete CONNECT within {timeout:?}: \
@@ -159,20 +175,23 @@ pub fn reap_handshakes(
                  in all"
             );
         }
-        let (refused, evicted) = {
-            let mut log = registry.admission_log.lock();
-            (log.refused.ended(now), log.evicted.ended(now))
-        };
-        if let Some((recent, total)) = refused {
-            warn!(
-                "stopped refusing connections: {recent} more since the last line, {total} in all"
-            );
-        }
-        if let Some((recent, total)) = evicted {
-            warn!(
-                "stopped closing the oldest handshakes for room: {recent} more since the last \
-                 line, {total} in all"
-            );
+        for registry in &registries {
+            let (refused, evicted) = {
+                let mut log = registry.admission_log.lock();
+                (log.refused.ended(now), log.evicted.ended(now))
+            };
+            if let Some((recent, total)) = refused {
+                warn!(
+                    "stopped refusing connections: {recent} more since the last line, {total} \
+                     in all"
+                );
+            }
+            if let Some((recent, total)) = evicted {
+                warn!(
+                    "stopped closing the oldest handshakes for room: {recent} more since the \
+                     last line, {total} in all"
+                );
+            }
         }
     }
     debug!("handshake reaper stopped");

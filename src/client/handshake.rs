@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use log::{info, warn};
 
 use super::{spawn_writer, ClientHandle, WriterSetup};
+use crate::auth::ClientAuth;
 use crate::config::Config;
 use crate::mqtt::topic::validate_topic_name;
 use crate::mqtt::{ConnAck, Connect, Packet, ProtocolVersion, ReasonCode};
@@ -30,6 +31,8 @@ pub(super) struct Accepted {
     pub session_expiry: u32,
     pub writer: ClientHandle,
     pub from: ConnectionRef,
+    /// Credentials and access checks (None: no authentication configured).
+    pub auth: Option<ClientAuth>,
 }
 
 /// Validates CONNECT, starts the writer and registers with the router; `None` when refused.
@@ -51,13 +54,14 @@ pub(super) fn handshake(
     let refusal = if client_id.is_empty() {
         if version == ProtocolVersion::V3_1
             || (version == ProtocolVersion::V3_1_1 && !connect.clean_start)
+            || !config.allow_zero_length_clientid
         {
             // [MQTT-3.1.3-8] An empty client id needs clean session 1; 3.1 needs one. (3.1's
             // limit of 23 characters is not enforced: mosquitto accepts longer ones.)
             Some(ReasonCode::ClientIdentifierNotValid)
         } else {
             // [MQTT-3.1.3-6] The server assigns a unique identifier.
-            client_id = assigned_client_id();
+            client_id = assigned_client_id(&config.auto_id_prefix);
             assigned = true;
             None
         }
@@ -75,6 +79,10 @@ pub(super) fn handshake(
             None
         },
     );
+    let refusal = refusal.or_else(|| {
+        let prefix = config.clientid_prefixes.as_deref()?;
+        (!client_id.starts_with(prefix)).then_some(ReasonCode::NotAuthorized)
+    });
     if let Some(will) = &connect.will {
         if let Err(e) = validate_topic_name(&will.topic) {
             // As mosquitto: closed without a CONNACK, like a malformed CONNECT.
@@ -90,6 +98,23 @@ pub(super) fn handshake(
         refuse(output, connection_id, version, reason, queue, config);
         return None;
     }
+    let auth = match authenticate(
+        &connect.username,
+        &connect.password,
+        &client_id,
+        peer,
+        config,
+    ) {
+        Ok(auth) => auth,
+        Err(why) => {
+            // mosquitto 2 answers every authentication failure "not authorised"; the client
+            // gets no session and its will is dropped.
+            warn!("{peer}: refused client {client_id:?}: {why}");
+            let reason = ReasonCode::NotAuthorized;
+            refuse(output, connection_id, version, reason, queue, config);
+            return None;
+        }
+    };
 
     // [MQTT-3.2.2-21] A capped keepalive is announced as Server Keep Alive.
     let (keep_alive, server_keep_alive) = if over_cap && version.is_v5() {
@@ -135,6 +160,7 @@ pub(super) fn handshake(
         response_information: properties.request_response_information.unwrap_or(false),
         server_keep_alive,
         writer: writer.clone(),
+        read_acl: auth.as_ref().and_then(ClientAuth::read_acl),
     };
     let from = match queue.connect(request) {
         Ok(from) => from,
@@ -155,7 +181,26 @@ pub(super) fn handshake(
         session_expiry,
         writer,
         from,
+        auth,
     })
+}
+
+/// Checks credentials when the listener has an authorizer. The will's topic is checked when
+/// the will is sent: mosquitto 2.0 accepts the CONNECT either way.
+fn authenticate(
+    username: &Option<String>,
+    password: &Option<Vec<u8>>,
+    client_id: &str,
+    peer: SocketAddr,
+    config: &Config,
+) -> Result<Option<ClientAuth>, String> {
+    let Some(authorizer) = &config.authorizer else {
+        return Ok(None);
+    };
+    let username = username.as_deref();
+    let auth = ClientAuth::connect(authorizer, client_id, username, password.as_deref(), peer)
+        .map_err(|refusal| format!("{refusal:?} (user {username:?})"))?;
+    Ok(Some(auth))
 }
 
 /// Answers a refused CONNECT with a CONNACK carrying `reason` and closes.
@@ -186,7 +231,7 @@ pub(super) fn refuse(
 
 /// A unique client identifier in mosquitto's shape (`auto-` and 36 characters laid out like a
 /// UUID), so that a client that checks its length or form sees what mosquitto gives it.
-fn assigned_client_id() -> String {
+fn assigned_client_id(prefix: &str) -> String {
     use std::collections::hash_map::RandomState;
     use std::hash::BuildHasher;
     let n = ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed);
@@ -194,7 +239,7 @@ fn assigned_client_id() -> String {
     let random = RandomState::new().hash_one(n);
     let hex = format!("{random:016X}{n:016X}");
     format!(
-        "auto-{}-{}-{}-{}-{}",
+        "{prefix}{}-{}-{}-{}-{}",
         &hex[0..8],
         &hex[8..12],
         &hex[12..16],

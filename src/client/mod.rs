@@ -5,6 +5,7 @@
 //! the router and the reader reach the writer. Must not: hold session state (the router owns
 //! it) or block the router: the router only ever uses the non-blocking methods here.
 
+mod access;
 mod gate;
 mod handshake;
 mod reader;

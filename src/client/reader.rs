@@ -193,7 +193,7 @@ impl Connection {
                     format!("client does not read: {backlog} packets wait to be written"),
                 );
             }
-            match self.handle(packet) {
+            match self.handle(packet, config) {
                 Ok(None) => {}
                 Ok(Some(closed)) => break closed,
                 Err(RouterGone) => break Closed::RouterGone,
@@ -203,7 +203,7 @@ impl Connection {
     }
 
     /// Acts on one packet; `Some` when the connection is to end.
-    fn handle(&mut self, packet: Packet) -> Result<Option<Closed>, RouterGone> {
+    fn handle(&mut self, packet: Packet, config: &Config) -> Result<Option<Closed>, RouterGone> {
         let from = self.accepted.from;
         debug!(
             "client {}: received {}",
@@ -219,8 +219,14 @@ impl Connection {
         }
         // Effects keep the order of the packets.
         self.flush_pub_acks()?;
+        // A client leaving with DISCONNECT leaves normally, revoked or not.
+        let leaving = matches!(packet, Packet::Disconnect(_));
+        if !leaving && !super::access::still_valid(&mut self.accepted.auth) {
+            let why = "credentials no longer accepted after a reload of the password file";
+            return Ok(violation(ReasonCode::NotAuthorized, why));
+        }
         match packet {
-            Packet::Publish(publish) => return self.handle_publish(publish),
+            Packet::Publish(publish) => return self.handle_publish(publish, config),
             Packet::PubRec(ack) => self.queue.ack(from, AckKind::PubRec, ack.packet_id)?,
             Packet::PubRel(ack) => self.queue.ack(from, AckKind::PubRel, ack.packet_id)?,
             Packet::PubComp(ack) => self.queue.ack(from, AckKind::PubComp, ack.packet_id)?,
@@ -228,7 +234,13 @@ impl Connection {
                 if let Some(closed) = invalid_filter(subscribe.filters.iter().map(|f| &f.0)) {
                     return Ok(Some(closed));
                 }
-                self.queue.subscribe(from, subscribe)?
+                let accepted = &mut self.accepted;
+                let refused = super::access::refused_filters(
+                    &mut accepted.auth,
+                    &accepted.client_id,
+                    &subscribe,
+                );
+                self.queue.subscribe_refusing(from, subscribe, refused)?
             }
             Packet::Unsubscribe(unsubscribe) => {
                 if let Some(closed) = invalid_filter(unsubscribe.filters.iter()) {
@@ -288,7 +300,11 @@ impl Connection {
     }
 
     /// Resolves the topic (alias), checks it, and hands the message to the router.
-    fn handle_publish(&mut self, mut publish: Publish) -> Result<Option<Closed>, RouterGone> {
+    fn handle_publish(
+        &mut self,
+        mut publish: Publish,
+        config: &Config,
+    ) -> Result<Option<Closed>, RouterGone> {
         if let Some(alias) = publish.properties.topic_alias.take() {
             if alias == 0 || alias > self.alias_maximum {
                 return Ok(violation(
@@ -331,6 +347,17 @@ impl Connection {
                 ReasonCode::ProtocolError,
                 "[MQTT-3.3.4-6] PUBLISH from a client carries a subscription identifier",
             ));
+        }
+        let accepted = &mut self.accepted;
+        let refusal = super::access::publish_refusal(
+            &mut accepted.auth,
+            &accepted.client_id,
+            &publish,
+            config,
+        );
+        if let Some(reason) = refusal {
+            super::access::answer_refused(&accepted.writer, &publish, reason);
+            return Ok(None);
         }
         self.queue.publish(self.accepted.from, publish)?;
         Ok(None)

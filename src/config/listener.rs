@@ -59,6 +59,8 @@ pub struct Listener {
     pub max_connections: Option<usize>,
     /// `mount_point`: a prefix added to every topic of this listener's clients.
     pub mount_point: Option<String>,
+    /// This listener's security options; used with `per_listener_settings true` only.
+    pub security: super::Security,
 }
 
 impl Listener {
@@ -70,6 +72,7 @@ impl Listener {
             tls: None,
             max_connections: None,
             mount_point: None,
+            security: super::Security::default(),
         }
     }
 }

@@ -1,14 +1,20 @@
-//! Broker settings and their defaults, read from the environment.
+//! Broker settings and their defaults, read from the environment (and, through
+//! `mosquitto_conf` and `file`, from a mosquitto.conf).
 //!
 //! Owns: every tunable limit in one place. Must not: open sockets or start threads.
 
 use std::env;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod file;
 pub mod listener;
+pub mod mosquitto_conf;
+pub mod security;
 
 pub use listener::{Listener, Protocol, TlsSettings};
+pub use security::{HttpAuth, LogDest, Security};
 
 /// The largest packet the protocol can describe: a remaining length of 268,435,455 bytes plus
 /// a 5-byte fixed header.
@@ -86,6 +92,32 @@ pub struct Config {
     pub max_pending_handshakes: usize,
     /// Stack size of each client thread; two per client, so keep it small.
     pub client_stack_size: usize,
+    /// Listeners from the config file (default empty: then the one listener is `socket_addr`).
+    /// When not empty, the first describes the socket handed to `Broker::new`.
+    pub listeners: Vec<Listener>,
+    /// How often $SYS topics are published (default 10 s; zero turns $SYS off).
+    pub sys_interval: Duration,
+    /// Where the store lives (None = persistence off, the default).
+    pub persistence_dir: Option<PathBuf>,
+    /// Security options for every listener (`per_listener_settings false`, the default).
+    pub security: Security,
+    /// `per_listener_settings`: each listener has its own `Listener::security`.
+    pub per_listener_settings: bool,
+    /// `allow_zero_length_clientid` (default true): 3.1.1 and 5 clients may leave the client
+    /// identifier empty and get one assigned.
+    pub allow_zero_length_clientid: bool,
+    /// `auto_id_prefix` (default "auto-"): the start of assigned client identifiers.
+    pub auto_id_prefix: String,
+    /// `clientid_prefixes`: when set, client identifiers must start with it (else CONNACK
+    /// "not authorised").
+    pub clientid_prefixes: Option<String>,
+    /// `message_size_limit` (0 = none, the default): larger PUBLISH payloads are dropped.
+    pub message_size_limit: usize,
+    /// `log_dest` (default stderr).
+    pub log_dest: LogDest,
+    /// Not a setting: the authorizer of the listener this copy of the config was made for,
+    /// set by `Broker` (None: everyone may connect and do anything).
+    pub authorizer: Option<std::sync::Arc<crate::auth::Authorizer>>,
 }
 
 impl Default for Config {
@@ -109,6 +141,17 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             max_pending_handshakes: 0,
             client_stack_size: 128 * 1024,
+            listeners: Vec::new(),
+            sys_interval: Duration::from_secs(10),
+            persistence_dir: None,
+            security: Security::default(),
+            per_listener_settings: false,
+            allow_zero_length_clientid: true,
+            auto_id_prefix: "auto-".into(),
+            clientid_prefixes: None,
+            message_size_limit: 0,
+            log_dest: LogDest::Stderr,
+            authorizer: None,
         }
     }
 }

@@ -219,6 +219,11 @@ impl QueueActor {
                 self.handle_acks(from, AckKind::PubAck, &packet_ids)
             }
             Msg::Subscribe { from, subscribe } => self.handle_subscribe(from, subscribe),
+            Msg::SubscribeRefusing {
+                from,
+                subscribe,
+                refused,
+            } => self.subscribe_refusing(from, subscribe, &refused),
             Msg::Unsubscribe { from, unsubscribe } => self.handle_unsubscribe(from, unsubscribe),
             Msg::Disconnect { from, ending } => self.handle_disconnect(from, ending),
             Msg::WriterDrained { from } => {
@@ -343,6 +348,7 @@ mod tests {
             response_information: false,
             server_keep_alive: None,
             writer,
+            read_acl: None,
         };
         tx.send(Msg::Connect {
             request: Box::new(request),

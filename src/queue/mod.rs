@@ -61,6 +61,8 @@ pub struct ConnectRequest {
     /// The keepalive the server imposes, when it capped the client's (v5).
     pub server_keep_alive: Option<u16>,
     pub writer: ClientHandle,
+    /// The client's identity for read checks per delivery (None: no ACL file).
+    pub read_acl: Option<crate::auth::ReadAcl>,
 }
 
 /// How a connection ended.
@@ -100,6 +102,12 @@ pub(crate) enum Msg {
     Subscribe {
         from: ConnectionRef,
         subscribe: Subscribe,
+    },
+    /// SUBSCRIBE with the filters at `refused` denied by access control (SUBACK 0x80/0x87).
+    SubscribeRefusing {
+        from: ConnectionRef,
+        subscribe: Subscribe,
+        refused: Vec<usize>,
     },
     Unsubscribe {
         from: ConnectionRef,
@@ -193,6 +201,23 @@ impl QueueHandle {
 
     pub fn subscribe(&self, from: ConnectionRef, subscribe: Subscribe) -> Result<(), RouterGone> {
         self.send(Msg::Subscribe { from, subscribe })
+    }
+
+    /// SUBSCRIBE of which the filters at the indexes `refused` were denied by access control.
+    pub fn subscribe_refusing(
+        &self,
+        from: ConnectionRef,
+        subscribe: Subscribe,
+        refused: Vec<usize>,
+    ) -> Result<(), RouterGone> {
+        if refused.is_empty() {
+            return self.subscribe(from, subscribe);
+        }
+        self.send(Msg::SubscribeRefusing {
+            from,
+            subscribe,
+            refused,
+        })
     }
 
     pub fn unsubscribe(

@@ -75,6 +75,8 @@ pub(super) struct Online {
 
 pub(super) struct Session {
     pub client_id: Arc<str>,
+    /// Read access control of the client last attached (None: no ACL file).
+    pub read_acl: Option<crate::auth::ReadAcl>,
     /// Seconds the session outlives its connection; 0 ends it with the connection.
     pub expiry: u32,
     pub online: Option<Online>,
@@ -142,6 +144,18 @@ pub(super) enum Enqueued {
 }
 
 impl Session {
+    /// May this session's client publish to `topic` (its will; true without an ACL)?
+    pub fn may_write(&self, topic: &str) -> bool {
+        self.read_acl
+            .as_ref()
+            .is_none_or(|acl| acl.may_write(topic))
+    }
+
+    /// May this session receive a message published to `topic` (its ACL; true without one)?
+    pub fn may_read(&self, topic: &str) -> bool {
+        self.read_acl.as_ref().is_none_or(|acl| acl.may_read(topic))
+    }
+
     pub fn new(client_id: Arc<str>, expiry: u32, limits: QueueLimits) -> Self {
         Session {
             client_id,
@@ -157,6 +171,7 @@ impl Session {
             held_acks: HeldAcks::default(),
             holding: Vec::new(),
             retained_feeds: VecDeque::new(),
+            read_acl: None,
         }
     }
 

@@ -1,12 +1,18 @@
 //! The integration tests: one crate, one binary. Each test starts the real broker in-process
 //! on an ephemeral port and talks to it over TCP, with raw packets or the mosquitto clients.
 
+mod acl;
+mod auth;
+mod auth_support;
 mod browser;
 mod cli;
+mod config_file;
 mod connect;
 mod differential;
+mod http_auth;
 mod isolation;
 mod keepalive;
+mod listeners;
 mod mosquitto;
 mod pubsub;
 mod qos;

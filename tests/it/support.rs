@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use mqtt_broker::broker::Reloader;
 use mqtt_broker::config::Listener;
 use mqtt_broker::mqtt::{
     read_packet, ConnAck, Connect, ConnectProperties, DecodeError, Packet, PacketId,
     ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode, SubAck, Subscribe,
     SubscribeProperties, SubscriptionOptions, Will, WillProperties,
 };
-use mqtt_broker::transport::Reloader;
 use mqtt_broker::{Broker, Config, Stopper};
 
 /// How long a test waits for something it expects before failing.

@@ -84,6 +84,7 @@ impl QueueActor {
             .expect("slot was just filled or resumed");
         session.expiry = request.session_expiry;
         session.last_connection = request.connection_id;
+        session.read_acl = request.read_acl;
         // Acknowledgements held for the previous connection are gone with it: the client
         // resends those PUBLISH packets.
         session.held_acks.clear();
@@ -266,6 +267,12 @@ impl QueueActor {
     }
 
     pub(super) fn publish_will(&mut self, slot: u32, will: Will) {
+        // As mosquitto 2.0: a will is checked against the ACL when it is sent, not at CONNECT.
+        let session = self.sessions[slot as usize].as_ref();
+        if session.is_some_and(|s| !s.may_write(&will.topic)) {
+            debug!("will to {} denied by the ACL", will.topic);
+            return;
+        }
         let Will {
             topic,
             payload,

@@ -211,6 +211,10 @@ impl QueueActor {
             let Some(session) = self.sessions[slot as usize].as_mut() else {
                 continue;
             };
+            // mosquitto checks read access per message and receiver.
+            if !session.may_read(&message.publish.topic) {
+                continue;
+            }
             // [MQTT-3.3.1-12] The retain flag is cleared on forwarding, unless Retain As
             // Published asks to keep it [MQTT-3.3.1-13].
             let delivery = Delivery::new(

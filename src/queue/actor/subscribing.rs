@@ -12,6 +12,16 @@ use super::*;
 
 impl QueueActor {
     pub(super) fn handle_subscribe(&mut self, from: ConnectionRef, subscribe: Subscribe) {
+        self.subscribe_refusing(from, subscribe, &[]);
+    }
+
+    /// SUBSCRIBE; the filters at the indexes in `refused` were denied by access control.
+    pub(super) fn subscribe_refusing(
+        &mut self,
+        from: ConnectionRef,
+        subscribe: Subscribe,
+        refused: &[usize],
+    ) {
         let Some(session) = attached(&mut self.sessions, from) else {
             return;
         };
@@ -25,7 +35,12 @@ impl QueueActor {
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut problems = Vec::new();
         let mut retained_for: Vec<(String, QoS)> = Vec::new();
-        for (filter, options) in subscribe.filters {
+        for (index, (filter, options)) in subscribe.filters.into_iter().enumerate() {
+            if refused.contains(&index) {
+                // SUBACK 0x87 (0x80 before v5).
+                reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
             if let Err(e) = validate_topic_filter(&filter) {
                 debug!(
                     "client {}: invalid filter {filter:?}: {e}",
@@ -101,6 +116,9 @@ impl QueueActor {
             let Some(session) = self.sessions[from.slot as usize].as_mut() else {
                 return;
             };
+            // Retained messages are checked against the ACL like any delivery.
+            let mut messages = messages;
+            messages.retain(|message| session.may_read(&message.publish.topic));
             session.retained_feeds.push_back(RetainedFeed {
                 messages: messages.into_iter(),
                 granted,
