@@ -47,12 +47,8 @@ fn errors_name_file_line_and_option_and_nothing_starts() {
             "missing.conf".into(),
         ),
         (
-            format!("listener {port} 127.0.0.1\nprotocol websockets\n"),
-            "not supported yet: protocol websockets".into(),
-        ),
-        (
-            format!("listener {port} 127.0.0.1\ncertfile /c.pem\nkeyfile /k.pem\n"),
-            "not supported yet: TLS".into(),
+            format!("listener {port} 127.0.0.1\ncertfile /no/c.pem\nkeyfile /no/k.pem\n"),
+            "/no/c.pem".into(),
         ),
     ];
     for (text, expected) in cases {
