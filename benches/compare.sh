@@ -13,6 +13,9 @@
 #                           [--duration SECS] [--clients N] [SCENARIO...]
 #   --quick       short runs (1 s, 100,000 messages for qos1-1m, 500 idle clients): a smoke test
 #   --out FILE    also write the table (markdown) to FILE
+#   --tls         every client speaks TLS: ours and mosquitto with the same certificate (made
+#                 here with openssl, valid two days); default scenarios one2one-q0/q1 and
+#                 fanout-q0/q1. Ours takes the listener from `-c FILE` (mosquitto.conf syntax)
 #   SCENARIO      names or groups as mqtt-bench takes them (default: all)
 # environment:
 #   BENCH_PORT_BASE   first of four loopback ports used (default: a free base from 20000-29990)
@@ -30,12 +33,14 @@ OURS="$ROOT/target/release/mqtt-broker"
 
 QUICK=()
 OUT=""
+TLS=""
 BROKERS=(ours mosquitto rumqttd)
 SCENARIOS=()
 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=(--quick) ;;
+        --tls) TLS=1 ;;
         --out) OUT=${2:?--out needs a file}; shift ;;
         --brokers) read -r -a BROKERS <<<"${2:?--brokers needs a list}"; shift ;;
         --duration) EXTRA+=(--duration "${2:?}"); shift ;;
@@ -48,6 +53,11 @@ while [ $# -gt 0 ]; do
 done
 
 OURS_ENV=${OURS_ENV:-}
+
+# TLS runs compare the two brokers configured here for it, on the scenarios the issue names.
+if [ -n "$TLS" ]; then
+    [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(one2one-q0 one2one-q1 fanout-q0 fanout-q1)
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mqtt-compare.XXXXXX")
 BROKER_PID=""
@@ -160,6 +170,28 @@ RUMQTTD_V5_PORT=$((BASE + 3))
 
 # --- configurations ---------------------------------------------------------------------------
 
+# TLS: one CA and one server certificate for localhost (EC P-256), shared by both brokers.
+TLS_CONF=""
+if [ -n "$TLS" ]; then
+    UNAVAILABLE[rumqttd]="not configured for TLS in this script"
+    T="$WORK/tls"
+    mkdir -p "$T"
+    {
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -keyout "$T/ca.key" -out "$T/ca.pem" -subj "/CN=compare.sh CA" \
+            -addext "basicConstraints=critical,CA:true" -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout "$T/server.key" -out "$T/server.csr" -subj "/CN=localhost" &&
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$T/ext" &&
+        openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" \
+            -CAcreateserial -days 2 -extfile "$T/ext" -out "$T/server.pem"
+    } >"$WORK/openssl.log" 2>&1 || { echo "compare.sh: openssl could not make certificates" >&2; exit 1; }
+    TLS_CONF="certfile $T/server.pem
+keyfile $T/server.key"
+    EXTRA+=(--tls-ca "$T/ca.pem")
+    printf 'listener %s 127.0.0.1\n%s\n' "${PORT[ours]}" "$TLS_CONF" >"$WORK/ours.conf"
+fi
+
 cat >"$WORK/mosquitto.conf" <<EOF
 listener ${PORT[mosquitto]} 127.0.0.1
 allow_anonymous true
@@ -169,6 +201,7 @@ max_queued_bytes 0
 max_inflight_messages 0
 max_inflight_bytes 0
 set_tcp_nodelay true
+$TLS_CONF
 EOF
 
 # rumqttd 0.20 (rumqttd.toml): a router, a v4 and a v5 server; no console or metrics listener.
@@ -212,8 +245,13 @@ start_broker() {
     # OURS_ENV is split on purpose: it holds NAME=value words for env.
     # shellcheck disable=SC2086
     case "$broker" in
-        ours) env SOCKET_ADDR="127.0.0.1:$port" RUST_LOG="${OURS_LOG:-info}" $OURS_ENV "$OURS" \
-                >>"$WORK/ours.log" 2>&1 & ;;
+        ours) if [ -n "$TLS" ]; then
+                  env SOCKET_ADDR="127.0.0.1:$RUMQTTD_V5_PORT" RUST_LOG="${OURS_LOG:-info}" $OURS_ENV \
+                      "$OURS" -c "$WORK/ours.conf" >>"$WORK/ours.log" 2>&1 &
+              else
+                  env SOCKET_ADDR="127.0.0.1:$port" RUST_LOG="${OURS_LOG:-info}" $OURS_ENV "$OURS" \
+                      >>"$WORK/ours.log" 2>&1 &
+              fi ;;
         mosquitto) "$MOSQUITTO" -c "$WORK/mosquitto.conf" >>"$WORK/mosquitto.log" 2>&1 & ;;
         rumqttd) "$RUMQTTD" -q -c "$WORK/rumqttd.toml" >>"$WORK/rumqttd.log" 2>&1 & ;;
     esac
@@ -369,6 +407,9 @@ table() {
         echo "$row"
     done
     echo
+    if [ -n "$TLS" ]; then
+        echo "Every client over TLS (mqtt-bench's rustls client), both brokers with the same EC P-256 certificate."
+    fi
     echo "msg/s: messages delivered per second, from the first publish to the last delivery."
     echo "p99: 99th percentile latency, from the send timestamp in the payload to its arrival."
     echo "peak RSS: the broker's VmHWM at the end of the scenario (each scenario starts a fresh broker)."

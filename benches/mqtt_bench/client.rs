@@ -1,5 +1,5 @@
-//! One benchmark connection before and after its traffic: TCP connect, CONNECT and CONNACK,
-//! SUBSCRIBE and SUBACK, and the DISCONNECT that ends it.
+//! One benchmark connection before and after its traffic: TCP connect (and the TLS handshake
+//! with `--tls-ca`), CONNECT and CONNACK, SUBSCRIBE and SUBACK, and the DISCONNECT that ends it.
 //!
 //! Owns: the handshakes, each bounded by the socket timeouts set here. Must not: start
 //! threads or carry traffic (`reader` and `writer` do), or panic on what a broker sends.
@@ -7,7 +7,10 @@
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::num::NonZeroU16;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use mqtt_broker::transport::{split_tls, Halves, ReadHalf, WriteHalf};
 
 use mqtt_broker::mqtt::{
     read_packet, ConnectProperties, DecodeError, Disconnect, Packet, ProtocolVersion, QoS,
@@ -20,6 +23,34 @@ pub const VERSION: ProtocolVersion = ProtocolVersion::V3_1_1;
 pub const MAX_PACKET: usize = 1 << 20;
 /// Read buffer of a traffic connection: many small PUBLISH per `read` call.
 pub const READ_BUFFER: usize = 64 * 1024;
+
+/// The TLS client settings, when the run speaks TLS (`--tls-ca`); set once by `main`.
+static TLS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+
+/// Makes every traffic connection of this process speak TLS, trusting the CA in `ca_file`.
+pub fn use_tls(ca_file: &str) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| format!("{ca_file}: {e}"))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{ca_file}: {e}"))?;
+        roots.add(cert).map_err(|e| format!("{ca_file}: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let _ = TLS.set(Arc::new(config));
+    Ok(())
+}
+
+/// Whether traffic connections speak TLS.
+pub fn tls_enabled() -> bool {
+    TLS.get().is_some()
+}
 
 /// Opens a TCP connection with Nagle off and both socket timeouts set to `timeout`, so that
 /// no later read or write on it can block for longer.
@@ -86,21 +117,43 @@ pub fn expect_connack<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), 
     }
 }
 
-/// A connected traffic client: the socket, and the buffered reader the reader thread takes
-/// over (it may already hold bytes that followed the handshake).
+/// A connected traffic client: the writer's half, the buffered reader the reader thread takes
+/// over (it may already hold bytes that followed the handshake), and the socket itself for
+/// timeouts and shutdown. Over plain TCP both halves are the socket; over TLS they share one
+/// rustls session as the broker's own TLS transport does (`mqtt_broker::transport`).
 pub struct Connection {
-    pub stream: TcpStream,
-    pub reader: BufReader<TcpStream>,
+    pub stream: Box<dyn WriteHalf>,
+    pub reader: BufReader<Box<dyn ReadHalf>>,
+    pub socket: TcpStream,
     buf: Vec<u8>,
+}
+
+/// The two halves of `socket`, after a TLS handshake when the run speaks TLS.
+fn halves(socket: &TcpStream) -> Result<Halves, String> {
+    let shared = Arc::new(
+        socket
+            .try_clone()
+            .map_err(|e| format!("socket clone: {e}"))?,
+    );
+    let Some(config) = TLS.get() else {
+        return Ok(mqtt_broker::transport::split_tcp(shared));
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
+    let mut conn =
+        rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| format!("TLS: {e}"))?;
+    let mut sock = &*shared;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock)
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+    }
+    Ok(split_tls(conn, shared))
 }
 
 impl Connection {
     /// Connects and completes the MQTT handshake.
     pub fn establish(addr: SocketAddr, client_id: &str, timeout: Duration) -> Result<Self, String> {
-        let mut stream = open(addr, timeout)?;
-        let read_half = stream
-            .try_clone()
-            .map_err(|e| format!("socket clone: {e}"))?;
+        let socket = open(addr, timeout)?;
+        let (read_half, mut stream) = halves(&socket)?;
         let mut out = Vec::new();
         encode_connect(&mut out, client_id, 60);
         stream
@@ -109,6 +162,7 @@ impl Connection {
         let mut connection = Connection {
             stream,
             reader: BufReader::with_capacity(READ_BUFFER, read_half),
+            socket,
             buf: Vec::new(),
         };
         expect_connack(&mut connection.reader, &mut connection.buf)

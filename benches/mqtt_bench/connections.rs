@@ -48,6 +48,11 @@ struct Opened {
 
 pub fn run(options: &Options, run_id: &str) -> Line {
     let mut line = Line::new("connections", &options.label);
+    if crate::client::tls_enabled() {
+        line.problems
+            .push("the connections scenario speaks plain TCP only (no --tls-ca)".into());
+        return line;
+    }
     let limit = procstat::open_files_limit().unwrap_or(1024);
     let wanted = options.clients as u64;
     let clients = wanted.min(limit.saturating_sub(FD_RESERVE)) as usize;

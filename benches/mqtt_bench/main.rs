@@ -58,6 +58,12 @@ fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
+    if let Some(ca) = &options.tls_ca {
+        if let Err(e) = client::use_tls(ca) {
+            eprintln!("mqtt-bench: --tls-ca {e}");
+            return ExitCode::from(2);
+        }
+    }
     let scenarios = match scenario::select(&options, &options.scenarios) {
         Ok(scenarios) => scenarios,
         Err(e) => {

@@ -29,6 +29,8 @@ options:
   --stall SECS       no progress for this long ends a run as stalled       (5)
   --timeout SECS     hard limit of one scenario   (duration + 60, or 300 for counts)
   --quick            short runs for a smoke test: 1 s, 100000 messages, 500 clients
+  --tls-ca FILE      speak TLS (rustls), trusting the CA in FILE (PEM); the broker's
+                     certificate must name localhost. Not for the connections scenario
   --label NAME       broker name written into each result line
   --json             one JSON object per result line
   --kv               one key=value line per result (for scripts)
@@ -61,6 +63,8 @@ pub struct Options {
     /// `None`: derived from the scenario.
     pub timeout: Option<Duration>,
     pub label: String,
+    /// `--tls-ca`: speak TLS, trusting this CA file.
+    pub tls_ca: Option<String>,
     pub format: Format,
     pub list: bool,
     pub help: bool,
@@ -82,6 +86,7 @@ impl Default for Options {
             stall: Duration::from_secs(5),
             timeout: None,
             label: String::new(),
+            tls_ca: None,
             format: Format::Text,
             list: false,
             help: false,
@@ -118,6 +123,7 @@ impl Options {
                 "--stall" => options.stall = seconds(&value("--stall")?, "--stall")?,
                 "--timeout" => options.timeout = Some(seconds(&value("--timeout")?, "--timeout")?),
                 "--label" => options.label = value("--label")?,
+                "--tls-ca" => options.tls_ca = Some(value("--tls-ca")?),
                 "--json" => options.format = Format::Json,
                 "--kv" => options.format = Format::Kv,
                 "--list" => options.list = true,

@@ -7,7 +7,6 @@
 //! unexpected ends the thread with an error in its `ReaderEnd`.
 
 use std::io::BufReader;
-use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,6 +18,7 @@ use crate::payload;
 use crate::tally::Tally;
 use crate::traffic::{Backlog, Counters};
 use crate::writer::ToWriter;
+use mqtt_broker::transport::ReadHalf;
 
 /// How a reader ended.
 pub struct ReaderEnd {
@@ -28,7 +28,7 @@ pub struct ReaderEnd {
 }
 
 pub struct Reader {
-    pub input: BufReader<TcpStream>,
+    pub input: BufReader<Box<dyn ReadHalf>>,
     pub to_writer: Sender<ToWriter>,
     pub counters: Arc<Counters>,
     pub backlog: Arc<Backlog>,

@@ -197,7 +197,7 @@ fn connect_all(
     // (a QoS 0 publisher hears nothing) from timing out, and any read from hanging forever.
     for connection in &connections {
         let _ = connection
-            .stream
+            .socket
             .set_read_timeout(Some(Duration::from_secs(600)));
     }
     Ok(connections)

@@ -118,9 +118,14 @@ impl TrafficClient {
     ) -> Self {
         let counters = Arc::new(Counters::default());
         let (to_writer, inbox) = crossbeam_channel::unbounded();
-        let Connection { stream, reader, .. } = connection;
+        let Connection {
+            stream,
+            reader,
+            socket: writer_socket,
+            ..
+        } = connection;
         let mut spawn_error = None;
-        let socket = match stream.try_clone() {
+        let socket = match writer_socket.try_clone() {
             Ok(socket) => socket,
             Err(e) => {
                 spawn_error = Some(format!("socket clone: {e}"));
@@ -128,7 +133,7 @@ impl TrafficClient {
                 return TrafficClient {
                     counters,
                     to_writer,
-                    socket: stream,
+                    socket: writer_socket,
                     reader: None,
                     writer: None,
                     spawn_error,
@@ -143,6 +148,7 @@ impl TrafficClient {
         };
         let writer = Writer {
             stream,
+            socket: writer_socket,
             inbox,
             publishing,
             counters: Arc::clone(&counters),

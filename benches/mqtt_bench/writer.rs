@@ -8,6 +8,8 @@
 
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
+
+use mqtt_broker::transport::WriteHalf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,7 +70,9 @@ pub struct WriterEnd {
 }
 
 pub struct Writer {
-    pub stream: TcpStream,
+    pub stream: Box<dyn WriteHalf>,
+    /// The socket, to end the connection with a half close after DISCONNECT.
+    pub socket: TcpStream,
     pub inbox: Receiver<ToWriter>,
     pub publishing: Option<Publishing>,
     pub counters: Arc<Counters>,
@@ -256,7 +260,7 @@ impl Writer {
                 encode_disconnect(&mut out);
                 // The broker may already be gone; the run is ending either way.
                 let _ = self.stream.write_all(&out);
-                let _ = self.stream.shutdown(Shutdown::Write);
+                let _ = self.socket.shutdown(Shutdown::Write);
                 break None;
             }
             if Instant::now() >= self.deadline {

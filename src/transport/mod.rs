@@ -188,6 +188,21 @@ impl Reloader {
     }
 }
 
+/// A connection's read half and write half, for clients of our own.
+pub type Halves = (Box<dyn ReadHalf>, Box<dyn WriteHalf>);
+
+/// The two halves of a plain TCP connection (for clients of our own, such as the benchmark).
+pub fn split_tcp(socket: Arc<TcpStream>) -> Halves {
+    let transport = tcp::transport(socket);
+    (transport.input, transport.output.write)
+}
+
+/// Splits a TLS connection (server or client side) whose handshake is done into the two halves
+/// the reader and writer threads use: the broker's TLS transport, and the benchmark's client.
+pub fn split_tls(conn: impl Into<rustls::Connection>, socket: Arc<TcpStream>) -> Halves {
+    tls::split(conn.into(), socket)
+}
+
 fn annotate(e: io::Error, what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what} failed: {e}"))
 }

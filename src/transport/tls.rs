@@ -21,14 +21,15 @@ use log::warn;
 use parking_lot::Mutex;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection, SupportedCipherSuite};
+use rustls::{Connection, RootCertStore, ServerConfig, ServerConnection, SupportedCipherSuite};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use super::{certificate, Output, ReadHalf, Transport, Waker, WriteHalf};
 use crate::config::TlsSettings;
 
-/// Ciphertext read from the socket at a time, before rustls sees it.
+/// Ciphertext read from the socket at a time, before rustls sees it (rustls takes 4 KiB at a
+/// time into its own buffer).
 const READ_CHUNK: usize = 8 * 1024;
 /// An encryption buffer grown beyond this by a burst is given back afterwards.
 const KEEP_OUT: usize = 32 * 1024;
@@ -87,22 +88,11 @@ impl TlsAcceptor {
             }
         }
         let certificate_username = self.username(&conn)?;
-        let session = Arc::new(Mutex::new(conn));
+        let (input, write) = split(conn.into(), Arc::clone(&socket));
         Ok(Transport {
-            input: Box::new(TlsRead {
-                session: Arc::clone(&session),
-                socket: Arc::clone(&socket),
-                raw: vec![0; READ_CHUNK].into_boxed_slice(),
-                start: 0,
-                end: 0,
-                waker: None,
-            }),
+            input,
             output: Output {
-                write: Box::new(TlsWrite {
-                    session,
-                    socket: Arc::clone(&socket),
-                    out: Vec::new(),
-                }),
+                write,
                 link: socket,
             },
             certificate_username,
@@ -128,6 +118,26 @@ impl TlsAcceptor {
             None => Err(invalid("the client certificate has no common name")),
         }
     }
+}
+
+/// The two halves of a TLS connection whose handshake is done, sharing its session.
+pub(super) fn split(
+    conn: Connection,
+    socket: Arc<TcpStream>,
+) -> (Box<dyn ReadHalf>, Box<dyn WriteHalf>) {
+    let session = Arc::new(Mutex::new(conn));
+    let input = Box::new(TlsRead {
+        session: Arc::clone(&session),
+        socket: Arc::clone(&socket),
+        leftover: Vec::new(),
+        waker: None,
+    });
+    let output = Box::new(TlsWrite {
+        session,
+        socket,
+        out: Vec::new(),
+    });
+    (input, output)
 }
 
 fn remaining(deadline: Instant) -> io::Result<Duration> {
@@ -328,12 +338,10 @@ fn openssl_to_iana(name: &str) -> String {
 
 /// The reader thread's half: ciphertext in, plaintext out.
 struct TlsRead {
-    session: Arc<Mutex<ServerConnection>>,
+    session: Arc<Mutex<Connection>>,
     socket: Arc<TcpStream>,
-    /// Ciphertext read but not yet given to rustls: `raw[start..end]`.
-    raw: Box<[u8]>,
-    start: usize,
-    end: usize,
+    /// Ciphertext read but not yet given to rustls (rarely any: see `feed`).
+    leftover: Vec<u8>,
     waker: Option<Waker>,
 }
 
@@ -343,47 +351,71 @@ impl Read for TlsRead {
             return Ok(0);
         }
         loop {
-            {
-                let mut conn = self.session.lock();
-                match conn.reader().read(buf) {
-                    // Ok(0): the peer's close_notify.
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-                if self.start < self.end {
-                    let fed = conn.read_tls(&mut &self.raw[self.start..self.end]);
-                    let processed = fed.and_then(|n| {
-                        self.start += n;
-                        conn.process_new_packets().map_err(invalid)
-                    });
-                    let wants_write = conn.wants_write();
-                    drop(conn);
-                    if wants_write {
-                        if let Some(wake) = &self.waker {
-                            wake();
-                        }
-                    }
-                    processed?;
-                    continue;
-                }
+            let mut conn = self.session.lock();
+            match conn.reader().read(buf) {
+                // Ok(0): the peer's close_notify.
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
             }
-            // Nothing buffered: wait for the socket, without the lock.
-            let n = (&*self.socket).read(&mut self.raw)?;
-            self.start = 0;
-            self.end = n;
+            if !self.leftover.is_empty() {
+                let leftover = std::mem::take(&mut self.leftover);
+                let fed = feed(&mut conn, &leftover, &mut self.leftover);
+                self.wake_if_output(conn);
+                fed?;
+                continue;
+            }
+            drop(conn);
+            // Nothing buffered: wait for the socket, without the lock. On the stack, whose
+            // pages the handshake has touched already, rather than a buffer per connection.
+            let mut chunk = [0u8; READ_CHUNK];
+            let n = (&*self.socket).read(&mut chunk)?;
+            let mut conn = self.session.lock();
             if n == 0 {
-                // Tells rustls the peer has gone: the next plaintext read says how (a clean
+                // Tells rustls the peer has gone: the plaintext read says how (a clean
                 // close_notify reads as 0, a cut connection as UnexpectedEof).
-                let mut conn = self.session.lock();
                 let _ = conn.read_tls(&mut io::empty());
                 return match conn.reader().read(buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
                     other => other,
                 };
             }
+            let fed = feed(&mut conn, &chunk[..n], &mut self.leftover);
+            self.wake_if_output(conn);
+            fed?;
         }
     }
+}
+
+impl TlsRead {
+    /// Releases the lock, and has the writer send what reading made rustls want to send.
+    fn wake_if_output(&self, conn: parking_lot::MutexGuard<'_, Connection>) {
+        let wants_write = conn.wants_write();
+        drop(conn);
+        if wants_write {
+            if let Some(wake) = &self.waker {
+                wake();
+            }
+        }
+    }
+}
+
+/// Gives `bytes` to rustls, stopping once it has plaintext ready: the rest goes to `leftover`,
+/// fed after that plaintext has been read, which keeps rustls's received-plaintext buffer
+/// within its limit.
+fn feed(conn: &mut Connection, mut bytes: &[u8], leftover: &mut Vec<u8>) -> io::Result<()> {
+    while !bytes.is_empty() {
+        if conn.read_tls(&mut bytes)? == 0 {
+            // rustls takes nothing more once it has seen the peer's close_notify.
+            return Err(invalid("data after close_notify"));
+        }
+        let state = conn.process_new_packets().map_err(invalid)?;
+        if state.plaintext_bytes_to_read() > 0 && !bytes.is_empty() {
+            leftover.extend_from_slice(bytes);
+            break;
+        }
+    }
+    Ok(())
 }
 
 impl ReadHalf for TlsRead {
@@ -398,7 +430,7 @@ impl ReadHalf for TlsRead {
 
 /// The writer thread's half: plaintext in, ciphertext to the socket.
 struct TlsWrite {
-    session: Arc<Mutex<ServerConnection>>,
+    session: Arc<Mutex<Connection>>,
     socket: Arc<TcpStream>,
     /// Ciphertext made under the lock and written after it.
     out: Vec<u8>,
@@ -406,10 +438,7 @@ struct TlsWrite {
 
 impl TlsWrite {
     /// Encrypts (under the lock) what `fill` gives, plus anything rustls has waiting.
-    fn seal<T>(
-        &mut self,
-        fill: impl FnOnce(&mut ServerConnection) -> io::Result<T>,
-    ) -> io::Result<T> {
+    fn seal<T>(&mut self, fill: impl FnOnce(&mut Connection) -> io::Result<T>) -> io::Result<T> {
         let mut conn = self.session.lock();
         let result = fill(&mut conn)?;
         while conn.wants_write() {
