@@ -54,8 +54,9 @@ pub(crate) fn decode(
 ) -> Result<Ack, DecodeError> {
     let mut r = Reader::new(body);
     // A packet id of 0 is a Protocol Error in an acknowledgement, as mosquitto answers it.
-    let packet_id = PacketId::new(r.u16()?)
-        .ok_or(DecodeError::Protocol("[MQTT-2.3.1-1] packet identifier is 0"))?;
+    let packet_id = PacketId::new(r.u16()?).ok_or(DecodeError::Protocol(
+        "[MQTT-2.3.1-1] packet identifier is 0",
+    ))?;
     let mut ack = Ack::new(packet_id);
     if version.is_v5() && !r.is_empty() {
         // mosquitto answers a PUBREL reason it does not know with a Protocol Error.
@@ -165,8 +166,18 @@ mod tests {
                 b"\x40\x03\x00\x01\x00",
                 Want::Malformed,
             ),
-            ("pubrel flags 0", &[V3_1_1, V5], b"\x60\x02\x00\x01", Want::Malformed),
-            ("puback flags 2", &[V3_1_1, V5], b"\x42\x02\x00\x01", Want::Malformed),
+            (
+                "pubrel flags 0",
+                &[V3_1_1, V5],
+                b"\x60\x02\x00\x01",
+                Want::Malformed,
+            ),
+            (
+                "puback flags 2",
+                &[V3_1_1, V5],
+                b"\x42\x02\x00\x01",
+                Want::Malformed,
+            ),
             (
                 "5.0 reason only",
                 v5,

@@ -301,7 +301,12 @@ mod tests {
                 Want::Exact(with_id),
             ),
             ("no filter", &[V3_1_1], b"\x82\x02\x00\x01", Want::Malformed),
-            ("5.0 no filter", v5, b"\x82\x03\x00\x01\x00", Want::Malformed),
+            (
+                "5.0 no filter",
+                v5,
+                b"\x82\x03\x00\x01\x00",
+                Want::Malformed,
+            ),
             (
                 "flags 0",
                 &[V3_1_1],
@@ -476,7 +481,12 @@ mod tests {
                 Want::Malformed,
             ),
             ("packet id 0", v3, b"\x90\x03\x00\x00\x00", Want::Malformed),
-            ("flags 2", &[V3_1_1], b"\x92\x03\x00\x01\x00", Want::Malformed),
+            (
+                "flags 2",
+                &[V3_1_1],
+                b"\x92\x03\x00\x01\x00",
+                Want::Malformed,
+            ),
         ];
         for (name, versions, bytes, want) in cases {
             check(name, versions, bytes, &want);

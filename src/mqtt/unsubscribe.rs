@@ -176,8 +176,18 @@ mod tests {
                 Want::Exact(Packet::Unsubscribe(with_user)),
             ),
             ("no filter", &[V3_1_1], b"\xA2\x02\x00\x02", Want::Malformed),
-            ("5.0 no filter", v5, b"\xA2\x03\x00\x02\x00", Want::Malformed),
-            ("flags 0", &[V3_1_1], b"\xA0\x05\x00\x02\x00\x01a", Want::Malformed),
+            (
+                "5.0 no filter",
+                v5,
+                b"\xA2\x03\x00\x02\x00",
+                Want::Malformed,
+            ),
+            (
+                "flags 0",
+                &[V3_1_1],
+                b"\xA0\x05\x00\x02\x00\x01a",
+                Want::Malformed,
+            ),
             (
                 "packet id 0",
                 v3,
