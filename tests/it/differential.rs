@@ -437,9 +437,7 @@ fn split_packet(bytes: &[u8]) -> Option<usize> {
     }
     let mut remaining = 0usize;
     for i in 0..4 {
-        let Some(&b) = bytes.get(1 + i) else {
-            return None;
-        };
+        let &b = bytes.get(1 + i)?;
         remaining |= usize::from(b & 0x7F) << (7 * i);
         if b & 0x80 == 0 {
             let len = 2 + i + remaining;
