@@ -22,6 +22,9 @@
 //! variable byte integer), so a packet reads `30[ 'top@@@@' "payload" ]`. `x*N` repeats the
 //! string x N times inside quotes (`"a"*70000`). Every `@@@@` sent is replaced by a tag unique to
 //! the case, so cases share one broker without sharing client ids or topics.
+//!
+//! `DIFFERENTIAL_CASE=part-of-a-name` plays only the matching cases; `DIFFERENTIAL_SHOW=1`
+//! also prints what mosquitto answers to each (a copy played with its own tag).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -554,6 +557,10 @@ fn answers_match_mosquitto() {
                     .is_some_and(|o| !case.name.contains(o.as_str()))
                 {
                     continue;
+                }
+                if std::env::var_os("DIFFERENTIAL_SHOW").is_some() {
+                    let seen = play(case, mosquitto.addr, &tag(i, run), QUIET);
+                    eprintln!("{} (mosquitto):\n{}", case.name, describe(&seen));
                 }
                 let mut outcome = None;
                 // A difference is played again with a longer silence, to rule out a slow
