@@ -70,12 +70,13 @@ impl QueueActor {
                     }));
                     return;
                 }
-                // [MQTT-4.3.3-2] Deliver once: a resent PUBLISH whose id awaits PUBREL is
-                // only acknowledged again; resent a second time, it ends the connection as
-                // mosquitto 2.0 ends it (a client that never sends PUBREL).
+                // [MQTT-4.3.3-2] Deliver once: the message waits for its PUBREL and is routed
+                // then (method B of 4.3.3, as mosquitto delivers it). A resent PUBLISH whose
+                // id awaits PUBREL is only acknowledged again; resent a second time, it ends the
+                // connection as mosquitto 2.0 ends it (a client that never sends PUBREL).
                 if first {
                     session.incoming_qos2.insert(packet_id);
-                    self.route(from.slot, message);
+                    session.incoming_qos2_held.insert(packet_id, message);
                 } else if !session.incoming_qos2_resent.insert(packet_id) {
                     warn!(
                         "client {}: QoS 2 PUBLISH {packet_id} resent again before PUBREL",
@@ -88,6 +89,7 @@ impl QueueActor {
                     return;
                 }
                 // PUBREC says success whether or not anyone subscribed, as from mosquitto.
+                self.congested.clear();
                 self.acknowledge(from.slot, AckKind::PubRec, packet_id, ReasonCode::Success);
             }
             (_, None) => debug!("PUBLISH with QoS > 0 and no packet id cannot be decoded"),
@@ -316,13 +318,21 @@ impl QueueActor {
         };
         if kind == AckKind::PubRel {
             for &packet_id in packet_ids {
-                // An unknown id is answered with a plain PUBCOMP too, as mosquitto answers it
-                // (0x92 would be allowed; the client only needs its flow closed).
+                let Some(session) = attached(&mut self.sessions, from) else {
+                    return;
+                };
                 session.incoming_qos2.remove(&packet_id);
                 session.incoming_qos2_resent.remove(&packet_id);
-                let _ = online
-                    .writer
-                    .send(Outbound::Ack(AckKind::PubComp, packet_id));
+                // The released message goes out now, then PUBCOMP (held while it fills
+                // congested queues, as PUBACK is). An unknown id is answered with a plain
+                // PUBCOMP too, as mosquitto answers it (0x92 would be allowed).
+                match session.incoming_qos2_held.remove(&packet_id) {
+                    Some(message) => {
+                        self.route(from.slot, message);
+                    }
+                    None => self.congested.clear(),
+                }
+                self.acknowledge(from.slot, AckKind::PubComp, packet_id, ReasonCode::Success);
             }
             return;
         }
