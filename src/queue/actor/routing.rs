@@ -376,7 +376,7 @@ impl QueueActor {
 
 /// Topics a client may not publish to under mosquitto's default access rules: `$SYS` (but
 /// for a bridge's `$SYS/broker/connection/{name}/state`) and `$share`.
-fn publish_denied(topic: &str) -> bool {
+pub(super) fn publish_denied(topic: &str) -> bool {
     if topic.starts_with("$share/") || topic == "$share" {
         return true;
     }
