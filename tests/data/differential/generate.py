@@ -532,6 +532,11 @@ case(f, f"{p}-flow-user-properties-order-kept", sub_ready(v, "s", T + "/#", 0), 
 case(f, f"{p}-flow-response-topic-and-correlation", sub_ready(v, "s", T + "/#", 0), con(v),
      f"a send {publish(v, T + '/q', 'x', pprops='08 0005 722f616263 09 0002 0102')}", "s expect")
 
+case(f, f"{p}-flow-properties-in-sent-order", sub_ready(v, "s", T + "/#", 0), con(v),
+     f"a send {publish(v, T + '/o', 'x', pprops='26 0001 6b 0001 76 03 0002 6374 01 01 09 0001 07 08 0003 722f72')}", "s expect")
+case(f, f"{p}-flow-will-properties-in-sent-order", sub_ready(v, "s", T + "/#", 0),
+     con(v, "a", will=(T + "/w", "gone", 0, 0, "26 0001 6b 0001 76 03 0002 6374 01 01")), "a close", "s expect")
+
 # 3.1-specific
 f = "v31_connect"
 case(f, "v31-connect-id-long-accepted", con(V31, cid="abcdefghijklmnopqrstuvwxyz0123@@@@"))
