@@ -47,6 +47,8 @@ enum Target {
 #[derive(Clone, Copy)]
 struct Match {
     slot: u32,
+    /// Position in the subscription tree's order, which a client's copies keep.
+    seq: u32,
     qos: QoS,
     retain_as_published: bool,
     identifier: Option<u32>,

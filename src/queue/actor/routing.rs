@@ -122,6 +122,7 @@ impl QueueActor {
                         }
                         matches.push(Match {
                             slot,
+                            seq: matches.len() as u32,
                             qos: options.qos,
                             retain_as_published: options.retain_as_published,
                             identifier: subscription.identifier,
@@ -144,6 +145,7 @@ impl QueueActor {
             if let Some((slot, subscription)) = picked {
                 matches.push(Match {
                     slot,
+                    seq: matches.len() as u32,
                     qos: subscription.options.qos,
                     retain_as_published: subscription.options.retain_as_published,
                     identifier: subscription.identifier,
@@ -153,8 +155,9 @@ impl QueueActor {
         // Overlapping subscriptions of a 3.1/3.1.1 client get one copy, at the highest QoS
         // [MQTT-3.3.5-1]. An MQTT 5 client gets one copy per matching subscription, each with
         // its own QoS and identifier, in the order of the subscription tree: 5.0 3.3.4 allows
-        // it [MQTT-3.3.4-5], and it is what mosquitto sends. (Stable sort: that order stays.)
-        matches.sort_by_key(|m| m.slot);
+        // it [MQTT-3.3.4-5], and it is what mosquitto sends. (`seq` keeps that order without
+        // a stable sort's buffer.)
+        matches.sort_unstable_by_key(|m| (m.slot, m.seq));
         let mut matched = 0;
         let mut start = 0;
         while start < matches.len() {
