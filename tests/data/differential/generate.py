@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the differential exchanges (*.txt beside this script) played by tests/it/differential.rs.
+"""Writes the differential exchanges (*.txt beside this script) played by tests/it/differential/.
 
 The exchanges are data; this script only saves typing: it spells packets in the harness's byte
 language (hex, 'mqtt string', "raw", [ length-prefixed ]) for each protocol version. Edit it and
