@@ -33,7 +33,8 @@ pub use error::DecodeError;
 pub use frame::{decode_packet, read_client_packet, read_packet};
 pub use properties::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
-    PublishProperties, SubscribeProperties, UnsubscribeProperties, UserProperties, WillProperties,
+    PropertyOrder, PublishProperties, SubscribeProperties, UnsubscribeProperties, UserProperties,
+    WillProperties,
 };
 pub use publish::{encode_publish, PublishView};
 pub use reason::ReasonCode;

@@ -38,6 +38,95 @@ pub struct WillProperties {
     pub response_topic: Option<String>,
     pub correlation_data: Option<Vec<u8>>,
     pub user: UserProperties,
+    /// The order the message's own properties came in, passed on with the will.
+    pub order: PropertyOrder,
+}
+
+/// The order in which a message's own properties (payload format, content type, response
+/// topic, correlation data, user properties) arrived, so that they are forwarded in it, as
+/// mosquitto forwards them. Empty for a message built here: then a fixed order is used.
+/// Ignored by `==`: two messages with the same properties are equal in any order.
+#[derive(Debug, Clone, Default)]
+pub struct PropertyOrder(Vec<u8>);
+
+impl PartialEq for PropertyOrder {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for PropertyOrder {}
+
+impl PropertyOrder {
+    /// Notes a property as it is decoded; only the message's own properties count.
+    fn note(&mut self, id: u8) {
+        if matches!(
+            id,
+            id::PAYLOAD_FORMAT_INDICATOR
+                | id::CONTENT_TYPE
+                | id::RESPONSE_TOPIC
+                | id::CORRELATION_DATA
+                | id::USER_PROPERTY
+        ) {
+            self.0.push(id);
+        }
+    }
+}
+
+/// Feeds a message's own properties to `s`: in the order they arrived (`order`), then any not
+/// covered by it in a fixed order.
+fn own_properties<S: Sink>(
+    s: &mut S,
+    order: &PropertyOrder,
+    payload_format: Option<u8>,
+    content_type: &Option<String>,
+    response_topic: &Option<String>,
+    correlation_data: &Option<Vec<u8>>,
+    user: &UserProperties,
+) {
+    let mut done = [false; 4];
+    let mut users = user.iter();
+    for &id in &order.0 {
+        match id {
+            id::PAYLOAD_FORMAT_INDICATOR if !done[0] => {
+                opt_byte(s, id, payload_format);
+                done[0] = true;
+            }
+            id::CONTENT_TYPE if !done[1] => {
+                opt_string(s, id, content_type);
+                done[1] = true;
+            }
+            id::RESPONSE_TOPIC if !done[2] => {
+                opt_string(s, id, response_topic);
+                done[2] = true;
+            }
+            id::CORRELATION_DATA if !done[3] => {
+                opt_binary(s, id, correlation_data);
+                done[3] = true;
+            }
+            id::USER_PROPERTY => {
+                if let Some((name, value)) = users.next() {
+                    s.pair(id, name, value);
+                }
+            }
+            _ => {}
+        }
+    }
+    if !done[0] {
+        opt_byte(s, id::PAYLOAD_FORMAT_INDICATOR, payload_format);
+    }
+    if !done[1] {
+        opt_string(s, id::CONTENT_TYPE, content_type);
+    }
+    if !done[2] {
+        opt_string(s, id::RESPONSE_TOPIC, response_topic);
+    }
+    if !done[3] {
+        opt_binary(s, id::CORRELATION_DATA, correlation_data);
+    }
+    for (name, value) in users {
+        s.pair(id::USER_PROPERTY, name, value);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -72,6 +161,8 @@ pub struct PublishProperties {
     /// May repeat on delivery to a client; never sent by a client (a protocol error).
     pub subscription_identifiers: Vec<u32>,
     pub content_type: Option<String>,
+    /// The order the message's own properties came in, kept for forwarding.
+    pub order: PropertyOrder,
 }
 
 /// PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK and UNSUBACK carry only these.
@@ -496,12 +587,27 @@ impl Properties for WillProperties {
         let mut p = Self::default();
         read_properties(r, |prop| match prop {
             WillDelayInterval(v) => once(&mut p.will_delay_interval, v),
-            PayloadFormatIndicator(v) => once(&mut p.payload_format_indicator, v),
+            PayloadFormatIndicator(v) => {
+                p.order.note(id::PAYLOAD_FORMAT_INDICATOR);
+                once(&mut p.payload_format_indicator, v)
+            }
+            ContentType(v) => {
+                p.order.note(id::CONTENT_TYPE);
+                once(&mut p.content_type, v.to_owned())
+            }
+            ResponseTopic(v) => {
+                p.order.note(id::RESPONSE_TOPIC);
+                once(&mut p.response_topic, v.to_owned())
+            }
+            CorrelationData(v) => {
+                p.order.note(id::CORRELATION_DATA);
+                once(&mut p.correlation_data, v.to_vec())
+            }
+            User(k, v) => {
+                p.order.note(id::USER_PROPERTY);
+                user(&mut p.user, k, v)
+            }
             MessageExpiryInterval(v) => once(&mut p.message_expiry_interval, v),
-            ContentType(v) => once(&mut p.content_type, v.to_owned()),
-            ResponseTopic(v) => once(&mut p.response_topic, v.to_owned()),
-            CorrelationData(v) => once(&mut p.correlation_data, v.to_vec()),
-            User(k, v) => user(&mut p.user, k, v),
             _ => not_allowed("property not valid in will properties (5.0 3.1.3.2)"),
         })?;
         Ok(p)
@@ -613,15 +719,15 @@ impl PublishProperties {
             subscription_identifier(s, v);
         }
         opt_two(s, id::TOPIC_ALIAS, alias.or(self.topic_alias));
-        opt_byte(
+        own_properties(
             s,
-            id::PAYLOAD_FORMAT_INDICATOR,
+            &self.order,
             self.payload_format_indicator,
+            &self.content_type,
+            &self.response_topic,
+            &self.correlation_data,
+            &self.user,
         );
-        opt_string(s, id::CONTENT_TYPE, &self.content_type);
-        opt_string(s, id::RESPONSE_TOPIC, &self.response_topic);
-        opt_binary(s, id::CORRELATION_DATA, &self.correlation_data);
-        users(s, &self.user);
         opt_four(
             s,
             id::MESSAGE_EXPIRY_INTERVAL,
@@ -647,12 +753,24 @@ impl Properties for PublishProperties {
         use Property::*;
         let mut p = Self::default();
         read_properties(r, |prop| match prop {
-            PayloadFormatIndicator(v) => once(&mut p.payload_format_indicator, v),
+            PayloadFormatIndicator(v) => {
+                p.order.note(id::PAYLOAD_FORMAT_INDICATOR);
+                once(&mut p.payload_format_indicator, v)
+            }
             MessageExpiryInterval(v) => once(&mut p.message_expiry_interval, v),
             TopicAlias(v) => once(&mut p.topic_alias, v),
-            ResponseTopic(v) => once(&mut p.response_topic, v.to_owned()),
-            CorrelationData(v) => once(&mut p.correlation_data, v.to_vec()),
-            User(k, v) => user(&mut p.user, k, v),
+            ResponseTopic(v) => {
+                p.order.note(id::RESPONSE_TOPIC);
+                once(&mut p.response_topic, v.to_owned())
+            }
+            CorrelationData(v) => {
+                p.order.note(id::CORRELATION_DATA);
+                once(&mut p.correlation_data, v.to_vec())
+            }
+            User(k, v) => {
+                p.order.note(id::USER_PROPERTY);
+                user(&mut p.user, k, v)
+            }
             // May repeat (one per matching subscription, server to client). A client sending
             // one is a Protocol Error [MQTT-3.3.4-6] that the broker checks: it knows the
             // direction, the codec does not.
@@ -660,7 +778,10 @@ impl Properties for PublishProperties {
                 p.subscription_identifiers.push(v);
                 Ok(())
             }
-            ContentType(v) => once(&mut p.content_type, v.to_owned()),
+            ContentType(v) => {
+                p.order.note(id::CONTENT_TYPE);
+                once(&mut p.content_type, v.to_owned())
+            }
             _ => not_allowed("property not valid in PUBLISH (5.0 2.2.2.2)"),
         })?;
         Ok(p)
@@ -850,6 +971,7 @@ mod tests {
             response_topic: Some("r".into()),
             correlation_data: Some(vec![]),
             user: vec![("x".into(), "".into())],
+            order: Default::default(),
         });
         round_trip(&ConnAckProperties {
             session_expiry_interval: Some(1),
@@ -879,6 +1001,7 @@ mod tests {
             user: vec![("a".into(), "1".into()), ("b".into(), "2".into())],
             subscription_identifiers: vec![1, 268_435_455, 1],
             content_type: Some("json".into()),
+            order: Default::default(),
         });
         round_trip(&AckProperties {
             reason_string: Some("r".into()),
@@ -1085,6 +1208,40 @@ mod tests {
             ];
             assert_eq!(&got, want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_messages_own_properties_keep_the_order_they_came_in() {
+        // user, content type, payload format, user: forwarded in that order (as mosquitto
+        // forwards them); expiry, which is recomputed, goes last.
+        let block: &[u8] = &[
+            26, 0x26, 0, 1, b'k', 0, 1, b'v', 0x03, 0, 2, b'c', b't', 0x02, 0, 0, 0, 9, 0x01, 1,
+            0x26, 0, 1, b'a', 0, 1, b'b',
+        ];
+        let p = PublishProperties::decode(&mut Reader::new(block)).expect("valid");
+        let mut out = Vec::new();
+        p.visit_for(&mut out, None, None, &[]);
+        let mut want = block[1..].to_vec();
+        // Expiry (0x02, 5 bytes) moves to the end.
+        let expiry: Vec<u8> = want.drain(12..17).collect();
+        want.extend(expiry);
+        assert_eq!(out, want);
+        // Built here, with no order recorded: the fixed order.
+        let built = PublishProperties {
+            user: vec![("k".into(), "v".into())],
+            content_type: Some("ct".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            built,
+            PublishProperties {
+                order: p.order.clone(),
+                ..built.clone()
+            }
+        );
+        let mut out = Vec::new();
+        built.visit_for(&mut out, None, None, &[]);
+        assert_eq!(out, [0x03, 0, 2, b'c', b't', 0x26, 0, 1, b'k', 0, 1, b'v']);
     }
 
     #[test]

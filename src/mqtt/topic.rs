@@ -110,11 +110,13 @@ fn check_filter_levels(filter: &str) -> Result<(), TopicError> {
 
 /// Splits `$share/{group}/{filter}` into `(group, filter)`; `None` for an ordinary filter.
 ///
-/// Only splits, never validates: `$share/g` gives `("g", "")` and `$share//a` gives
-/// `("", "a")`, so callers that need a usable pair run `validate_topic_filter` first.
+/// Without a group and a `/` after it (`$share/g`, `$share//a`) a filter is not shared but an
+/// ordinary one that starts with `$share`, as mosquitto takes it. Otherwise it only splits,
+/// never validates: `$share/g+/a` gives `("g+", "a")`, so callers that need a usable pair run
+/// `validate_topic_filter` first.
 pub fn split_shared(filter: &str) -> Option<(&str, &str)> {
     let rest = filter.strip_prefix(SHARE_PREFIX)?;
-    Some(rest.split_once('/').unwrap_or((rest, "")))
+    rest.split_once('/').filter(|(group, _)| !group.is_empty())
 }
 
 /// Whether a valid topic `filter` matches a valid topic `name`. A filter starting with a
@@ -287,11 +289,9 @@ mod tests {
             ("shared plus", "$share/group-1/+/x", Ok(())),
             ("shared filter of a separator", "$share/g//", Ok(())),
             ("shared dollar filter", "$share/g/$SYS/#", Ok(())),
-            (
-                "MQTT-4.8.2-1 empty group",
-                "$share//a",
-                Err(InvalidSharedSubscription),
-            ),
+            // Not shared at all, as mosquitto takes it: an ordinary filter.
+            ("empty group", "$share//a", Ok(())),
+            ("no filter", "$share/g", Ok(())),
             (
                 "MQTT-4.8.2-2 plus group",
                 "$share/+/a",
@@ -312,9 +312,8 @@ mod tests {
                 "$share/g#/a",
                 Err(InvalidSharedSubscription),
             ),
-            ("no filter", "$share/g", Err(InvalidSharedSubscription)),
             ("empty filter", "$share/g/", Err(InvalidSharedSubscription)),
-            ("prefix only", "$share/", Err(InvalidSharedSubscription)),
+            ("prefix only: an ordinary filter", "$share/", Ok(())),
             ("bad inner hash", "$share/g/a/#/b", Err(MisplacedWildcard)),
             ("bad inner plus", "$share/g/a+", Err(MisplacedWildcard)),
             ("null in group", "$share/\0/a", Err(NullCharacter)),
@@ -330,9 +329,9 @@ mod tests {
             ("$share/g/a/b", Some(("g", "a/b"))),
             ("$share/g/#", Some(("g", "#"))),
             ("$share/g/", Some(("g", ""))),
-            ("$share/g", Some(("g", ""))),
-            ("$share//a", Some(("", "a"))),
-            ("$share/", Some(("", ""))),
+            ("$share/g", None),
+            ("$share//a", None),
+            ("$share/", None),
             ("$share", None),
             ("$shared/g/a", None),
             ("a/$share/g/b", None),

@@ -52,6 +52,8 @@ enum Target {
 #[derive(Clone, Copy)]
 struct Match {
     slot: u32,
+    /// Position in the subscription tree's order, which a client's copies keep.
+    seq: u32,
     qos: QoS,
     retain_as_published: bool,
     identifier: Option<u32>,
@@ -429,21 +431,120 @@ mod tests {
     }
 
     fn publish_qos1(tx: &Sender<Msg>, from: ConnectionRef, topic: &str, id: u16) {
+        tx.send(publish_msg(from, topic, QoS::AtLeastOnce, id))
+            .expect("queued");
+    }
+
+    fn publish_msg(from: ConnectionRef, topic: &str, qos: QoS, id: u16) -> Msg {
         let publish = Publish {
             dup: false,
-            qos: QoS::AtLeastOnce,
+            qos,
             retain: false,
             topic: topic.into(),
             packet_id: None,
             properties: PublishProperties::default(),
             payload: Arc::from(&b"x"[..]),
         };
-        tx.send(Msg::Publish {
+        Msg::Publish {
             from,
             message: Arc::new(Message::new(publish)),
             packet_id: PacketId::new(id),
-        })
+        }
+    }
+
+    #[test]
+    fn a_qos2_message_is_routed_when_released() {
+        // mosquitto's order: PUBREC at once, the delivery on PUBREL, then PUBCOMP; a resend
+        // before PUBREL is acknowledged again, a second resend ends the connection.
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let actor = QueueActor::new(rx, &Config::default());
+        let subscriber = connect(&tx, "sub", 1, 0);
+        let publisher = connect(&tx, "pub", 2, 1);
+        subscribe(&tx, subscriber.from, "q", QoS::ExactlyOnce);
+        tx.send(publish_msg(publisher.from, "q", QoS::ExactlyOnce, 3))
+            .expect("queued");
+        tx.send(publish_msg(publisher.from, "q", QoS::ExactlyOnce, 3))
+            .expect("queued");
+        let pubrel = |id| Msg::Ack {
+            from: publisher.from,
+            kind: AckKind::PubRel,
+            packet_id: PacketId::new(id).expect("non-zero"),
+        };
+        tx.send(pubrel(3)).expect("queued");
+        // Unknown: still a plain PUBCOMP.
+        tx.send(pubrel(9)).expect("queued");
+        for _ in 0..3 {
+            tx.send(publish_msg(publisher.from, "q", QoS::ExactlyOnce, 4))
+                .expect("queued");
+        }
+        drop(tx);
+        actor.run();
+        assert_eq!(names(&subscriber.rx), ["CONNACK", "SUBACK", "PUBLISH q"]);
+        assert_eq!(
+            names(&publisher.rx),
+            [
+                "CONNACK",
+                "PubRec 3",
+                "PubRec 3",
+                "PubComp 3",
+                "PubComp 9",
+                "PubRec 4",
+                "PubRec 4",
+                "close"
+            ]
+        );
+    }
+
+    #[test]
+    fn publishing_to_sys_or_share_is_not_authorized() {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let actor = QueueActor::new(rx, &Config::default());
+        let subscriber = connect(&tx, "sub", 1, 0);
+        let publisher = connect(&tx, "pub", 2, 1);
+        subscribe(&tx, subscriber.from, "$SYS/#", QoS::AtLeastOnce);
+        tx.send(publish_msg(publisher.from, "$SYS/x", QoS::AtLeastOnce, 1))
+            .expect("queued");
+        tx.send(publish_msg(
+            publisher.from,
+            "$share/g/x",
+            QoS::AtLeastOnce,
+            2,
+        ))
         .expect("queued");
+        // A bridge's connection state is the one `$SYS` topic a client may publish.
+        let state = "$SYS/broker/connection/b1/state";
+        tx.send(publish_msg(publisher.from, state, QoS::AtLeastOnce, 3))
+            .expect("queued");
+        drop(tx);
+        actor.run();
+        // A 3.1.1 client hears a plain PUBACK; the message goes nowhere.
+        assert_eq!(
+            names(&publisher.rx),
+            ["CONNACK", "PubAck 1", "PubAck 2", "PubAck 3"]
+        );
+        assert_eq!(
+            names(&subscriber.rx),
+            ["CONNACK", "SUBACK", &format!("PUBLISH {state}")]
+        );
+        assert!(routing::publish_denied("$SYS"));
+        assert!(!routing::publish_denied("$SYSx/a"));
+        assert!(routing::publish_denied("$SYS/broker/connection/a/b/state"));
+    }
+
+    #[test]
+    fn a_publishers_own_copy_goes_before_its_puback() {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let actor = QueueActor::new(rx, &Config::default());
+        let client = connect(&tx, "self", 1, 0);
+        subscribe(&tx, client.from, "me", QoS::AtLeastOnce);
+        tx.send(publish_msg(client.from, "me", QoS::AtLeastOnce, 5))
+            .expect("queued");
+        drop(tx);
+        actor.run();
+        assert_eq!(
+            names(&client.rx),
+            ["CONNACK", "SUBACK", "PUBLISH me", "PubAck 5"]
+        );
     }
 
     /// Handles what is in the inbox and pumps, as one round of `run` does.

@@ -90,9 +90,9 @@ impl Node {
             }
             [level, rest @ ..] => {
                 let mut visit = |child: &'a Node| {
-                    if rest.is_empty() {
-                        out.extend(child.message.iter());
-                    } else if child.search(rest, false, out) || rest == ["#"] {
+                    // The child itself when the filter ends here, or when a trailing `#`
+                    // also matches it (after what lies below it).
+                    if rest.is_empty() || child.search(rest, false, out) || rest == ["#"] {
                         out.extend(child.message.iter());
                     }
                 };

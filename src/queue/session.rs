@@ -88,6 +88,10 @@ pub(super) struct Session {
     /// Those of `incoming_qos2` already resent once: a second resend before PUBREL closes the
     /// connection as a protocol error, as mosquitto 2.0 does.
     pub incoming_qos2_resent: HashSet<PacketId>,
+    /// The messages of `incoming_qos2`, routed when their PUBREL arrives (mosquitto's order:
+    /// a QoS 2 message reaches subscribers after the publisher released it). At most Receive
+    /// Maximum of them.
+    pub incoming_qos2_held: HashMap<PacketId, Arc<Message>>,
     pub outbox: Outbox,
     /// The id of the last connection attached; timers armed when it ended carry it, so a
     /// timer outlived by a reconnect is recognised and ignored.
@@ -164,6 +168,7 @@ impl Session {
             filters: HashMap::new(),
             incoming_qos2: HashSet::new(),
             incoming_qos2_resent: HashSet::new(),
+            incoming_qos2_held: HashMap::new(),
             outbox: Outbox::new(limits),
             last_connection: 0,
             delayed_will: None,

@@ -32,15 +32,12 @@ fn pinging_client_stays_connected() {
 }
 
 #[test]
-fn v5_keepalive_timeout_sends_disconnect_0x8d() {
+fn v5_keepalive_timeout_closes_without_disconnect() {
+    // DISCONNECT 0x8D is optional; mosquitto closes without it, and so do we.
     let broker = start_broker();
     let mut connect = connect_packet("quiet5", ProtocolVersion::V5, true);
     connect.keep_alive = 1;
     let (mut client, _) = RawClient::connect_with(broker.addr, connect);
     let seen = client.expect_closed();
-    assert!(
-        matches!(seen.as_slice(), [mqtt_broker::mqtt::Packet::Disconnect(d)]
-            if d.reason == mqtt_broker::mqtt::ReasonCode::KeepAliveTimeout),
-        "{seen:?}"
-    );
+    assert!(seen.is_empty(), "{seen:?}");
 }

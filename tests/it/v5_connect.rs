@@ -8,7 +8,7 @@ use mqtt_broker::mqtt::{
 };
 
 use crate::support::{
-    config_with, connect_packet, pid, publish_packet, start_broker, start_broker_with, RawClient,
+    config_with, connect_packet, publish_packet, start_broker, start_broker_with, RawClient,
 };
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -202,41 +202,31 @@ fn features_are_announced_as_available() {
 }
 
 #[test]
-fn response_information_when_requested() {
+fn response_information_is_not_sent_even_when_requested() {
+    // [MQTT-3.1.2-28] allows a server to leave it out; mosquitto does, and so do we.
     let broker = start_broker();
     let mut connect = connect_packet("asker", V5, true);
     connect.properties.request_response_information = Some(true);
     let (_, connack) = RawClient::connect_with(broker.addr, connect);
-    assert_eq!(
-        connack.properties.response_information.as_deref(),
-        Some("response/asker")
-    );
+    assert_eq!(connack.properties.response_information, None);
 }
 
 #[test]
-fn reason_strings_only_when_problem_information_is_wanted() {
-    // [MQTT-3.1.2-29] Request Problem Information 0: no reason string on SUBACK.
+fn disconnect_carries_the_reason_code_alone() {
+    // As from mosquitto: no reason string, whatever Request Problem Information says; the
+    // reason goes to the log.
     let broker = start_broker();
-    for (wanted, id) in [(None, "default"), (Some(false), "quiet")] {
+    for (wanted, id) in [(None, "default"), (Some(true), "asks")] {
         let mut connect = connect_packet(id, V5, true);
         connect.properties.request_problem_information = wanted;
         let (mut c, _) = RawClient::connect_with(broker.addr, connect);
-        c.send(&Packet::Subscribe(mqtt_broker::mqtt::Subscribe {
-            packet_id: pid(1),
-            filters: vec![("bad/#/filter".into(), Default::default())],
-            properties: Default::default(),
-        }));
-        match c.recv() {
-            Packet::SubAck(ack) => {
-                assert_eq!(ack.reasons, vec![ReasonCode::TopicFilterInvalid]);
-                assert_eq!(
-                    ack.properties.reason_string.is_some(),
-                    wanted.is_none(),
-                    "{id}"
-                );
-            }
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
+        c.send_raw(&[0x20, 0x02, 0x00, 0x00]); // CONNACK from a client: a protocol error
+        let seen = c.expect_closed();
+        assert!(
+            matches!(seen.as_slice(), [Packet::Disconnect(d)]
+                if d.reason == ReasonCode::ProtocolError && d.properties == Default::default()),
+            "{id}: {seen:?}"
+        );
     }
 }
 

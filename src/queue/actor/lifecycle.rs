@@ -297,6 +297,7 @@ impl QueueActor {
                 user: properties.user,
                 subscription_identifiers: Vec::new(),
                 content_type: properties.content_type,
+                order: properties.order,
             },
             payload,
         };

@@ -70,12 +70,13 @@ impl QueueActor {
                     }));
                     return;
                 }
-                // [MQTT-4.3.3-2] Deliver once: a resent PUBLISH whose id awaits PUBREL is
-                // only acknowledged again; resent a second time, it ends the connection as
-                // mosquitto 2.0 ends it (a client that never sends PUBREL).
+                // [MQTT-4.3.3-2] Deliver once: the message waits for its PUBREL and is routed
+                // then (method B of 4.3.3, as mosquitto delivers it). A resent PUBLISH whose
+                // id awaits PUBREL is only acknowledged again; resent a second time, it ends the
+                // connection as mosquitto 2.0 ends it (a client that never sends PUBREL).
                 if first {
                     session.incoming_qos2.insert(packet_id);
-                    self.route(from.slot, message);
+                    session.incoming_qos2_held.insert(packet_id, message);
                 } else if !session.incoming_qos2_resent.insert(packet_id) {
                     warn!(
                         "client {}: QoS 2 PUBLISH {packet_id} resent again before PUBREL",
@@ -87,20 +88,9 @@ impl QueueActor {
                     }));
                     return;
                 }
-                // PUBREC says success whether or not anyone subscribed, as from mosquitto;
-                // only the broker's queue budget refuses (MQTT 5: 0x97).
-                let reason = if first && v5 && self.over_budget {
-                    ReasonCode::QuotaExceeded
-                } else {
-                    ReasonCode::Success
-                };
-                if reason.is_error() {
-                    // A PUBREC with an error ends the exchange: no PUBREL will come.
-                    if let Some(session) = self.sessions[from.slot as usize].as_mut() {
-                        session.incoming_qos2.remove(&packet_id);
-                    }
-                }
-                self.acknowledge(from.slot, AckKind::PubRec, packet_id, reason);
+                // PUBREC says success whether or not anyone subscribed, as from mosquitto.
+                self.congested.clear();
+                self.acknowledge(from.slot, AckKind::PubRec, packet_id, ReasonCode::Success);
             }
             (_, None) => debug!("PUBLISH with QoS > 0 and no packet id cannot be decoded"),
         }
@@ -143,6 +133,7 @@ impl QueueActor {
                         }
                         matches.push(Match {
                             slot,
+                            seq: matches.len() as u32,
                             qos: options.qos,
                             retain_as_published: options.retain_as_published,
                             identifier: subscription.identifier,
@@ -165,6 +156,7 @@ impl QueueActor {
             if let Some((slot, subscription)) = picked {
                 matches.push(Match {
                     slot,
+                    seq: matches.len() as u32,
                     qos: subscription.options.qos,
                     retain_as_published: subscription.options.retain_as_published,
                     identifier: subscription.identifier,
@@ -174,8 +166,9 @@ impl QueueActor {
         // Overlapping subscriptions of a 3.1/3.1.1 client get one copy, at the highest QoS
         // [MQTT-3.3.5-1]. An MQTT 5 client gets one copy per matching subscription, each with
         // its own QoS and identifier, in the order of the subscription tree: 5.0 3.3.4 allows
-        // it [MQTT-3.3.4-5], and it is what mosquitto sends. (Stable sort: that order stays.)
-        matches.sort_by_key(|m| m.slot);
+        // it [MQTT-3.3.4-5], and it is what mosquitto sends. (`seq` keeps that order without
+        // a stable sort's buffer.)
+        matches.sort_unstable_by_key(|m| (m.slot, m.seq));
         let mut matched = 0;
         let mut start = 0;
         while start < matches.len() {
@@ -369,13 +362,21 @@ impl QueueActor {
         };
         if kind == AckKind::PubRel {
             for &packet_id in packet_ids {
-                // An unknown id is answered with a plain PUBCOMP too, as mosquitto answers it
-                // (0x92 would be allowed; the client only needs its flow closed).
+                let Some(session) = attached(&mut self.sessions, from) else {
+                    return;
+                };
                 session.incoming_qos2.remove(&packet_id);
                 session.incoming_qos2_resent.remove(&packet_id);
-                let _ = online
-                    .writer
-                    .send(Outbound::Ack(AckKind::PubComp, packet_id));
+                // The released message goes out now, then PUBCOMP (held while it fills
+                // congested queues, as PUBACK is). An unknown id is answered with a plain
+                // PUBCOMP too, as mosquitto answers it (0x92 would be allowed).
+                match session.incoming_qos2_held.remove(&packet_id) {
+                    Some(message) => {
+                        self.route(from.slot, message);
+                    }
+                    None => self.congested.clear(),
+                }
+                self.acknowledge(from.slot, AckKind::PubComp, packet_id, ReasonCode::Success);
             }
             return;
         }
@@ -419,7 +420,7 @@ impl QueueActor {
 
 /// Topics a client may not publish to under mosquitto's default access rules: `$SYS` (but
 /// for a bridge's `$SYS/broker/connection/{name}/state`) and `$share`.
-fn publish_denied(topic: &str) -> bool {
+pub(super) fn publish_denied(topic: &str) -> bool {
     if topic.starts_with("$share/") || topic == "$share" {
         return true;
     }

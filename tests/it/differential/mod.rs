@@ -22,12 +22,15 @@
 //! variable byte integer), so a packet reads `30[ 'top@@@@' "payload" ]`. `x*N` repeats the
 //! string x N times inside quotes (`"a"*70000`). Every `@@@@` sent is replaced by a tag unique to
 //! the case, so cases share one broker without sharing client ids or topics.
+//!
+//! `DIFFERENTIAL_CASE=part-of-a-name` plays only the matching cases; `DIFFERENTIAL_SHOW=1`
+//! also prints what mosquitto answers to each (a copy played with its own tag).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -36,6 +39,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::start_broker;
 
+mod script;
+
+use script::{load_cases, Case, Step};
+
 /// Silence that ends an `expect` step.
 const QUIET: Duration = Duration::from_millis(250);
 /// The same, when a case that differed is played again to rule out a slow machine.
@@ -43,24 +50,9 @@ const QUIET_RETRY: Duration = Duration::from_millis(1200);
 /// Longest an `expect` step reads, whatever keeps arriving.
 const STEP_LIMIT: Duration = Duration::from_secs(8);
 /// Cases played at once.
-const WORKERS: usize = 24;
+const WORKERS: usize = 32;
 /// The placeholder replaced by each case's tag.
 const PLACEHOLDER: &[u8] = b"@@@@";
-
-#[derive(Debug, Clone)]
-enum Step {
-    Send(String, Vec<u8>),
-    Expect(String),
-    Close(String),
-    Wait(Duration),
-}
-
-#[derive(Debug, Clone)]
-struct Case {
-    name: String,
-    origin: String,
-    steps: Vec<Step>,
-}
 
 /// What one `expect` step saw: each packet's bytes, and whether the connection had closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,168 +60,6 @@ struct Seen {
     client: String,
     packets: Vec<Vec<u8>>,
     closed: bool,
-}
-
-fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/differential")
-}
-
-fn load_cases() -> Vec<Case> {
-    let mut files: Vec<PathBuf> = fs::read_dir(data_dir())
-        .expect("tests/data/differential exists")
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
-        .collect();
-    files.sort();
-    let mut cases = Vec::new();
-    for file in files {
-        let text = fs::read_to_string(&file).expect("read a script");
-        let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        parse_script(&name, &text, &mut cases);
-    }
-    let mut names = BTreeSet::new();
-    for case in &cases {
-        assert!(names.insert(&case.name), "case {} twice", case.name);
-    }
-    cases
-}
-
-fn parse_script(file: &str, text: &str, cases: &mut Vec<Case>) {
-    for (n, raw) in text.lines().enumerate() {
-        let line = strip_comment(raw).trim();
-        if line.is_empty() {
-            continue;
-        }
-        let origin = format!("{file}:{}", n + 1);
-        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-        let rest = rest.trim();
-        if word == "case" {
-            cases.push(Case {
-                name: rest.to_string(),
-                origin,
-                steps: Vec::new(),
-            });
-            continue;
-        }
-        let case = cases
-            .last_mut()
-            .unwrap_or_else(|| panic!("{origin}: step before any case"));
-        let step = if word == "wait" {
-            Step::Wait(Duration::from_millis(
-                rest.parse().unwrap_or_else(|_| panic!("{origin}: wait MS")),
-            ))
-        } else {
-            let client = word.to_string();
-            let (verb, args) = rest.split_once(' ').unwrap_or((rest, ""));
-            match verb {
-                "send" => Step::Send(
-                    client,
-                    parse_bytes(args).unwrap_or_else(|e| panic!("{origin}: {e}")),
-                ),
-                "expect" => Step::Expect(client),
-                "close" => Step::Close(client),
-                _ => panic!("{origin}: unknown step {line:?}"),
-            }
-        };
-        case.steps.push(step);
-    }
-}
-
-/// Strips a `#` comment that is not inside quotes.
-fn strip_comment(line: &str) -> &str {
-    let mut quote = None;
-    for (i, c) in line.char_indices() {
-        match (quote, c) {
-            (None, '#') => return &line[..i],
-            (None, '"' | '\'') => quote = Some(c),
-            (Some(q), c) if c == q => quote = None,
-            _ => {}
-        }
-    }
-    line
-}
-
-/// Parses BYTES (see the module doc).
-fn parse_bytes(text: &str) -> Result<Vec<u8>, String> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut pos = 0;
-    let bytes = parse_seq(&chars, &mut pos)?;
-    if pos != chars.len() {
-        return Err(format!("unexpected {:?} at {pos}", chars[pos]));
-    }
-    Ok(bytes)
-}
-
-fn parse_seq(chars: &[char], pos: &mut usize) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    let mut nibble: Option<u8> = None;
-    while *pos < chars.len() {
-        let c = chars[*pos];
-        if c == ']' {
-            break;
-        }
-        *pos += 1;
-        match c {
-            ' ' | '\t' => {}
-            '[' => {
-                let inner = parse_seq(chars, pos)?;
-                if chars.get(*pos) != Some(&']') {
-                    return Err("unclosed [".into());
-                }
-                *pos += 1;
-                write_varint(&mut out, inner.len());
-                out.extend_from_slice(&inner);
-            }
-            '"' | '\'' => {
-                let end = chars[*pos..]
-                    .iter()
-                    .position(|&x| x == c)
-                    .ok_or("unclosed quote")?;
-                let mut text: String = chars[*pos..*pos + end].iter().collect();
-                *pos += end + 1;
-                if chars.get(*pos) == Some(&'*') {
-                    *pos += 1;
-                    let digits: String = chars[*pos..]
-                        .iter()
-                        .take_while(|c| c.is_ascii_digit())
-                        .collect();
-                    *pos += digits.len();
-                    let times: usize = digits.parse().map_err(|_| "x*N needs N")?;
-                    text = text.repeat(times);
-                }
-                if c == '\'' {
-                    out.extend_from_slice(&(text.len() as u16).to_be_bytes());
-                }
-                out.extend_from_slice(text.as_bytes());
-            }
-            h if h.is_ascii_hexdigit() => {
-                let v = h.to_digit(16).expect("hex digit") as u8;
-                match nibble.take() {
-                    Some(high) => out.push(high << 4 | v),
-                    None => nibble = Some(v),
-                }
-            }
-            other => return Err(format!("unexpected {other:?}")),
-        }
-        if nibble.is_some() && !chars.get(*pos).is_some_and(|c| c.is_ascii_hexdigit()) {
-            return Err("odd number of hex digits".into());
-        }
-    }
-    Ok(out)
-}
-
-fn write_varint(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            return;
-        }
-    }
 }
 
 /// The differences mosquitto's answers may show, as listed in docs/compatibility.md.
@@ -262,19 +92,15 @@ fn allowed_differences() -> BTreeMap<String, String> {
 struct Mosquitto {
     child: Child,
     addr: SocketAddr,
-    _config: tempfile_like::TempFile,
+    _config: ConfigFile,
 }
 
-mod tempfile_like {
-    use std::path::PathBuf;
+/// mosquitto's configuration file, removed on drop.
+struct ConfigFile(std::path::PathBuf);
 
-    /// A file removed on drop.
-    pub struct TempFile(pub PathBuf);
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 
@@ -295,7 +121,7 @@ impl Mosquitto {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
         )
         .expect("write mosquitto's config");
-        let config = tempfile_like::TempFile(path.clone());
+        let config = ConfigFile(path.clone());
         let log = std::env::var_os("DIFFERENTIAL_MOSQUITTO_LOG")
             .and_then(|p| fs::File::create(p).ok())
             .map_or_else(Stdio::null, Stdio::from);
@@ -429,17 +255,15 @@ fn all_whole(mut bytes: &[u8]) -> bool {
     }
 }
 
-/// The length of the first whole packet in `bytes`: `Some(0)` when none is complete yet,
-/// `None` when `bytes` is empty or its length is complete but not its body (still arriving).
+/// The length of the first packet in `bytes`: `Some(0)` when `bytes` is empty, `None` while
+/// the packet is still arriving, all of `bytes` for a length field that never ends.
 fn split_packet(bytes: &[u8]) -> Option<usize> {
     if bytes.is_empty() {
         return Some(0);
     }
     let mut remaining = 0usize;
     for i in 0..4 {
-        let Some(&b) = bytes.get(1 + i) else {
-            return None;
-        };
+        let &b = bytes.get(1 + i)?;
         remaining |= usize::from(b & 0x7F) << (7 * i);
         if b & 0x80 == 0 {
             let len = 2 + i + remaining;
@@ -512,6 +336,17 @@ fn tag(n: usize, run: u32) -> Vec<u8> {
     out
 }
 
+/// How long a case sleeps in all.
+fn waits(case: &Case) -> Duration {
+    case.steps
+        .iter()
+        .map(|step| match step {
+            Step::Wait(d) => *d,
+            _ => Duration::ZERO,
+        })
+        .sum()
+}
+
 #[test]
 fn answers_match_mosquitto() {
     let cases = load_cases();
@@ -524,6 +359,9 @@ fn answers_match_mosquitto() {
             "docs/compatibility.md allows a difference for {name}, which is no case"
         );
     }
+    // The slowest cases (those that wait) first, so that they do not finish last.
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(waits(&cases[i])));
     let mosquitto = Mosquitto::start();
     let ours = start_broker();
     let run = std::process::id() ^ (Instant::now().elapsed().subsec_nanos());
@@ -533,29 +371,39 @@ fn answers_match_mosquitto() {
     thread::scope(|scope| {
         for _ in 0..WORKERS {
             scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(case) = cases.get(i) else { return };
+                let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    return;
+                };
+                let case = &cases[i];
                 if only
                     .as_ref()
                     .is_some_and(|o| !case.name.contains(o.as_str()))
                 {
                     continue;
                 }
+                if std::env::var_os("DIFFERENTIAL_SHOW").is_some() {
+                    let seen = play(case, mosquitto.addr, &tag(i, run), QUIET);
+                    eprintln!("{} (mosquitto):\n{}", case.name, describe(&seen));
+                }
                 let mut outcome = None;
+                // An unexpected outcome (a difference not allowed, or an allowed one that did
+                // not show) is played again with a longer silence, to rule out a slow machine.
+                let expect_difference = allowed.contains_key(&case.name);
                 for (attempt, quiet) in [QUIET, QUIET_RETRY].into_iter().enumerate() {
                     let t = tag(i * 2 + attempt, run);
                     let theirs = play(case, mosquitto.addr, &t, quiet);
                     let t = tag(i * 2 + attempt + cases.len() * 2, run);
                     let mine = play(case, ours.addr, &t, quiet);
-                    if theirs == mine {
-                        outcome = None;
+                    outcome = (theirs != mine).then(|| {
+                        format!(
+                            "    mosquitto:\n{}    ours:\n{}",
+                            describe(&theirs),
+                            describe(&mine)
+                        )
+                    });
+                    if outcome.is_some() == expect_difference {
                         break;
                     }
-                    outcome = Some(format!(
-                        "    mosquitto:\n{}    ours:\n{}",
-                        describe(&theirs),
-                        describe(&mine)
-                    ));
                 }
                 results.lock().unwrap().push((i, outcome));
             });
