@@ -62,10 +62,11 @@ pub struct Config {
     /// back on publishers through TCP. Small, because flow control takes effect only once the
     /// router reaches a publisher's message: what waits here is the overshoot it allows.
     pub router_queue_capacity: usize,
-    /// QoS 2 messages a client may have sent us and not yet released with PUBREL; announced
-    /// to MQTT 5 clients as Receive Maximum (`RECEIVE_MAXIMUM`, default 20: mosquitto announces
-    /// its max_inflight_messages, 20), and a client that exceeds it is disconnected with 0x93.
-    /// QoS 1 messages are acknowledged at once.
+    /// QoS 2 messages an MQTT 5 client may have sent us and not yet released with PUBREL;
+    /// announced as Receive Maximum (`RECEIVE_MAXIMUM`, default 20: mosquitto announces its
+    /// max_inflight_messages, 20), and a client that exceeds it is disconnected with 0x93.
+    /// 3.1/3.1.1 clients are not told, so only their packet ids bound them. QoS 1 messages are
+    /// acknowledged at once.
     pub receive_maximum: u16,
     /// Topic aliases an MQTT 5 client may set on its connection (`TOPIC_ALIAS_MAXIMUM`,
     /// default 10, as mosquitto); 0 turns inbound aliases off.

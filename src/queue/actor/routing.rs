@@ -61,8 +61,10 @@ impl QueueActor {
             }
             (QoS::ExactlyOnce, Some(packet_id)) => {
                 let first = !session.incoming_qos2.contains(&packet_id);
-                if first && session.incoming_qos2.len() >= receive_maximum {
-                    // [MQTT-3.3.4-8] More unacknowledged QoS 2 messages than we allowed.
+                // [MQTT-3.3.4-8] More unacknowledged QoS 2 messages than we allowed. Only an
+                // MQTT 5 client was told the limit; an older one is bounded by its packet ids
+                // alone (as from mosquitto, which answers it all the same).
+                if first && v5 && session.incoming_qos2.len() >= receive_maximum {
                     warn!("client {}: receive maximum exceeded", session.client_id);
                     online.writer.close(Some(Disconnect {
                         reason: ReasonCode::ReceiveMaximumExceeded,

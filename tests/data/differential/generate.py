@@ -508,6 +508,9 @@ for v in VERSIONS:
          f"s send {subscribe(v, [(T + '/#', 0)], 3)}", "s expect")
     case(f, f"{p}-publish-to-own-wildcard-qos2", sub_ready(v, "a", T + "/#", 2),
          f"a send {publish(v, T + '/s', 'me', 2, pid=6)}", "a expect", f"a send {ack('pubrel', 6)}", "a expect")
+    case(f, f"{p}-qos2-beyond-20-unreleased", con(v),
+         "a send " + " ".join(publish(v, T, str(i), 2, pid=i + 1) for i in range(25)), "a expect",
+         "a send " + " ".join(ack('pubrel', i + 1) for i in range(25)), "a expect")
     case(f, f"{p}-pingreq-between-publishes", sub_ready(v, "s", T + "/#", 1), con(v),
          f"a send {publish(v, T + '/p', '1', 1, pid=1)} c000 {publish(v, T + '/p', '2', 1, pid=2)}", "a expect", "s expect")
 
