@@ -27,6 +27,8 @@ pub struct Broker {
     queue_thread: JoinHandle<()>,
     stopper: Stopper,
     registry: Arc<Registry>,
+    /// Prometheus listeners (`protocol metrics`); stopped when the broker is dropped.
+    metrics: Vec<crate::sys::metrics::MetricsServer>,
 }
 
 /// Stops a running broker from any thread (a signal handler, a test). Cheap to clone.
@@ -71,7 +73,18 @@ impl Broker {
                 addr,
             },
             registry: Arc::new(Registry::default()),
+            metrics: Vec::new(),
         })
+    }
+
+    /// Serves Prometheus `/metrics` on `socket` (a `protocol metrics` listener) until the
+    /// broker stops; returns the address it serves.
+    pub fn serve_metrics(&mut self, socket: TcpListener) -> io::Result<SocketAddr> {
+        let stats = Arc::clone(self.queue.stats());
+        let server = crate::sys::metrics::serve(socket, stats)?;
+        let addr = server.local_addr();
+        self.metrics.push(server);
+        Ok(addr)
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -110,7 +123,9 @@ impl Broker {
                 Ok(peer) => peer,
                 Err(_) => continue,
             };
+            self.queue.stats().socket_accepted();
             if self.registry.len() >= max_connections {
+                self.queue.stats().refused_connection_limit();
                 // Closed at once: the connections already held carry on.
                 refused_since_log += 1;
                 if refused_since_log == 1 || refused_since_log.is_multiple_of(1000) {

@@ -9,6 +9,7 @@
 //!   (the only code writing the socket), joined by `ClientHandle`.
 //! - [`queue`]: the router actor (`QueueHandle` / `QueueActor`): sessions, subscriptions,
 //!   retained messages, in-flight windows and offline queues.
+//! - [`sys`]: counters, the `$SYS` topics and the Prometheus `/metrics` listener.
 //! - [`mqtt`]: the packet model and codec for all three protocol versions, and topics.
 //!
 //! See ARCHITECTURE.md for the threads, channels and invariants.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod limits;
 pub mod mqtt;
 pub mod queue;
+pub mod sys;
 
 pub use broker::{Broker, Stopper};
 pub use config::Config;

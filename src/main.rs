@@ -23,13 +23,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let broker = match Broker::new(listener, config) {
+    let mut broker = match Broker::new(listener, config) {
         Ok(broker) => broker,
         Err(e) => {
             error!("cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // Prometheus metrics, off unless METRICS_ADDR is set (a `protocol metrics` listener).
+    if let Ok(addr) = std::env::var("METRICS_ADDR") {
+        let served = TcpListener::bind(addr.trim()).and_then(|s| broker.serve_metrics(s));
+        if let Err(e) = served {
+            error!("cannot serve metrics on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let stopper = broker.stopper();
     // SIGINT and SIGTERM (ctrlc's "termination" feature): PID 1 in a container gets no
     // default handling, so `docker stop` relies on this.

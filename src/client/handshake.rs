@@ -133,7 +133,10 @@ pub(super) fn handshake(
         writer: writer.clone(),
     };
     let from = match queue.connect(request) {
-        Ok(from) => from,
+        Ok(from) => {
+            queue.stats().connect_answered(ReasonCode::Success);
+            from
+        }
         Err(_) => {
             writer.close(None);
             return None;
@@ -170,6 +173,7 @@ pub(super) fn refuse(
         topic_alias_maximum: 0,
         write_timeout: config.write_timeout,
     };
+    queue.stats().connect_answered(reason);
     if let Ok(writer) = spawn_writer(setup, queue, config) {
         let _ = writer.send_packet(Packet::ConnAck(ConnAck {
             session_present: false,

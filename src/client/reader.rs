@@ -51,6 +51,9 @@ pub(super) fn run(
         config.max_packet_size,
         &mut body,
     );
+    if let Ok(packet) = &packet {
+        queue.stats().received(packet, body.len());
+    }
     let connect = match packet {
         Ok(Packet::Connect(connect)) => connect,
         Ok(other) => {
@@ -160,6 +163,7 @@ impl Connection {
                 Err(DecodeError::Io(e)) => break Closed::Lost(e),
                 Err(e) => break Closed::Violation(e.reason_code(), e.to_string()),
             };
+            self.queue.stats().received(&packet, body.len());
             if body.capacity() > BODY_BUFFER_KEEP {
                 body = Vec::new();
             }

@@ -19,6 +19,7 @@ use super::{AckKind, Outbound, WriterSetup, WriterShared};
 use crate::mqtt::{encode_publish, Ack, Packet, ProtocolVersion, PublishView};
 use crate::queue::message::Delivery;
 use crate::queue::{ConnectionRef, QueueHandle};
+use crate::sys::counters::SentTally;
 
 /// A batch is written once it reaches this size, even if more items are waiting.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -45,6 +46,7 @@ pub(super) fn run(
         version,
         aliases: TopicAliases::new(topic_alias_maximum),
         delivered: 0,
+        tally: SentTally::default(),
     };
     let mut out = Vec::new();
     // `recv` fails once every handle is dropped and the channel is empty.
@@ -74,6 +76,7 @@ pub(super) fn run(
                 debug!("client {connection_id}: write failed: {e}");
                 break 'connection;
             }
+            queue.stats().sent(out.len(), &mut encoder.tally);
             out.clear();
         }
         if closing {
@@ -106,6 +109,8 @@ struct Encoder {
     aliases: TopicAliases,
     /// Deliveries encoded since the count was last settled.
     delivered: usize,
+    /// Packets encoded since the last write, for the broker's counters.
+    tally: SentTally,
 }
 
 impl Encoder {
@@ -120,6 +125,8 @@ impl Encoder {
             } => {
                 self.encode_publish(&delivery, packet_id, dup, out);
                 self.delivered += 1;
+                let payload = delivery.message.publish.payload.len();
+                self.tally.publish(delivery.qos, payload);
                 false
             }
             Outbound::Batch(items) => {
@@ -138,16 +145,19 @@ impl Encoder {
                     AckKind::PubComp => Packet::PubComp(ack),
                 };
                 packet.encode(version, out);
+                self.tally.packet();
                 false
             }
             Outbound::Packet(packet) => {
                 packet.encode(version, out);
+                self.tally.packet();
                 false
             }
             Outbound::Close(disconnect) => {
                 if let Some(disconnect) = disconnect {
                     if version.is_v5() {
                         Packet::Disconnect(*disconnect).encode(version, out);
+                        self.tally.packet();
                     }
                 }
                 true

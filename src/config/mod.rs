@@ -57,6 +57,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Stack size of each client thread; two per client, so keep it small.
     pub client_stack_size: usize,
+    /// How often the `$SYS/broker/...` topics are published (`SYS_INTERVAL` in seconds,
+    /// default 10, as mosquitto's `sys_interval`); zero turns them off.
+    pub sys_interval: Duration,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             client_stack_size: 128 * 1024,
+            sys_interval: Duration::from_secs(10),
         }
     }
 }
@@ -110,6 +114,9 @@ impl Config {
         }
         if let Some(n) = var::<u16>("MAX_KEEPALIVE")? {
             config.max_keep_alive = n.max(1);
+        }
+        if let Some(secs) = var("SYS_INTERVAL")? {
+            config.sys_interval = Duration::from_secs(secs);
         }
         Ok(config)
     }

@@ -11,6 +11,7 @@
 mod lifecycle;
 mod routing;
 mod subscribing;
+mod sys;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -77,6 +78,9 @@ pub struct QueueActor {
     dirty: Vec<u32>,
     /// Messages handled since the last flush.
     unflushed: usize,
+    /// The broker's counters (shared with every client thread) and `$SYS` reporting.
+    stats: Arc<crate::sys::Stats>,
+    sys: sys::SysClock,
 }
 
 /// The most messages the router handles before it pumps the sessions they were queued for.
@@ -106,13 +110,20 @@ impl QueueActor {
             next_held_seq: 0,
             dirty: Vec::new(),
             unflushed: 0,
+            stats: Arc::default(),
+            sys: sys::SysClock::new(config, Instant::now()),
         }
+    }
+
+    /// The counters this router and its clients share.
+    pub(crate) fn stats(&self) -> Arc<crate::sys::Stats> {
+        Arc::clone(&self.stats)
     }
 
     /// Handles messages and timers until every `QueueHandle` has been dropped.
     pub fn run(mut self) {
         loop {
-            let next = match self.timers.next_deadline() {
+            let next = match sys::earliest(self.timers.next_deadline(), self.sys_due()) {
                 Some(deadline) => match self.rx.recv_deadline(deadline) {
                     Ok(msg) => Some(msg),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -132,6 +143,7 @@ impl QueueActor {
             }
             // Pump when the inbox is empty (no added latency) or after a batch.
             if self.unflushed >= FLUSH_EVERY || self.rx.is_empty() {
+                self.sys_tick();
                 self.flush();
             }
         }
@@ -246,7 +258,8 @@ fn send_ack(writer: &ClientHandle, kind: AckKind, packet_id: PacketId, reason: R
 }
 
 /// Logs the first drop for a session and every thousandth after it.
-fn note_drop(session: &Session) {
+fn note_drop(session: &Session, stats: &crate::sys::Stats) {
+    sys::count_drop(stats, session);
     let dropped = session.outbox.dropped;
     if dropped > 0 && (dropped == 1 || dropped.is_multiple_of(1000)) {
         warn!(

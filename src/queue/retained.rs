@@ -40,6 +40,15 @@ impl RetainedStore {
             .collect()
     }
 
+    /// For `$SYS` and metrics: how many retained messages, and their payload bytes.
+    pub fn census(&self) -> (u64, u64) {
+        let bytes = self
+            .by_topic
+            .values()
+            .map(|m| m.publish.payload.len() as u64);
+        (self.by_topic.len() as u64, bytes.sum())
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_topic.len()

@@ -155,7 +155,7 @@ impl QueueActor {
                     self.congested.push(slot);
                     self.mark_dirty(slot);
                 }
-                Enqueued::Dropped => note_drop(session),
+                Enqueued::Dropped => note_drop(session, &self.stats),
             }
         }
         self.matches = matches;

@@ -100,7 +100,7 @@ impl QueueActor {
                 let ids = identifier.map_or(SubscriptionIds::None, SubscriptionIds::One);
                 let delivery = Delivery::new(message, qos, true, ids);
                 if session.deliver(delivery) == Enqueued::Dropped {
-                    note_drop(session);
+                    note_drop(session, &self.stats);
                 }
             }
             self.mark_dirty(from.slot);
