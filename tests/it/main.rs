@@ -4,6 +4,7 @@
 mod cli;
 mod connect;
 mod keepalive;
+mod metrics;
 mod mosquitto;
 mod pubsub;
 mod qos;
@@ -12,6 +13,7 @@ mod robustness;
 mod session;
 mod shutdown;
 mod support;
+mod sys_topics;
 mod v5_connect;
 mod v5_publish;
 mod v5_subscribe;
