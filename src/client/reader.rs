@@ -140,10 +140,15 @@ fn violation(reason: ReasonCode, why: impl Into<String>) -> Option<Closed> {
 impl Connection {
     fn read_loop(mut self, mut reader: BufReader<&TcpStream>, mut body: Vec<u8>, config: &Config) {
         let version = self.accepted.version;
+        let stats = Arc::clone(self.queue.stats());
+        let mut tally = crate::sys::counters::ReceivedTally::default();
         let closed = loop {
             // Nothing more is buffered, so the next read may block: pass on what was read.
-            if reader.buffer().is_empty() && self.flush_pub_acks().is_err() {
-                break Closed::RouterGone;
+            if reader.buffer().is_empty() {
+                stats.add_received(&mut tally);
+                if self.flush_pub_acks().is_err() {
+                    break Closed::RouterGone;
+                }
             }
             // Held while this client's QoS 0 messages fill a congested subscriber's queue: TCP
             // then slows the publisher. Bounded, so that a client that stopped reading because
@@ -163,7 +168,7 @@ impl Connection {
                 Err(DecodeError::Io(e)) => break Closed::Lost(e),
                 Err(e) => break Closed::Violation(e.reason_code(), e.to_string()),
             };
-            self.queue.stats().received(&packet, body.len());
+            tally.count(&packet, body.len());
             if body.capacity() > BODY_BUFFER_KEEP {
                 body = Vec::new();
             }
@@ -182,6 +187,7 @@ impl Connection {
                 Err(RouterGone) => break Closed::RouterGone,
             }
         };
+        stats.add_received(&mut tally);
         self.finish(closed);
     }
 

@@ -63,6 +63,34 @@ impl Traffic {
     }
 }
 
+/// What a reader counts between two reads from its socket, in plain fields;
+/// `Stats::add_received` adds it to the shared counters before the reader may block.
+#[derive(Debug, Default)]
+pub struct ReceivedTally {
+    packets: u64,
+    bytes: u64,
+    publish: [u64; 3],
+    publish_bytes: [u64; 3],
+    connects: u64,
+}
+
+impl ReceivedTally {
+    /// A packet read whose body was `body` bytes long.
+    pub fn count(&mut self, packet: &Packet, body: usize) {
+        self.packets += 1;
+        self.bytes += packet_size(body);
+        match packet {
+            Packet::Publish(publish) => {
+                let qos = publish.qos as usize;
+                self.publish[qos] += 1;
+                self.publish_bytes[qos] += publish.payload.len() as u64;
+            }
+            Packet::Connect(_) => self.connects += 1,
+            _ => {}
+        }
+    }
+}
+
 /// What the writer counts between two writes, in plain fields; `Stats::sent` adds it to the
 /// shared counters once per write.
 #[derive(Debug, Default)]
@@ -237,22 +265,32 @@ impl Stats {
         self.started
     }
 
-    /// A packet read from a client whose body was `body` bytes long.
+    /// A packet read from a client whose body was `body` bytes long (for one-off packets;
+    /// the read loop counts in a `ReceivedTally`).
     pub fn received(&self, packet: &Packet, body: usize) {
-        let shard = self.shard();
-        shard.packets_in.fetch_add(1, Relaxed);
-        shard.bytes_in.fetch_add(packet_size(body), Relaxed);
-        match packet {
-            Packet::Publish(publish) => {
-                let qos = publish.qos as usize;
-                shard.publish_in[qos].fetch_add(1, Relaxed);
-                shard.publish_bytes_in[qos].fetch_add(publish.payload.len() as u64, Relaxed);
-            }
-            Packet::Connect(_) => {
-                self.connects.fetch_add(1, Relaxed);
-            }
-            _ => {}
+        let mut tally = ReceivedTally::default();
+        tally.count(packet, body);
+        self.add_received(&mut tally);
+    }
+
+    /// Adds what a reader counted; empties the tally.
+    pub fn add_received(&self, tally: &mut ReceivedTally) {
+        if tally.packets == 0 {
+            return;
         }
+        let shard = self.shard();
+        shard.packets_in.fetch_add(tally.packets, Relaxed);
+        shard.bytes_in.fetch_add(tally.bytes, Relaxed);
+        for qos in 0..3 {
+            if tally.publish[qos] > 0 {
+                shard.publish_in[qos].fetch_add(tally.publish[qos], Relaxed);
+                shard.publish_bytes_in[qos].fetch_add(tally.publish_bytes[qos], Relaxed);
+            }
+        }
+        if tally.connects > 0 {
+            self.connects.fetch_add(tally.connects, Relaxed);
+        }
+        *tally = ReceivedTally::default();
     }
 
     /// `bytes` written to a client, holding what `tally` counted; empties the tally.
