@@ -7,6 +7,7 @@
 
 mod gate;
 mod handshake;
+mod pool;
 mod reader;
 mod writer;
 
@@ -14,7 +15,6 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -203,17 +203,17 @@ pub fn spawn(
     registry: Arc<Registry>,
 ) -> io::Result<()> {
     let stack_size = config.client_stack_size;
-    thread::Builder::new()
-        .name(format!("client-{connection_id}-rx"))
-        .stack_size(stack_size)
-        .spawn(move || {
+    // A thread parked by an earlier connection if there is one (see `pool`).
+    pool::pool().spawn(
+        stack_size,
+        Box::new(move || {
             // One socket, shared: the reader reads it, the writer writes it, the registry can
             // shut it down. It closes when the last of them lets go.
             let stream = Arc::new(stream);
             let _registered = registry.register(connection_id, &stream);
             reader::run(stream, peer, connection_id, queue, &config);
-        })?;
-    Ok(())
+        }),
+    )
 }
 
 /// What the writer needs to know about the connection it writes.
@@ -239,9 +239,9 @@ fn spawn_writer(
         Some(Arc::clone(&setup.stream)),
     );
     let shared = handle.shared.clone();
-    thread::Builder::new()
-        .name(format!("client-{}-tx", setup.connection_id))
-        .stack_size(config.client_stack_size)
-        .spawn(move || writer::run(setup, rx, shared, queue))?;
+    pool::pool().spawn(
+        config.client_stack_size,
+        Box::new(move || writer::run(setup, rx, shared, queue)),
+    )?;
     Ok(handle)
 }

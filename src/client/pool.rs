@@ -6,18 +6,21 @@
 //! writer function has returned and dropped everything it held. Must not: run two jobs at once
 //! on a thread, keep a job's captures alive after it returns, or hold a lock while a job runs.
 //!
-//! Handing over: `idle` counts parked threads. A spawner that takes one from the count (never
-//! below zero) sends its job on the shared channel, and exactly one parked thread receives it.
-//! A parked thread that waited `IDLE_KEEP` for nothing leaves only if it can take itself from
-//! the count; if a spawner took it first, a job is on its way and it waits on.
+//! Handing over: each parked thread waits on a one-slot channel of its own, and the pool keeps
+//! their senders on a stack (the most recently parked first: its stack is still warm). A
+//! spawner pops one and sends; the thread runs the job. A thread that waited `IDLE_KEEP` for
+//! nothing leaves only if it can take its own sender off the stack; if a spawner popped it
+//! first, a job is on its way and it waits for it. (One shared channel would do the same, but
+//! every parked thread would then be a waiter of that channel, and a wake-up among ten
+//! thousand waiters costs a walk over all of them.)
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
 
 /// What a pooled thread runs: a reader or a writer, to its end.
 pub(super) type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -25,11 +28,16 @@ pub(super) type Job = Box<dyn FnOnce() + Send + 'static>;
 /// How long a parked thread waits for a new connection before it ends.
 const IDLE_KEEP: Duration = Duration::from_secs(30);
 
+/// A parked thread, as the pool sees it.
+struct Parked {
+    id: u64,
+    jobs: Sender<Job>,
+}
+
 /// Parked client threads, shared by every broker in the process.
 pub(super) struct ThreadPool {
-    jobs: Sender<Job>,
-    waiting: Receiver<Job>,
-    idle: AtomicUsize,
+    parked: Mutex<Vec<Parked>>,
+    next_id: std::sync::atomic::AtomicU64,
     keep: Duration,
 }
 
@@ -41,31 +49,29 @@ pub(super) fn pool() -> &'static ThreadPool {
 
 impl ThreadPool {
     fn new(keep: Duration) -> Self {
-        let (jobs, waiting) = crossbeam_channel::unbounded();
         ThreadPool {
-            jobs,
-            waiting,
-            idle: AtomicUsize::new(0),
+            parked: Mutex::new(Vec::new()),
+            next_id: std::sync::atomic::AtomicU64::new(0),
             keep,
         }
     }
 
-    /// Runs `job` on a parked thread, or on a new one (named `name`, with `stack_size` bytes
-    /// of stack) when none is parked. Fails only if a new thread is needed and cannot start.
-    pub(super) fn spawn(
-        &'static self,
-        name: impl FnOnce() -> String,
-        stack_size: usize,
-        job: Job,
-    ) -> io::Result<()> {
-        if take_one(&self.idle) {
-            // A parked thread is committed to receiving it; the channel never closes (the
-            // pool lives as long as the process).
-            let _ = self.jobs.send(job);
-            return Ok(());
-        }
+    /// Runs `job` on a parked thread, or on a new one (with `stack_size` bytes of stack) when
+    /// none is parked. Fails only if a new thread is needed and cannot start. Threads are
+    /// named `client`: one serves many connections, readers and writers, over its life (log
+    /// lines name the client).
+    pub(super) fn spawn(&'static self, stack_size: usize, job: Job) -> io::Result<()> {
+        let parked = self.parked.lock().pop();
+        let job = match parked {
+            // Its thread is committed to receiving: it is off the stack, so it will not leave.
+            Some(parked) => match parked.jobs.send(job) {
+                Ok(()) => return Ok(()),
+                Err(crossbeam_channel::SendError(job)) => job,
+            },
+            None => job,
+        };
         thread::Builder::new()
-            .name(name())
+            .name("client".into())
             .stack_size(stack_size)
             .spawn(move || self.work(job))?;
         Ok(())
@@ -73,33 +79,46 @@ impl ThreadPool {
 
     /// Runs jobs until none comes for `keep`.
     fn work(&self, first: Job) {
-        first();
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (jobs, inbox): (Sender<Job>, Receiver<Job>) = crossbeam_channel::bounded(1);
+        let mut job = first;
         loop {
-            self.idle.fetch_add(1, Ordering::AcqRel);
-            let job = loop {
-                match self.waiting.recv_timeout(self.keep) {
-                    Ok(job) => break job,
-                    // Gone from the count: nobody will send to this thread; leave.
-                    Err(_) if take_one(&self.idle) => return,
-                    // A spawner counted on this thread: its job is coming.
-                    Err(_) => continue,
-                }
-            };
             job();
+            self.parked.lock().push(Parked {
+                id,
+                jobs: jobs.clone(),
+            });
+            job = match inbox.recv_timeout(self.keep) {
+                Ok(next) => next,
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut parked = self.parked.lock();
+                    match parked.iter().position(|p| p.id == id) {
+                        Some(at) => {
+                            // Still on the stack: nobody will send; leave.
+                            parked.swap_remove(at);
+                            return;
+                        }
+                        None => {
+                            drop(parked);
+                            // A spawner popped this thread: its job is coming.
+                            match inbox.recv() {
+                                Ok(next) => next,
+                                Err(_) => return,
+                            }
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
         }
     }
 
     #[cfg(test)]
     fn idle(&self) -> usize {
-        self.idle.load(Ordering::Acquire)
+        self.parked.lock().len()
     }
-}
-
-/// Takes one from `count` unless it is zero; true if it did.
-fn take_one(count: &AtomicUsize) -> bool {
-    count
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-        .is_ok()
 }
 
 #[cfg(test)]
@@ -126,12 +145,12 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded();
         let tx1 = tx.clone();
         let job: Job = Box::new(move || tx1.send(thread::current().id()).expect("send"));
-        pool.spawn(|| "pool-test".into(), 64 * 1024, job)
+        pool.spawn(64 * 1024, job)
             .expect("spawn");
         let first = rx.recv().expect("first job ran");
         wait_until("the thread parks", || pool.idle() == 1);
         let job: Job = Box::new(move || tx.send(thread::current().id()).expect("send"));
-        pool.spawn(|| "pool-test".into(), 64 * 1024, job)
+        pool.spawn(64 * 1024, job)
             .expect("spawn");
         assert_eq!(rx.recv().expect("second job ran"), first);
         wait_until("parked again", || pool.idle() == 1);
@@ -150,7 +169,7 @@ mod tests {
                 let _g = gate.lock().expect("lock");
                 tx.send(thread::current().id()).expect("send");
             });
-            pool.spawn(|| "pool-test".into(), 64 * 1024, job)
+            pool.spawn(64 * 1024, job)
                 .expect("spawn");
         }
         drop(held);
