@@ -145,13 +145,11 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded();
         let tx1 = tx.clone();
         let job: Job = Box::new(move || tx1.send(thread::current().id()).expect("send"));
-        pool.spawn(64 * 1024, job)
-            .expect("spawn");
+        pool.spawn(64 * 1024, job).expect("spawn");
         let first = rx.recv().expect("first job ran");
         wait_until("the thread parks", || pool.idle() == 1);
         let job: Job = Box::new(move || tx.send(thread::current().id()).expect("send"));
-        pool.spawn(64 * 1024, job)
-            .expect("spawn");
+        pool.spawn(64 * 1024, job).expect("spawn");
         assert_eq!(rx.recv().expect("second job ran"), first);
         wait_until("parked again", || pool.idle() == 1);
     }
@@ -169,8 +167,7 @@ mod tests {
                 let _g = gate.lock().expect("lock");
                 tx.send(thread::current().id()).expect("send");
             });
-            pool.spawn(64 * 1024, job)
-                .expect("spawn");
+            pool.spawn(64 * 1024, job).expect("spawn");
         }
         drop(held);
         let mut ids: Vec<_> = (0..4).map(|_| rx.recv().expect("ran")).collect();
