@@ -342,4 +342,20 @@ mod tests {
             .contains("mqtt_connections_refused_total{reason=\"bad_user_name_or_password\"} 1\n"));
         assert!(text.contains("mqtt_connections_refused_total{reason=\"connection_limit\"} 0\n"));
     }
+
+    #[test]
+    fn the_grafana_dashboard_names_only_exported_metrics() {
+        let dashboard = include_str!("../../docs/grafana-dashboard.json");
+        let text = render(&Stats::default());
+        let mut checked = 0;
+        for (at, _) in dashboard.match_indices("mqtt_") {
+            let name: String = dashboard[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+            checked += 1;
+        }
+        assert!(checked > 10);
+    }
 }

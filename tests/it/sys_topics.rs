@@ -13,7 +13,7 @@ use mqtt_broker::mqtt::{Packet, ProtocolVersion, QoS};
 use crate::support::{config_with, start_broker_with, RawClient};
 
 /// Topics mosquitto publishes that we knowingly do not: its allocator's heap figures (Debian
-/// builds it with memory tracking; docs/compatibility.md).
+/// builds it with memory tracking; README "Monitoring" lists the differences).
 const ONLY_MOSQUITTO: &[&str] = &["$SYS/broker/heap/current", "$SYS/broker/heap/maximum"];
 
 /// The real mosquitto broker on a free port, killed on drop.
