@@ -6,20 +6,21 @@
 //! writer function has returned and dropped everything it held. Must not: run two jobs at once
 //! on a thread, keep a job's captures alive after it returns, or hold a lock while a job runs.
 //!
-//! Handing over: each parked thread waits on a one-slot channel of its own, and the pool keeps
-//! their senders on a stack (the most recently parked first: its stack is still warm). A
-//! spawner pops one and sends; the thread runs the job. A thread that waited `IDLE_KEEP` for
-//! nothing leaves only if it can take its own sender off the stack; if a spawner popped it
-//! first, a job is on its way and it waits for it. (One shared channel would do the same, but
-//! every parked thread would then be a waiter of that channel, and a wake-up among ten
-//! thousand waiters costs a walk over all of them.)
+//! Handing over: each parked thread has a slot of its own, and the pool keeps the slots on a
+//! stack (the most recently parked first: its stack is still warm in cache). A spawner pops a
+//! slot, puts the job in it and unparks the thread. A thread that waited `IDLE_KEEP` for
+//! nothing leaves only if it can take its own slot off the stack; if a spawner popped it first,
+//! a job is on its way and it waits for it. (One shared channel would do the same, but every
+//! parked thread would be a waiter of that channel, and a wake-up among ten thousand waiters
+//! costs a walk over all of them; channels also spin and yield before they sleep, which a
+//! thread that is likely to wait long should not.)
 
 use std::io;
+use std::sync::Arc;
 use std::sync::OnceLock;
-use std::thread;
-use std::time::Duration;
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 /// What a pooled thread runs: a reader or a writer, to its end.
@@ -28,16 +29,15 @@ pub(super) type Job = Box<dyn FnOnce() + Send + 'static>;
 /// How long a parked thread waits for a new connection before it ends.
 const IDLE_KEEP: Duration = Duration::from_secs(30);
 
-/// A parked thread, as the pool sees it.
-struct Parked {
-    id: u64,
-    jobs: Sender<Job>,
+/// Where a spawner leaves the next job for one parked thread.
+struct Slot {
+    job: Mutex<Option<Job>>,
+    thread: Thread,
 }
 
 /// Parked client threads, shared by every broker in the process.
 pub(super) struct ThreadPool {
-    parked: Mutex<Vec<Parked>>,
-    next_id: std::sync::atomic::AtomicU64,
+    parked: Mutex<Vec<Arc<Slot>>>,
     keep: Duration,
 }
 
@@ -51,7 +51,6 @@ impl ThreadPool {
     fn new(keep: Duration) -> Self {
         ThreadPool {
             parked: Mutex::new(Vec::new()),
-            next_id: std::sync::atomic::AtomicU64::new(0),
             keep,
         }
     }
@@ -62,14 +61,12 @@ impl ThreadPool {
     /// lines name the client).
     pub(super) fn spawn(&'static self, stack_size: usize, job: Job) -> io::Result<()> {
         let parked = self.parked.lock().pop();
-        let job = match parked {
-            // Its thread is committed to receiving: it is off the stack, so it will not leave.
-            Some(parked) => match parked.jobs.send(job) {
-                Ok(()) => return Ok(()),
-                Err(crossbeam_channel::SendError(job)) => job,
-            },
-            None => job,
-        };
+        if let Some(slot) = parked {
+            // Off the stack, so its thread will not leave: it waits for this job.
+            *slot.job.lock() = Some(job);
+            slot.thread.unpark();
+            return Ok(());
+        }
         thread::Builder::new()
             .name("client".into())
             .stack_size(stack_size)
@@ -79,39 +76,47 @@ impl ThreadPool {
 
     /// Runs jobs until none comes for `keep`.
     fn work(&self, first: Job) {
-        let id = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (jobs, inbox): (Sender<Job>, Receiver<Job>) = crossbeam_channel::bounded(1);
+        let slot = Arc::new(Slot {
+            job: Mutex::new(None),
+            thread: thread::current(),
+        });
         let mut job = first;
         loop {
             job();
-            self.parked.lock().push(Parked {
-                id,
-                jobs: jobs.clone(),
-            });
-            job = match inbox.recv_timeout(self.keep) {
-                Ok(next) => next,
-                Err(RecvTimeoutError::Timeout) => {
-                    let mut parked = self.parked.lock();
-                    match parked.iter().position(|p| p.id == id) {
-                        Some(at) => {
-                            // Still on the stack: nobody will send; leave.
-                            parked.swap_remove(at);
-                            return;
-                        }
-                        None => {
-                            drop(parked);
-                            // A spawner popped this thread: its job is coming.
-                            match inbox.recv() {
-                                Ok(next) => next,
-                                Err(_) => return,
-                            }
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
+            self.parked.lock().push(Arc::clone(&slot));
+            job = match self.wait(&slot) {
+                Some(next) => next,
+                None => return,
             };
+        }
+    }
+
+    /// Waits for a job in `slot`; `None` when none came for `keep` and the thread may leave.
+    fn wait(&self, slot: &Arc<Slot>) -> Option<Job> {
+        let deadline = Instant::now() + self.keep;
+        loop {
+            if let Some(job) = slot.job.lock().take() {
+                return Some(job);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let mut parked = self.parked.lock();
+                if let Some(at) = parked.iter().position(|p| Arc::ptr_eq(p, slot)) {
+                    // Still on the stack: nobody will give it work; leave.
+                    parked.swap_remove(at);
+                    return None;
+                }
+                // A spawner popped it: its job is coming; wait without a deadline.
+                drop(parked);
+                loop {
+                    if let Some(job) = slot.job.lock().take() {
+                        return Some(job);
+                    }
+                    thread::park();
+                }
+            }
+            // Spurious wake-ups are fine: the slot is checked again.
+            thread::park_timeout(deadline - now);
         }
     }
 
