@@ -134,6 +134,7 @@ impl QueueActor {
                     Err(_) => break,
                 },
             };
+            let woke_by_deadline = next.is_none();
             if let Some(msg) = next {
                 self.handle(msg);
                 self.unflushed += 1;
@@ -143,7 +144,7 @@ impl QueueActor {
             }
             // Pump when the inbox is empty (no added latency) or after a batch.
             if self.unflushed >= FLUSH_EVERY || self.rx.is_empty() {
-                self.sys_tick();
+                self.sys_tick(woke_by_deadline);
                 self.flush();
             }
         }

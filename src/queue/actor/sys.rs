@@ -23,7 +23,14 @@ pub(crate) struct SysClock {
     next_gauges: Instant,
     tree: SysTree,
     sessions_maximum: u64,
+    /// Flushes since the clock was last read: under load it is read once every
+    /// `CLOCK_EVERY` flushes, not per flush.
+    unchecked: u32,
 }
+
+/// Flushes between two reads of the clock while messages keep the router busy. When they do
+/// not, the wait for the next message ends at the due time and the clock is read then.
+const CLOCK_EVERY: u32 = 64;
 
 impl SysClock {
     pub(crate) fn new(config: &Config, started: Instant) -> Self {
@@ -35,6 +42,7 @@ impl SysClock {
             next_gauges: started,
             tree: SysTree::new(started),
             sessions_maximum: 0,
+            unchecked: 0,
         }
     }
 
@@ -62,11 +70,19 @@ impl QueueActor {
         self.sys.due(self.stats.metrics_watched())
     }
 
-    /// Refreshes the gauges and publishes `$SYS` when due.
-    pub(super) fn sys_tick(&mut self) {
+    /// Refreshes the gauges and publishes `$SYS` when due. `woke_by_deadline`: the router's
+    /// wait ended at a deadline rather than with a message.
+    pub(super) fn sys_tick(&mut self, woke_by_deadline: bool) {
         let Some(due) = self.sys_due() else {
             return;
         };
+        if !woke_by_deadline {
+            self.sys.unchecked += 1;
+            if self.sys.unchecked < CLOCK_EVERY {
+                return;
+            }
+        }
+        self.sys.unchecked = 0;
         let now = Instant::now();
         if now < due {
             return;
