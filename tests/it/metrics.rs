@@ -179,3 +179,19 @@ fn other_paths_are_not_found() {
     assert!(status.contains("404"), "{status}");
     broker.stop();
 }
+
+#[test]
+fn connections_over_the_limit_are_counted_as_refused() {
+    let config = crate::support::config_with(|c| c.max_connections = 1);
+    let (broker, metrics) = start_broker_with_metrics(config);
+    let (_held, _) = RawClient::connect(broker.addr, "held", ProtocolVersion::V3_1_1, true);
+    // The second connection is closed at once, before any CONNACK.
+    let mut refused = RawClient::tcp(broker.addr);
+    refused.expect_closed();
+    let samples = scrape_until(metrics, |s| {
+        s.get("mqtt_connections_refused_total{reason=\"connection_limit\"}") == Some(&1.0)
+    });
+    assert_eq!(value(&samples, "mqtt_sockets_accepted_total{}"), 2.0);
+    assert_eq!(value(&samples, "mqtt_connections_total{}"), 1.0);
+    broker.stop();
+}
