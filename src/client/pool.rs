@@ -33,6 +33,8 @@ const IDLE_KEEP: Duration = Duration::from_secs(30);
 struct Slot {
     job: Mutex<Option<Job>>,
     thread: Thread,
+    /// The stack the thread was started with: it only takes jobs that asked for no more.
+    stack_size: usize,
 }
 
 /// Parked client threads, shared by every broker in the process.
@@ -60,7 +62,15 @@ impl ThreadPool {
     /// named `client`: one serves many connections, readers and writers, over its life (log
     /// lines name the client).
     pub(super) fn spawn(&'static self, stack_size: usize, job: Job) -> io::Result<()> {
-        let parked = self.parked.lock().pop();
+        let parked = {
+            let mut parked = self.parked.lock();
+            // The most recently parked thread with a stack large enough (in a process with one
+            // broker every thread has the same size, and the last one fits).
+            let fits = parked
+                .iter()
+                .rposition(|slot| slot.stack_size >= stack_size);
+            fits.map(|at| parked.swap_remove(at))
+        };
         if let Some(slot) = parked {
             // Off the stack, so its thread will not leave: it waits for this job.
             *slot.job.lock() = Some(job);
@@ -70,15 +80,16 @@ impl ThreadPool {
         thread::Builder::new()
             .name("client".into())
             .stack_size(stack_size)
-            .spawn(move || self.work(job))?;
+            .spawn(move || self.work(job, stack_size))?;
         Ok(())
     }
 
     /// Runs jobs until none comes for `keep`.
-    fn work(&self, first: Job) {
+    fn work(&self, first: Job, stack_size: usize) {
         let slot = Arc::new(Slot {
             job: Mutex::new(None),
             thread: thread::current(),
+            stack_size,
         });
         let mut job = first;
         loop {
@@ -157,6 +168,21 @@ mod tests {
         pool.spawn(64 * 1024, job).expect("spawn");
         assert_eq!(rx.recv().expect("second job ran"), first);
         wait_until("parked again", || pool.idle() == 1);
+    }
+
+    #[test]
+    fn a_job_never_gets_a_smaller_stack_than_it_asked_for() {
+        let pool = leak(ThreadPool::new(Duration::from_secs(5)));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let tx1 = tx.clone();
+        let job: Job = Box::new(move || tx1.send(thread::current().id()).expect("send"));
+        pool.spawn(64 * 1024, job).expect("spawn");
+        let small = rx.recv().expect("ran");
+        wait_until("the thread parks", || pool.idle() == 1);
+        let job: Job = Box::new(move || tx.send(thread::current().id()).expect("send"));
+        pool.spawn(256 * 1024, job).expect("spawn");
+        assert_ne!(rx.recv().expect("ran"), small, "a new, larger thread");
+        wait_until("both park", || pool.idle() == 2);
     }
 
     #[test]
