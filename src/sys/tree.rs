@@ -223,8 +223,7 @@ impl SysTree {
                 self.averages[i][w] = new;
             }
         }
-        // Load topics first when there is nothing older; mosquitto's first report lists the
-        // clients before them.
+        // In mosquitto's order: the client counts, then the load averages, then the rest.
         let mut values = Vec::new();
         for (i, metric) in METRICS.iter().enumerate() {
             let value = (metric.value)(&snapshot);
