@@ -14,8 +14,14 @@
 //! parked thread would be a waiter of that channel, and a wake-up among ten thousand waiters
 //! costs a walk over all of them; channels also spin and yield before they sleep, which a
 //! thread that is likely to wait long should not.)
+//!
+//! Spares: a thread about to run a job starts a spare thread when fewer than `SPARES` are
+//! parked, so that during a storm of new connections the acceptor and the readers find a
+//! thread waiting instead of creating one on their own path (a fresh broker's first 10,000
+//! connections still create 20,000 threads, but on the threads that are not accepting).
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::thread::{self, Thread};
@@ -28,6 +34,10 @@ pub(super) type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// How long a parked thread waits for a new connection before it ends.
 const IDLE_KEEP: Duration = Duration::from_secs(30);
+/// Threads kept parked ahead of demand while connections keep arriving: a thread about to run
+/// a job starts a spare when fewer are parked, so that in a storm the acceptor (and the reader
+/// starting its writer) finds a thread ready instead of creating one itself.
+const SPARES: usize = 2;
 
 /// Where a spawner leaves the next job for one parked thread.
 struct Slot {
@@ -40,19 +50,25 @@ struct Slot {
 /// Parked client threads, shared by every broker in the process.
 pub(super) struct ThreadPool {
     parked: Mutex<Vec<Arc<Slot>>>,
+    /// Spare threads started and not yet parked.
+    starting: AtomicUsize,
+    /// `SPARES`, or another number in tests.
+    spares: usize,
     keep: Duration,
 }
 
 /// The process's pool.
 pub(super) fn pool() -> &'static ThreadPool {
     static POOL: OnceLock<ThreadPool> = OnceLock::new();
-    POOL.get_or_init(|| ThreadPool::new(IDLE_KEEP))
+    POOL.get_or_init(|| ThreadPool::new(IDLE_KEEP, SPARES))
 }
 
 impl ThreadPool {
-    fn new(keep: Duration) -> Self {
+    fn new(keep: Duration, spares: usize) -> Self {
         ThreadPool {
             parked: Mutex::new(Vec::new()),
+            starting: AtomicUsize::new(0),
+            spares,
             keep,
         }
     }
@@ -80,19 +96,50 @@ impl ThreadPool {
         thread::Builder::new()
             .name("client".into())
             .stack_size(stack_size)
-            .spawn(move || self.work(job, stack_size))?;
+            .spawn(move || self.work(Some(job), stack_size))?;
         Ok(())
     }
 
-    /// Runs jobs until none comes for `keep`.
-    fn work(&self, first: Job, stack_size: usize) {
+    /// Starts a spare thread when fewer than `SPARES` are parked or starting. Best effort: a
+    /// thread that cannot start now is started by `spawn` when it is needed, or refused there.
+    fn top_up(&'static self, stack_size: usize) {
+        let parked = self.parked.lock().len();
+        if parked + self.starting.load(Ordering::Acquire) >= self.spares {
+            return;
+        }
+        if self.starting.fetch_add(1, Ordering::AcqRel) >= self.spares {
+            self.starting.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let spare = thread::Builder::new()
+            .name("client".into())
+            .stack_size(stack_size)
+            .spawn(move || self.work(None, stack_size));
+        if spare.is_err() {
+            self.starting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Runs jobs until none comes for `keep`; a spare (`first` None) parks first.
+    fn work(&'static self, first: Option<Job>, stack_size: usize) {
         let slot = Arc::new(Slot {
             job: Mutex::new(None),
             thread: thread::current(),
             stack_size,
         });
-        let mut job = first;
+        let mut job = match first {
+            Some(job) => job,
+            None => {
+                self.parked.lock().push(Arc::clone(&slot));
+                self.starting.fetch_sub(1, Ordering::AcqRel);
+                match self.wait(&slot) {
+                    Some(job) => job,
+                    None => return,
+                }
+            }
+        };
         loop {
+            self.top_up(stack_size);
             job();
             self.parked.lock().push(Arc::clone(&slot));
             job = match self.wait(&slot) {
@@ -157,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_finished_thread_runs_the_next_job() {
-        let pool = leak(ThreadPool::new(Duration::from_secs(5)));
+        let pool = leak(ThreadPool::new(Duration::from_secs(5), 0));
         let (tx, rx) = crossbeam_channel::unbounded();
         let tx1 = tx.clone();
         let job: Job = Box::new(move || tx1.send(thread::current().id()).expect("send"));
@@ -172,7 +219,7 @@ mod tests {
 
     #[test]
     fn a_job_never_gets_a_smaller_stack_than_it_asked_for() {
-        let pool = leak(ThreadPool::new(Duration::from_secs(5)));
+        let pool = leak(ThreadPool::new(Duration::from_secs(5), 0));
         let (tx, rx) = crossbeam_channel::unbounded();
         let tx1 = tx.clone();
         let job: Job = Box::new(move || tx1.send(thread::current().id()).expect("send"));
@@ -186,8 +233,32 @@ mod tests {
     }
 
     #[test]
+    fn a_spare_thread_waits_while_the_first_job_runs() {
+        let pool = leak(ThreadPool::new(Duration::from_secs(5), 1));
+        let gate = std::sync::Arc::new(Mutex::new(()));
+        let held = gate.lock().expect("lock");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let job: Job = {
+            let gate = std::sync::Arc::clone(&gate);
+            Box::new(move || {
+                tx.send(thread::current().id()).expect("send");
+                drop(gate.lock().expect("lock"));
+            })
+        };
+        pool.spawn(64 * 1024, job).expect("spawn");
+        let busy = rx.recv().expect("ran");
+        // Only one job was ever given, and it still runs: the parked thread is a spare.
+        wait_until("a spare parks", || pool.idle() == 1);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let job: Job = Box::new(move || tx.send(thread::current().id()).expect("send"));
+        pool.spawn(64 * 1024, job).expect("spawn");
+        assert_ne!(rx.recv().expect("ran"), busy);
+        drop(held);
+    }
+
+    #[test]
     fn busy_threads_are_not_shared_and_idle_ones_leave() {
-        let pool = leak(ThreadPool::new(Duration::from_millis(300)));
+        let pool = leak(ThreadPool::new(Duration::from_millis(300), 0));
         let gate = std::sync::Arc::new(Mutex::new(()));
         let held = gate.lock().expect("lock");
         let (tx, rx) = crossbeam_channel::unbounded();
