@@ -238,12 +238,26 @@ vendor_test_js() {
     die "npm install mqtt failed"
 }
 
+# Python's prometheus_client, whose parser checks /metrics (tests/it/metrics.rs), into a
+# git-ignored cache folder; installed once, with pip.
+install_metrics_parser() {
+  local dir=.test-cache/python
+  if PYTHONPATH=$dir python3 -c 'import prometheus_client' 2>/dev/null; then
+    return 0
+  fi
+  say "installing prometheus_client into $dir (pip)"
+  command -v python3 >/dev/null 2>&1 || die "python3 is needed for the metrics test"
+  timeout 300 python3 -m pip install -q --target "$dir" prometheus_client </dev/null \
+    || die "pip install prometheus_client failed"
+}
+
 run_tests() {
   local t0=$SECONDS
   install_test_tools
   vendor_test_js
   # The browser test fails, rather than skips, when its tools are missing.
   export MQTT_BROWSER_TEST=require
+  install_metrics_parser
   say "cargo fmt --all -- --check"
   cargo fmt --all -- --check || die "cargo fmt --check failed: run cargo fmt --all"
   say "cargo clippy --all-targets -- -D warnings"

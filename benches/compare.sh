@@ -285,6 +285,7 @@ limit_for() {
     case "$1" in
         qos1-1m) echo 400 ;;
         connections) echo 300 ;;
+        churn) echo 200 ;;
         *) echo 150 ;;
     esac
 }
@@ -359,6 +360,10 @@ cells() {
             per=$(get "$broker" "$scenario" bytes_per_client)
             echo "$(num "$rate") conn/s$mark | $( [ -n "$per" ] && awk -v b="$per" 'BEGIN { printf "%.1f KiB/conn", b / 1024 }' || echo -) | $(mib "$hwm")"
             ;;
+        churn)
+            rate=$(get "$broker" "$scenario" churn_rate)
+            echo "$(num "$rate") reconn/s$mark | - | $(mib "$hwm")"
+            ;;
         qos1-1m)
             rate=$(get "$broker" "$scenario" rate)
             echo "$(num "$rate") ($(num "$(get "$broker" "$scenario" elapsed_s)" 1) s)$mark | $(num "$(get "$broker" "$scenario" p99_ms)" 2) | $(mib "$hwm")"
@@ -378,6 +383,7 @@ vs() {
     case "$scenario" in
         latency-*) ratio "$(get "$peer" "$scenario" p99_ms)" "$(get ours "$scenario" p99_ms)" ;;
         connections) ratio "$(get ours "$scenario" connect_rate)" "$(get "$peer" "$scenario" connect_rate)" ;;
+        churn) ratio "$(get ours "$scenario" churn_rate)" "$(get "$peer" "$scenario" churn_rate)" ;;
         *) ratio "$(get ours "$scenario" rate)" "$(get "$peer" "$scenario" rate)" ;;
     esac
 }
@@ -416,6 +422,7 @@ table() {
     echo "ours ÷ peer: above 1 means ours is better (throughput; connect rate; for latency-*, the peer's p99 over ours)."
     echo "qos1-1m: delivered msg/s and the time until every message was acknowledged and delivered."
     echo "connections: connect rate, the broker's RSS growth per idle connection, peak RSS."
+    echo "churn: 1,000 clients disconnecting and connecting again in a loop: reconnects per second."
     local note=""
     for broker in "${BROKERS[@]}"; do
         if [ -n "${UNAVAILABLE[$broker]:-}" ]; then

@@ -40,6 +40,8 @@ pub struct Broker {
     reloader: Reloader,
     /// The authorizer every listener shares unless `per_listener_settings` (loaded once).
     shared_authorizer: Option<Option<Arc<Authorizer>>>,
+    /// Prometheus listeners (`protocol metrics`); they stop when `run` returns.
+    metrics: Vec<crate::sys::metrics::MetricsServer>,
 }
 
 /// One bound listener: its socket, its settings, its copy of the config (with its
@@ -105,12 +107,11 @@ impl Stopper {
 }
 
 /// Refuses listeners whose transport this build cannot serve yet. The one place to change
-/// when QUIC or the metrics endpoint arrive.
+/// when QUIC arrives.
 pub fn check_transport(settings: &Listener) -> io::Result<()> {
     let missing = match settings.protocol {
-        Protocol::Mqtt | Protocol::WebSockets => return Ok(()),
+        Protocol::Mqtt | Protocol::WebSockets | Protocol::Metrics => return Ok(()),
         Protocol::Quic => "protocol quic",
-        Protocol::Metrics => "protocol metrics",
     };
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
@@ -141,6 +142,7 @@ impl Broker {
             },
             reloader: Reloader::default(),
             shared_authorizer: None,
+            metrics: Vec::new(),
         };
         broker.add_listener(listener, settings)?;
         Ok(broker)
@@ -152,6 +154,10 @@ impl Broker {
     pub fn add_listener(&mut self, socket: TcpListener, mut settings: Listener) -> io::Result<()> {
         check_transport(&settings)?;
         settings.addr = socket.local_addr()?;
+        if settings.protocol == Protocol::Metrics {
+            self.serve_metrics(socket)?;
+            return Ok(());
+        }
         let transport = Arc::new(transport::Acceptor::new(
             &settings,
             self.base.max_packet_size,
@@ -170,6 +176,16 @@ impl Broker {
             transport,
         });
         Ok(())
+    }
+
+    /// Serves Prometheus `/metrics` on `socket` (a `protocol metrics` listener) until `run`
+    /// returns; returns the address it serves.
+    pub fn serve_metrics(&mut self, socket: TcpListener) -> io::Result<SocketAddr> {
+        let stats = Arc::clone(self.queue.stats());
+        let server = crate::sys::metrics::serve(socket, stats)?;
+        let addr = server.local_addr();
+        self.metrics.push(server);
+        Ok(addr)
     }
 
     fn authorizer_for(&mut self, settings: &Listener) -> io::Result<Option<Arc<Authorizer>>> {
@@ -227,6 +243,7 @@ impl Broker {
             queue,
             queue_thread,
             stopper,
+            metrics,
             ..
         } = self;
         let registries: Vec<Arc<Registry>> =
@@ -285,6 +302,7 @@ impl Broker {
                 return;
             }
         }
+        drop(metrics);
         // Every client thread has dropped its router handle, so the router ends.
         let _ = queue_thread.join();
         info!("stopped");
@@ -326,8 +344,10 @@ impl AcceptLoop {
                     continue;
                 }
             };
+            self.queue.stats().socket_accepted();
             let held: usize = self.all.iter().map(|r| r.len()).sum();
             if !admission.admit(&registry, held, self.max_connections, peer) {
+                self.queue.stats().refused_connection_limit();
                 // Closed at once, without CONNACK: the connections already held carry on.
                 continue;
             }

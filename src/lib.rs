@@ -16,6 +16,8 @@
 //! - [`queue`]: the router actor (`QueueHandle` / `QueueActor`): sessions, subscriptions,
 //!   retained messages, in-flight windows, session queues bounded in messages and bytes, and
 //!   the flow control that keeps one slow client from holding up the others.
+//!   retained messages, in-flight windows and offline queues.
+//! - [`sys`]: counters, the `$SYS` topics and the Prometheus `/metrics` listener.
 //! - [`mqtt`]: the packet model and codec for all three protocol versions, and topics.
 //!
 //! See ARCHITECTURE.md for the threads, channels and invariants.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod limits;
 pub mod mqtt;
 pub mod queue;
+pub mod sys;
 pub mod transport;
 
 pub use broker::{Broker, Stopper};

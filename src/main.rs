@@ -67,13 +67,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let broker = match start(parsed.config) {
+    let mut broker = match start(parsed.config) {
         Ok(broker) => broker,
         Err(e) => {
             error!("{e}");
             return ExitCode::FAILURE;
         }
     };
+    // Prometheus metrics also from the environment (a `protocol metrics` listener in the file).
+    if let Ok(addr) = std::env::var("METRICS_ADDR") {
+        let served = TcpListener::bind(addr.trim()).and_then(|s| broker.serve_metrics(s));
+        if let Err(e) = served {
+            error!("cannot serve metrics on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if let Err(e) = watch_signals(broker.stopper(), broker.reloader()) {
         error!("cannot install the signal handlers: {e}");
         return ExitCode::FAILURE;

@@ -11,6 +11,7 @@
 //! - `run`: one traffic scenario, from connect to result, and its checks; `watch`: its
 //!   publish and drain phases.
 //! - `connections`: the idle-connections scenario.
+//! - `churn`: clients disconnecting and connecting again in a loop.
 //! - `client`: connect, CONNECT/CONNACK, SUBSCRIBE/SUBACK, DISCONNECT.
 //! - `traffic`: one client's reader and writer threads and their counters.
 //! - `reader`, `writer`: the two threads of a traffic connection.
@@ -21,6 +22,7 @@
 //!
 //! Clients speak MQTT 3.1.1 through the broker crate's own codec.
 
+mod churn;
 mod client;
 mod connections;
 mod histogram;
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
                 &run_id,
             ),
             Kind::Connections => connections::run(&options, &run_id),
+            Kind::Churn => churn::run(&options, &run_id),
         };
         if !line.ok() {
             failed += 1;

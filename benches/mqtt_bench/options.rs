@@ -12,15 +12,16 @@ mqtt-bench: load generator for MQTT brokers, checking every delivery
 
 usage: mqtt-bench [options] [SCENARIO...]
 
-SCENARIO is a name, a group (one2one, fanin, fanout, mesh, latency, qos1, connections) or
-all (the default); --list shows the names.
+SCENARIO is a name, a group (one2one, fanin, fanout, mesh, latency, qos1, connections,
+churn) or all (the default); --list shows the names.
 
 options:
   --addr HOST:PORT   broker address, loopback only       (127.0.0.1:1883)
   --pid PID          the broker's process: its RSS and threads are sampled from /proc
-  --duration SECS    publishing time of each flood or rate scenario      (5)
+  --duration SECS    publishing time of each flood or rate scenario, and of churn  (5)
   --messages N       messages of qos1-1m                             (1000000)
-  --clients N        idle clients of connections, capped by the fd limit  (10000)
+  --clients N        idle clients of connections, capped by the fd limit  (10000);
+                     churn holds at most 1000
   --rate N           messages per second of the latency scenarios      (20000)
   --window N         unacknowledged QoS 1/2 messages per publisher       (100)
   --payload BYTES    payload size, at least 24                             (64)

@@ -45,6 +45,8 @@ pub enum Kind {
     },
     /// Idle connections: connect rate and the broker's memory and threads per connection.
     Connections,
+    /// 1,000 clients disconnecting and connecting again in a loop: reconnects per second.
+    Churn,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +120,10 @@ pub fn catalogue(options: &Options) -> Vec<Scenario> {
     all.push(Scenario {
         name: "connections".into(),
         kind: Kind::Connections,
+    });
+    all.push(Scenario {
+        name: "churn".into(),
+        kind: Kind::Churn,
     });
     all
 }
@@ -243,7 +249,7 @@ mod tests {
             names(&["latency-q1", "one2one-q0"]),
             ["one2one-q0", "latency-q1"]
         );
-        assert_eq!(names(&["all"]).len(), 16);
+        assert_eq!(names(&["all"]).len(), 17);
         assert!(select(&options, &["nope".into()]).is_err());
     }
 }

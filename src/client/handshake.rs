@@ -163,7 +163,10 @@ pub(super) fn handshake(
         read_acl: auth.as_ref().and_then(ClientAuth::read_acl),
     };
     let from = match queue.connect(request) {
-        Ok(from) => from,
+        Ok(from) => {
+            queue.stats().connect_answered(ReasonCode::Success);
+            from
+        }
         Err(_) => {
             writer.close(None);
             return None;
@@ -219,6 +222,7 @@ pub(super) fn refuse(
         topic_alias_maximum: 0,
         write_timeout: config.write_timeout,
     };
+    queue.stats().connect_answered(reason);
     if let Ok(writer) = spawn_writer(setup, queue, config) {
         let _ = writer.send_packet(Packet::ConnAck(ConnAck {
             session_present: false,

@@ -8,6 +8,7 @@
 mod access;
 mod gate;
 mod handshake;
+mod pool;
 mod reader;
 mod writer;
 
@@ -15,7 +16,6 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -242,10 +242,10 @@ pub fn spawn(
     acceptor: Arc<Acceptor>,
 ) -> io::Result<()> {
     let stack_size = config.client_stack_size;
-    thread::Builder::new()
-        .name(format!("client-{connection_id}-rx"))
-        .stack_size(stack_size)
-        .spawn(move || {
+    // A thread parked by an earlier connection if there is one (see `pool`).
+    pool::pool().spawn(
+        stack_size,
+        Box::new(move || {
             // One socket, shared: the reader reads it, the writer writes it, the registry can
             // shut it down (a stalled handshake included). It closes when the last lets go.
             let stream = Arc::new(stream);
@@ -259,8 +259,8 @@ pub fn spawn(
                 }
             };
             reader::run(transport, peer, connection_id, queue, &config, &registered);
-        })?;
-    Ok(())
+        }),
+    )
 }
 
 /// The TLS handshake and WebSocket upgrade get as long as a client gets to send CONNECT.
@@ -291,9 +291,9 @@ fn spawn_writer(
         Some(Arc::clone(&setup.output.link)),
     );
     let shared = handle.shared.clone();
-    thread::Builder::new()
-        .name(format!("client-{}-tx", setup.connection_id))
-        .stack_size(config.client_stack_size)
-        .spawn(move || writer::run(setup, rx, shared, queue))?;
+    pool::pool().spawn(
+        config.client_stack_size,
+        Box::new(move || writer::run(setup, rx, shared, queue)),
+    )?;
     Ok(handle)
 }

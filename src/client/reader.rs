@@ -58,6 +58,9 @@ pub(super) fn run(
         config.max_packet_size,
         &mut body,
     );
+    if let Ok(packet) = &packet {
+        queue.stats().received(packet, body.len());
+    }
     // The whole CONNECT is in (however it trickled): no longer a pending handshake, which the
     // acceptor limits and the reaper closes after `connect_timeout`.
     registered.connect_received();
@@ -158,10 +161,15 @@ impl Connection {
         config: &Config,
     ) {
         let version = self.accepted.version;
+        let stats = Arc::clone(self.queue.stats());
+        let mut tally = crate::sys::counters::ReceivedTally::default();
         let closed = loop {
             // Nothing more is buffered, so the next read may block: pass on what was read.
-            if reader.buffer().is_empty() && self.flush_pub_acks().is_err() {
-                break Closed::RouterGone;
+            if reader.buffer().is_empty() {
+                stats.add_received(&mut tally);
+                if self.flush_pub_acks().is_err() {
+                    break Closed::RouterGone;
+                }
             }
             // Held while this client's QoS 0 messages fill a congested subscriber's queue: TCP
             // then slows the publisher. Bounded, so that a client that stopped reading because
@@ -181,6 +189,7 @@ impl Connection {
                     Err(DecodeError::Io(e)) => break Closed::Lost(e),
                     Err(e) => break Closed::Violation(e.reason_code(), e.to_string()),
                 };
+            tally.count(&packet, body.len());
             if body.capacity() > BODY_BUFFER_KEEP {
                 body = Vec::new();
             }
@@ -199,6 +208,7 @@ impl Connection {
                 Err(RouterGone) => break Closed::RouterGone,
             }
         };
+        stats.add_received(&mut tally);
         self.finish(closed);
     }
 

@@ -19,6 +19,7 @@ use super::{AckKind, Outbound, WriterSetup, WriterShared};
 use crate::mqtt::{encode_publish, Ack, Packet, ProtocolVersion, PublishView};
 use crate::queue::message::Delivery;
 use crate::queue::{ConnectionRef, QueueHandle};
+use crate::sys::counters::SentTally;
 use crate::transport::Output;
 
 /// A batch is written once it reaches this size, even if more items are waiting.
@@ -50,6 +51,7 @@ pub(super) fn run(
         delivered: 0,
         delivered_bytes: 0,
         flush: false,
+        tally: SentTally::default(),
     };
     let mut out = Vec::new();
     // `recv` fails once every handle is dropped and the channel is empty.
@@ -82,6 +84,7 @@ pub(super) fn run(
                 failed = true;
                 break 'connection;
             }
+            queue.stats().sent(out.len(), &mut encoder.tally);
             out.clear();
         }
         if std::mem::take(&mut encoder.flush) {
@@ -150,6 +153,8 @@ struct Encoder {
     delivered_bytes: usize,
     /// The transport has output of its own to write (`Outbound::Flush`).
     flush: bool,
+    /// Packets encoded since the last write, for the broker's counters.
+    tally: SentTally,
 }
 
 impl Encoder {
@@ -165,6 +170,8 @@ impl Encoder {
                 self.encode_publish(&delivery, packet_id, dup, out);
                 self.delivered += 1;
                 self.delivered_bytes += delivery.weight();
+                let payload = delivery.message.publish.payload.len();
+                self.tally.publish(delivery.qos, payload);
                 false
             }
             Outbound::Batch(items) => {
@@ -183,10 +190,12 @@ impl Encoder {
                     AckKind::PubComp => Packet::PubComp(ack),
                 };
                 packet.encode(version, out);
+                self.tally.packet();
                 false
             }
             Outbound::Packet(packet) => {
                 packet.encode(version, out);
+                self.tally.packet();
                 false
             }
             Outbound::Flush => {
@@ -197,6 +206,7 @@ impl Encoder {
                 if let Some(disconnect) = disconnect {
                     if version.is_v5() {
                         Packet::Disconnect(*disconnect).encode(version, out);
+                        self.tally.packet();
                     }
                 }
                 true

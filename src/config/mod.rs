@@ -206,6 +206,9 @@ impl Config {
         if let Some(n) = var("MAX_PENDING_HANDSHAKES")? {
             config.max_pending_handshakes = n;
         }
+        if let Some(secs) = var("SYS_INTERVAL")? {
+            config.sys_interval = Duration::from_secs(secs);
+        }
         Ok(config)
     }
 }

@@ -13,6 +13,7 @@ mod lifecycle;
 mod routing;
 mod subscribing;
 mod sweep;
+mod sys;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,6 +96,9 @@ pub struct QueueActor {
     held_acks_limit: usize,
     /// When `sweep` runs next.
     next_sweep: Instant,
+    /// The broker's counters (shared with every client thread) and `$SYS` reporting.
+    stats: Arc<crate::sys::Stats>,
+    sys: sys::SysClock,
 }
 
 /// The most messages the router handles before it pumps the sessions they were queued for.
@@ -132,21 +136,27 @@ impl QueueActor {
             write_timeout: config.write_timeout,
             held_acks_limit: config.max_inflight_messages.max(1),
             next_sweep: Instant::now() + sweep::SWEEP_EVERY,
+            stats: Arc::default(),
+            sys: sys::SysClock::new(config, Instant::now()),
         }
+    }
+
+    /// The counters this router and its clients share.
+    pub(crate) fn stats(&self) -> Arc<crate::sys::Stats> {
+        Arc::clone(&self.stats)
     }
 
     /// Handles messages and timers until every `QueueHandle` has been dropped.
     pub fn run(mut self) {
         loop {
-            let deadline = match self.timers.next_deadline() {
-                Some(timer) => timer.min(self.next_sweep),
-                None => self.next_sweep,
-            };
+            let deadline = sys::earliest(self.timers.next_deadline(), self.sys_due())
+                .map_or(self.next_sweep, |due| due.min(self.next_sweep));
             let next = match self.rx.recv_deadline(deadline) {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            let woke_by_deadline = next.is_none();
             if let Some(msg) = next {
                 self.handle(msg);
                 self.unflushed += 1;
@@ -156,6 +166,7 @@ impl QueueActor {
             }
             // Pump when the inbox is empty (no added latency) or after a batch.
             if self.unflushed >= FLUSH_EVERY || self.rx.is_empty() {
+                self.sys_tick(woke_by_deadline);
                 self.flush();
                 let now = Instant::now();
                 if now >= self.next_sweep {
@@ -286,8 +297,14 @@ fn send_ack(writer: &ClientHandle, kind: AckKind, packet_id: PacketId, reason: R
     let _ = writer.send_packet(packet);
 }
 
+/// Counts one message dropped for a session, and logs the start of its drop episode.
+fn note_drop(session: &mut Session, over_budget: bool, stats: &crate::sys::Stats) {
+    sys::count_drop(stats, session);
+    log_drop_start(session, over_budget);
+}
+
 /// Logs the start of a drop episode for a session (`sweep` reports how it goes on and ends).
-fn note_drop(session: &mut Session, over_budget: bool) {
+fn log_drop_start(session: &mut Session, over_budget: bool) {
     if session.outbox.drops.take_start() {
         let state = if over_budget {
             "the broker's budget of queued bytes is spent"

@@ -129,6 +129,7 @@ pub(crate) enum Msg {
 #[derive(Clone)]
 pub struct QueueHandle {
     tx: Sender<Msg>,
+    stats: Arc<crate::sys::Stats>,
 }
 
 impl QueueHandle {
@@ -137,10 +138,16 @@ impl QueueHandle {
         let (tx, rx): (Sender<Msg>, Receiver<Msg>) =
             crossbeam_channel::bounded(config.router_queue_capacity);
         let actor = QueueActor::new(rx, config);
+        let stats = actor.stats();
         let thread = thread::Builder::new()
             .name("queue".into())
             .spawn(move || actor.run())?;
-        Ok((QueueHandle { tx }, thread))
+        Ok((QueueHandle { tx, stats }, thread))
+    }
+
+    /// The broker's counters, for the client threads to count what they read and write.
+    pub fn stats(&self) -> &Arc<crate::sys::Stats> {
+        &self.stats
     }
 
     fn send(&self, msg: Msg) -> Result<(), RouterGone> {

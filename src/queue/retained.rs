@@ -152,6 +152,19 @@ impl RetainedStore {
         live
     }
 
+    /// For `$SYS` and metrics: how many retained messages, and their payload bytes.
+    /// Walks the whole tree: called once per report, not per message.
+    pub fn census(&self) -> (u64, u64) {
+        fn bytes(node: &Node) -> u64 {
+            let own = node
+                .message
+                .as_ref()
+                .map_or(0, |m| m.publish.payload.len() as u64);
+            own + node.children.iter().map(|(_, c)| bytes(c)).sum::<u64>()
+        }
+        (self.count as u64, bytes(&self.root))
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.count

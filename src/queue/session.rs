@@ -246,6 +246,14 @@ struct InFlight {
     stage: Stage,
 }
 
+/// What one session holds, as `Outbox::census` counts it.
+pub(super) struct OutboxCensus {
+    pub inflight: u64,
+    pub inflight_bytes: u64,
+    pub queued: u64,
+    pub queued_bytes: u64,
+}
+
 /// Packet ids run 1..=65535 and then wrap.
 const ID_RING: u64 = 65_535;
 
@@ -575,6 +583,18 @@ impl Outbox {
 
     pub fn queued_len(&self) -> usize {
         self.queued.len()
+    }
+
+    /// For `$SYS` and metrics: messages in flight, messages queued, and the payload bytes of
+    /// each. Walks the queue: called once a second, not per message.
+    pub fn census(&self) -> OutboxCensus {
+        let bytes = |d: &Delivery| d.message.publish.payload.len() as u64;
+        OutboxCensus {
+            inflight: self.inflight.len() as u64,
+            inflight_bytes: self.inflight.iter().map(|f| bytes(&f.delivery)).sum(),
+            queued: self.queued.len() as u64,
+            queued_bytes: self.queued.iter().map(bytes).sum(),
+        }
     }
 
     /// The next packet id not in flight; ids count up from 1 and wrap, skipping 0.

@@ -66,6 +66,27 @@ pub fn start_broker_with_listeners(
     (broker, addrs, reloader)
 }
 
+/// A broker that also serves Prometheus `/metrics`; returns the metrics address too.
+pub fn start_broker_with_metrics(config: Config) -> (TestBroker, SocketAddr) {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let mut broker = Broker::new(listener, config).expect("start the broker");
+    let metrics = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let metrics_addr = broker.serve_metrics(metrics).expect("serve metrics");
+    let addr = broker.local_addr().expect("local address");
+    let stopper = broker.stopper();
+    let thread = thread::Builder::new()
+        .name("test-acceptor".into())
+        .spawn(move || broker.run())
+        .expect("spawn the acceptor");
+    let broker = TestBroker {
+        addr,
+        stopper,
+        thread: Some(thread),
+    };
+    (broker, metrics_addr)
+}
+
 impl TestBroker {
     /// Stops the broker and returns how long `run` took to return; fails after 5 seconds.
     pub fn stop(mut self) -> Duration {

@@ -260,6 +260,7 @@ impl QueueActor {
                 }
                 TimerKind::SessionExpiry => {
                     debug!("session of client {} expired", session.client_id);
+                    self.stats.session_expired();
                     self.end_session(timer.slot);
                 }
             }

@@ -225,10 +225,10 @@ impl QueueActor {
                     self.mark_dirty(slot);
                 }
                 Enqueued::Skipped => {}
-                Enqueued::Dropped => note_drop(session, false),
+                Enqueued::Dropped => note_drop(session, false, &self.stats),
                 Enqueued::OverBudget => {
                     self.over_budget = true;
-                    note_drop(session, true);
+                    note_drop(session, true, &self.stats);
                 }
             }
         }

@@ -25,7 +25,7 @@ impl QueueActor {
             };
             if session.outbox.drops.is_active() {
                 // Drops of retained messages fed in after a SUBSCRIBE start an episode too.
-                note_drop(session, false);
+                log_drop_start(session, false);
                 report_drops(session, now);
             }
             let Some(online) = &session.online else {
