@@ -186,6 +186,8 @@ if [ -n "$TLS" ]; then
         openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" \
             -CAcreateserial -days 2 -extfile "$T/ext" -out "$T/server.pem"
     } >"$WORK/openssl.log" 2>&1 || { echo "compare.sh: openssl could not make certificates" >&2; exit 1; }
+    # mosquitto started as root reads its files as the mosquitto user: a throwaway key.
+    chmod 755 "$WORK" "$T" && chmod 644 "$T/server.key"
     TLS_CONF="certfile $T/server.pem
 keyfile $T/server.key"
     EXTRA+=(--tls-ca "$T/ca.pem")
