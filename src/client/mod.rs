@@ -77,6 +77,8 @@ struct WriterShared {
     session_slot: AtomicU32,
     /// Held by the router while this client's QoS 0 messages fill congested queues.
     gate: gate::ReaderGate,
+    /// An `Outbound::Flush` is queued and not yet handled: another would add nothing.
+    flush_requested: AtomicBool,
     /// The connection, for `abort` (none in tests of the router).
     link: Option<Arc<dyn Link>>,
 }
@@ -95,6 +97,7 @@ impl ClientHandle {
                 drain_requested: AtomicBool::new(false),
                 session_slot: AtomicU32::new(u32::MAX),
                 gate: gate::ReaderGate::default(),
+                flush_requested: AtomicBool::new(false),
                 link,
             }),
         }
@@ -187,6 +190,14 @@ impl ClientHandle {
     pub fn abort(&self) {
         if let Some(link) = &self.shared.link {
             link.shutdown();
+        }
+    }
+
+    /// Asks the writer to write what the transport produced while reading (a WebSocket pong,
+    /// a TLS alert). At most one request waits at a time, however often the reader asks.
+    pub fn request_flush(&self) {
+        if !self.shared.flush_requested.swap(true, Ordering::AcqRel) {
+            let _ = self.send(Outbound::Flush);
         }
     }
 
