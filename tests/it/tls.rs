@@ -381,3 +381,20 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
         .collect::<Result<Vec<_>, _>>()
         .expect("PEM certificates")
 }
+
+#[test]
+fn the_broker_ends_a_tls_connection_with_close_notify() {
+    let certs = Certs::new();
+    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
+    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let stream = tls_connect(addrs[0], &certs.dir.join("ca.pem"), None).expect("handshake");
+    let mut client = Client::new(stream);
+    assert_eq!(client.connect("bye").reason, ReasonCode::Success);
+    client.send(&mqtt_broker::mqtt::Packet::Disconnect(Default::default()));
+    // rustls reads a clean close (close_notify, then EOF) as 0; a bare TCP close would be
+    // UnexpectedEof.
+    let mut buf = [0; 16];
+    let n = client.stream.read(&mut buf).expect("a clean TLS close");
+    assert_eq!(n, 0);
+    broker.stop();
+}

@@ -154,6 +154,33 @@ fn pings_are_answered_and_a_close_is_returned() {
 }
 
 #[test]
+fn the_broker_ends_a_websocket_with_a_close_frame() {
+    let ws = listener(Protocol::WebSockets, None);
+    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![ws]);
+    let mut bytes = Vec::new();
+    Packet::Disconnect(Default::default()).encode(ProtocolVersion::V3_1_1, &mut bytes);
+    let mut stream = ws_connect(tcp(addrs[0]), "mqtt").expect("upgrade");
+    let connect = encode(&Packet::Connect(Box::new(connect_packet(
+        "bye",
+        ProtocolVersion::V3_1_1,
+        true,
+    ))));
+    stream.write_all(&connect).expect("CONNECT");
+    let mut connack = [0; 4];
+    stream.read_exact(&mut connack).expect("CONNACK");
+    stream.write_all(&bytes).expect("DISCONNECT");
+    // The broker answers DISCONNECT by closing: a close frame, then the end.
+    let mut buf = [0; 16];
+    assert_eq!(stream.read(&mut buf).expect("a clean close"), 0);
+    assert!(
+        matches!(stream.control.as_slice(), [Message::Close(_)]),
+        "expected one close frame, got {:?}",
+        stream.control
+    );
+    broker.stop();
+}
+
+#[test]
 fn the_upgrade_is_bounded_in_size_and_time_and_text_frames_are_refused() {
     let ws = listener(Protocol::WebSockets, None);
     let config = config_with(|c| c.connect_timeout = Duration::from_secs(1));
