@@ -477,6 +477,7 @@ impl WriteHalf for TlsWrite {
     }
 
     fn close(&mut self) {
+        let _ = self.socket.set_write_timeout(Some(super::GOODBYE_TIMEOUT));
         if self
             .seal(|conn| {
                 conn.send_close_notify();

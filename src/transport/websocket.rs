@@ -337,6 +337,7 @@ impl WriteHalf for WsWrite {
     }
 
     fn close(&mut self) {
+        let _ = self.inner.set_write_timeout(Some(super::GOODBYE_TIMEOUT));
         self.take_pending();
         if !self.shared.close_sent.swap(true, Ordering::AcqRel) {
             // Close frame, status 1000 (normal closure).
