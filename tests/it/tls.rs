@@ -398,3 +398,56 @@ fn the_broker_ends_a_tls_connection_with_close_notify() {
     assert_eq!(n, 0);
     broker.stop();
 }
+
+#[test]
+fn many_small_records_in_one_read_all_arrive() {
+    let certs = Certs::new();
+    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
+    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let ca = certs.dir.join("ca.pem");
+    let mut subscriber = Client::new(tls_connect(addrs[0], &ca, None).expect("handshake"));
+    assert_eq!(subscriber.connect("small-sub").reason, ReasonCode::Success);
+    subscriber.subscribe("small", QoS::AtMostOnce);
+    let mut publisher = tls_connect(addrs[0], &ca, None).expect("handshake");
+    let mut bytes = Vec::new();
+    mqtt_broker::mqtt::Packet::Connect(Box::new(crate::support::connect_packet(
+        "small-pub",
+        mqtt_broker::mqtt::ProtocolVersion::V3_1_1,
+        true,
+    )))
+    .encode(mqtt_broker::mqtt::ProtocolVersion::V3_1_1, &mut bytes);
+    publisher.write_all(&bytes).expect("CONNECT");
+    // Records of 16 KiB (a large PUBLISH each) then 400 PUBLISHes of 100 bytes, each its own
+    // record, all sent with one write: plaintext arrives faster than the broker reads it, and
+    // some reads hold the end of a large record and small ones after it.
+    publisher.conn.set_buffer_limit(None);
+    let large = vec![b'L'; 16_000];
+    for _ in 0..3 {
+        let packet = crate::support::publish_packet("small", &large, QoS::AtMostOnce, false, 0);
+        let mut one = Vec::new();
+        packet.encode(mqtt_broker::mqtt::ProtocolVersion::V3_1_1, &mut one);
+        publisher.conn.writer().write_all(&one).expect("records");
+    }
+    for n in 0..400u32 {
+        let payload = format!("{n:0100}");
+        let packet =
+            crate::support::publish_packet("small", payload.as_bytes(), QoS::AtMostOnce, false, 0);
+        let mut one = Vec::new();
+        packet.encode(mqtt_broker::mqtt::ProtocolVersion::V3_1_1, &mut one);
+        publisher.conn.writer().write_all(&one).expect("a record");
+    }
+    while publisher.conn.wants_write() {
+        publisher
+            .conn
+            .write_tls(&mut publisher.sock)
+            .expect("send the records");
+    }
+    for _ in 0..3 {
+        assert_eq!(subscriber.recv_publish().payload[..], large[..]);
+    }
+    for n in 0..400u32 {
+        let publish = subscriber.recv_publish();
+        assert_eq!(publish.payload[..], *format!("{n:0100}").as_bytes());
+    }
+    broker.stop();
+}
