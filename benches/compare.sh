@@ -35,6 +35,7 @@ QUICK=()
 OUT=""
 TLS=""
 BROKERS=(ours mosquitto rumqttd)
+BROKERS_GIVEN=""
 SCENARIOS=()
 EXTRA=()
 while [ $# -gt 0 ]; do
@@ -42,7 +43,7 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=(--quick) ;;
         --tls) TLS=1 ;;
         --out) OUT=${2:?--out needs a file}; shift ;;
-        --brokers) read -r -a BROKERS <<<"${2:?--brokers needs a list}"; shift ;;
+        --brokers) read -r -a BROKERS <<<"${2:?--brokers needs a list}"; BROKERS_GIVEN=1; shift ;;
         --duration) EXTRA+=(--duration "${2:?}"); shift ;;
         --clients) EXTRA+=(--clients "${2:?}"); shift ;;
         -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -57,6 +58,7 @@ OURS_ENV=${OURS_ENV:-}
 # TLS runs compare the two brokers configured here for it, on the scenarios the issue names.
 if [ -n "$TLS" ]; then
     [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(one2one-q0 one2one-q1 fanout-q0 fanout-q1)
+    [ -n "$BROKERS_GIVEN" ] || BROKERS=(ours mosquitto)
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mqtt-compare.XXXXXX")
@@ -141,7 +143,7 @@ if [ "$MAPS" -lt 131072 ] && [ -w /proc/sys/vm/max_map_count ]; then
     fi
 fi
 
-if [ ! -x "$RUMQTTD" ]; then
+if [ ! -x "$RUMQTTD" ] && [[ " ${BROKERS[*]} " == *" rumqttd "* ]]; then
     log "installing rumqttd $RUMQTTD_VERSION into $CACHE/rumqttd (several minutes, once)"
     mkdir -p "$CACHE"
     if ! timeout 1800 cargo install rumqttd --version "$RUMQTTD_VERSION" --root "$CACHE/rumqttd" \
@@ -186,6 +188,8 @@ if [ -n "$TLS" ]; then
         openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" \
             -CAcreateserial -days 2 -extfile "$T/ext" -out "$T/server.pem"
     } >"$WORK/openssl.log" 2>&1 || { echo "compare.sh: openssl could not make certificates" >&2; exit 1; }
+    # mosquitto started as root reads its files as the mosquitto user: a throwaway key.
+    chmod 755 "$WORK" "$T" && chmod 644 "$T/server.key"
     TLS_CONF="certfile $T/server.pem
 keyfile $T/server.key"
     EXTRA+=(--tls-ca "$T/ca.pem")

@@ -105,9 +105,9 @@ pub(super) fn run(
     let _ = reader.get_ref().set_read_timeout(timeout);
     // Output the transport makes while reading (pongs, TLS alerts) is written by the writer.
     let writer = accepted.writer.clone();
-    reader.get_mut().set_waker(Arc::new(move || {
-        let _ = writer.send(Outbound::Flush);
-    }));
+    reader
+        .get_mut()
+        .set_waker(Arc::new(move || writer.request_flush()));
     let connection = Connection {
         peer,
         accepted,
