@@ -5,6 +5,7 @@
 //! sessions hold. Must not: block on a client or copy a message per receiver.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use log::{debug, warn};
 
@@ -197,7 +198,14 @@ impl QueueActor {
         let seq = self.next_held_seq;
         let held_acks_limit = self.held_acks_limit;
         if let Some(session) = self.sessions[publisher as usize].as_mut() {
-            if congested.is_empty() && session.held_acks.is_empty() {
+            // Released for having been held too long: not held again for a while.
+            let free = !congested.is_empty()
+                && session.held_acks.is_empty()
+                && session
+                    .held_acks
+                    .free_until
+                    .is_some_and(|until| Instant::now() < until);
+            if free || (congested.is_empty() && session.held_acks.is_empty()) {
                 if let Some(online) = &session.online {
                     send_ack(&online.writer, kind, packet_id, reason);
                 }

@@ -3,6 +3,8 @@
 //!
 //! Owns: ending a congested session's hold on its publishers once it has lasted
 //! `flow_hold_limit` (from then on the session's own limits apply and its overflow is dropped),
+//! and a publisher's held acknowledgements once they have been held that long in all (however
+//! many receivers took turns),
 //! disconnecting a client that has taken nothing for `write_timeout` while messages wait (the
 //! progress clock, whether or not its writer is blocked), and the periodic and final lines of
 //! each session's drop episodes. Must not: block on a client (a stuck one is cut off by
@@ -31,6 +33,23 @@ impl QueueActor {
             let Some(online) = &session.online else {
                 continue;
             };
+            // As a publisher: held too long, by one receiver or several in turn.
+            if session
+                .held_acks
+                .held_longer_than(self.flow_hold_limit, now)
+            {
+                debug!(
+                    "client {}: acknowledgements held for {:?}; released",
+                    session.client_id, self.flow_hold_limit
+                );
+                for ack in session.held_acks.release_all() {
+                    send_ack(&online.writer, ack.kind, ack.packet_id, ack.reason);
+                }
+                if std::mem::take(&mut session.held_acks.gated) {
+                    online.writer.release_reader();
+                }
+                session.held_acks.free_until = Some(now + self.flow_hold_limit);
+            }
             if session.outbox.stalled_since.is_some() {
                 // Bytes accepted by its socket are progress too.
                 let written = online.writer.bytes_written();
