@@ -113,6 +113,9 @@ pub(super) struct RetainedFeed {
 /// Retained messages are fed into a session's queue while it holds fewer than this (or half
 /// of `max_queued`, if smaller).
 const RETAINED_WINDOW: usize = 256;
+/// An online session with fewer messages than this queued still queues when the broker's
+/// budget is spent: it keeps up, and the writer's channel bounds what it holds.
+const BUDGET_EXEMPT_QUEUE: usize = 16;
 
 /// What a congested session holds back of a publisher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,8 +341,13 @@ impl Outbox {
             }
         }
         if !self.budget.take(size, qos0) {
-            self.count_drop(qos0);
-            return Enqueued::OverBudget;
+            // A session that keeps up (its queue nearly empty) is not made to pay for the
+            // sessions that hoard: the budget refuses only those with a backlog.
+            if !online || self.queued.len() >= BUDGET_EXEMPT_QUEUE {
+                self.count_drop(qos0);
+                return Enqueued::OverBudget;
+            }
+            self.budget.take_anyway(size);
         }
         self.push(delivery, size);
         if holding && self.is_congested() {
@@ -916,6 +924,21 @@ mod tests {
         );
         assert_eq!(
             deliver(&mut s, message("c", QoS::AtLeastOnce)),
+            Enqueued::OverBudget
+        );
+        // Online, a session with a short queue still gets its messages; one with a backlog
+        // does not.
+        let (mut online, _rx) = session_with_writer(0, 10, 1000);
+        online.outbox.budget = Arc::clone(&s.outbox.budget);
+        for n in 0..BUDGET_EXEMPT_QUEUE {
+            assert_eq!(
+                deliver(&mut online, message("d", QoS::AtLeastOnce)),
+                Enqueued::Accepted,
+                "message {n}"
+            );
+        }
+        assert_eq!(
+            deliver(&mut online, message("e", QoS::AtLeastOnce)),
             Enqueued::OverBudget
         );
     }

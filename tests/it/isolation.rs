@@ -545,6 +545,8 @@ fn a_gigabyte_through_offline_and_slow_sessions_stays_under_the_byte_budget() {
     ]);
     let addr = broker.addr;
     let baseline = broker.rss_mib();
+    // A client that keeps up is not made to pay when the budget is spent by others.
+    let bystander = Bystander::start(addr, "b5");
     // Three sessions that subscribed and went away: everything for them is queued.
     for n in 0..3 {
         let (mut c, _) = RawClient::connect(
@@ -629,4 +631,47 @@ fn a_gigabyte_through_offline_and_slow_sessions_stays_under_the_byte_budget() {
     assert!(connack.session_present);
     let first = back.recv_publish();
     assert_eq!(first.topic, "bulk/x");
+    bystander.assert_on_time(Duration::from_millis(1500));
+}
+
+#[test]
+fn retained_messages_at_qos1_are_paced_by_acknowledgements() {
+    const COUNT: u32 = 20_000;
+    let broker = start_broker_with(config_with(|_| {}));
+    let addr = broker.addr;
+    let (mut publisher, _) = RawClient::connect(addr, "retainer1", ProtocolVersion::V3_1_1, true);
+    let mut bytes = Vec::new();
+    for i in 0..COUNT {
+        let id = u16::try_from(i % 60_000 + 1).expect("fits");
+        publish_packet(
+            &format!("q/{i}"),
+            &i.to_be_bytes(),
+            QoS::AtLeastOnce,
+            true,
+            id,
+        )
+        .encode(ProtocolVersion::V3_1_1, &mut bytes);
+    }
+    publisher.send_raw(&bytes);
+    for _ in 0..COUNT {
+        match publisher.recv() {
+            Packet::PubAck(_) => {}
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    // The subscriber acknowledges each one; the broker keeps at most its window in flight and
+    // feeds the rest in as acknowledgements come.
+    let (mut sub, _) = RawClient::connect(addr, "acker", ProtocolVersion::V3_1_1, true);
+    sub.subscribe(1, &[("q/#", QoS::AtLeastOnce)]);
+    let mut seen = vec![false; COUNT as usize];
+    for n in 0..COUNT {
+        let message = match sub.try_recv(Duration::from_secs(5)) {
+            Ok(Packet::Publish(p)) => p,
+            other => panic!("after {n} retained messages: {other:?}"),
+        };
+        let i = u32::from_be_bytes(message.payload[..4].try_into().expect("4 bytes"));
+        assert!(!std::mem::replace(&mut seen[i as usize], true), "{i} twice");
+        sub.send(&Packet::PubAck(Ack::new(message.packet_id.expect("QoS 1"))));
+    }
+    sub.expect_nothing(Duration::from_millis(300));
 }
