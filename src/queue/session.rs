@@ -307,9 +307,12 @@ impl Outbox {
     }
 
     /// Sets the window for a new connection: the configured limit, or less if the client's
-    /// receive maximum is lower.
+    /// receive maximum is lower; restarts the progress clock.
     pub fn set_receive_maximum(&mut self, receive_maximum: u16) {
         self.window = self.max_inflight.min(usize::from(receive_maximum)).max(1);
+        // The progress clock is the connection's: a new one starts afresh.
+        self.stalled_since = None;
+        self.bytes_seen = 0;
     }
 
     /// The queue policy. Offline: QoS 0 is not stored (as mosquitto does by default) and QoS
@@ -964,6 +967,14 @@ mod tests {
         s.outbox.acknowledge(AckKind::PubAck, id(2), None);
         s.pump();
         assert!(s.outbox.stalled_since.is_none(), "queue empty");
+        deliver(&mut s, message("d", QoS::AtLeastOnce));
+        deliver(&mut s, message("e", QoS::AtLeastOnce));
+        assert!(s.outbox.stalled_since.is_some());
+        s.outbox.set_receive_maximum(u16::MAX);
+        assert!(
+            s.outbox.stalled_since.is_none(),
+            "a new connection starts its own clock"
+        );
     }
 
     #[test]
