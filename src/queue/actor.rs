@@ -93,6 +93,9 @@ pub struct QueueActor {
     held_acks_limit: usize,
     /// When `sweep` runs next.
     next_sweep: Instant,
+    /// The sessions `sweep` looks at (`Session::needs_watching`); may hold stale or repeated
+    /// slots, which the sweep sorts out.
+    watched: Vec<u32>,
 }
 
 /// The most messages the router handles before it pumps the sessions they were queued for.
@@ -130,6 +133,7 @@ impl QueueActor {
             write_timeout: config.write_timeout,
             held_acks_limit: config.max_inflight_messages.max(1),
             next_sweep: Instant::now() + sweep::SWEEP_EVERY,
+            watched: Vec::new(),
         }
     }
 
@@ -176,6 +180,16 @@ impl QueueActor {
         }
     }
 
+    /// Puts a session on the sweep's list.
+    fn watch(&mut self, slot: u32) {
+        if let Some(session) = self.sessions[slot as usize].as_mut() {
+            if !session.watched {
+                session.watched = true;
+                self.watched.push(slot);
+            }
+        }
+    }
+
     /// Pumps every session queued for since the last flush.
     fn flush(&mut self) {
         self.unflushed = 0;
@@ -184,6 +198,10 @@ impl QueueActor {
             if let Some(session) = self.sessions[slot as usize].as_mut() {
                 session.dirty = false;
                 session.pump();
+                if session.outbox.queued_len() > 0 && !session.watched {
+                    session.watched = true;
+                    self.watched.push(slot);
+                }
             }
             self.release_held(slot, false);
         }
@@ -196,6 +214,8 @@ impl QueueActor {
         match msg {
             Msg::Connect { request, reply } => {
                 let from = self.handle_connect(*request);
+                // A resumed session may have messages waiting.
+                self.watch(from.slot);
                 let _ = reply.send(from);
             }
             Msg::Publish {

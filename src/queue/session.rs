@@ -96,6 +96,8 @@ pub(super) struct Session {
     /// This session as a congested receiver: what it holds back of which publisher (by slot)
     /// until its queue drains.
     pub holding: Vec<(u32, Held)>,
+    /// In the router's list of sessions its sweep looks at.
+    pub watched: bool,
     /// Retained messages matched by a SUBSCRIBE and not yet queued: fed into the queue a
     /// window at a time as the client takes them, so that a large retained set is streamed
     /// at the client's pace instead of overflowing its queue.
@@ -156,7 +158,20 @@ impl Session {
             held_acks: HeldAcks::default(),
             holding: Vec::new(),
             retained_feeds: VecDeque::new(),
+            watched: false,
         }
+    }
+
+    /// Whether the router's sweep has anything to look at here: messages waiting (the
+    /// progress clock), congestion (the hold limit), held acknowledgements, drops to report.
+    pub fn needs_watching(&self) -> bool {
+        self.outbox.queued_len() > 0
+            || !self.retained_feeds.is_empty()
+            || self.outbox.drops.is_active()
+            || self.outbox.congested_since.is_some()
+            || self.outbox.overflowing
+            || !self.held_acks.is_empty()
+            || !self.holding.is_empty()
     }
 
     /// Queues a message for this session. It is sent by the next `pump`: the router pumps the

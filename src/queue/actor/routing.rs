@@ -172,12 +172,17 @@ impl QueueActor {
                 Enqueued::Congested => {
                     self.congested.push(slot);
                     self.mark_dirty(slot);
+                    self.watch(slot);
                 }
                 Enqueued::Skipped => {}
-                Enqueued::Dropped => note_drop(session, false),
+                Enqueued::Dropped => {
+                    note_drop(session, false);
+                    self.watch(slot);
+                }
                 Enqueued::OverBudget => {
                     self.over_budget = true;
                     note_drop(session, true);
+                    self.watch(slot);
                 }
             }
         }
@@ -226,6 +231,7 @@ impl QueueActor {
                         receiver.holding.push((publisher, Held::Ack(seq)));
                     }
                 }
+                self.watch(publisher);
             }
         }
         let mut congested = congested;

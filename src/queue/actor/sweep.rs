@@ -20,8 +20,10 @@ pub(super) const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 impl QueueActor {
     pub(super) fn sweep(&mut self, now: Instant) {
-        for slot in 0..self.sessions.len() {
-            let slot = u32::try_from(slot).expect("fewer than 4 billion sessions");
+        let mut watched = std::mem::take(&mut self.watched);
+        watched.sort_unstable();
+        watched.dedup();
+        for &slot in &watched {
             let Some(session) = self.sessions[slot as usize].as_mut() else {
                 continue;
             };
@@ -95,6 +97,19 @@ impl QueueActor {
                 self.release_held(slot, true);
             }
         }
+        // Sessions with nothing left to look at leave the list (a slot reused since is
+        // looked at afresh).
+        let sessions = &mut self.sessions;
+        watched.retain(|&slot| match sessions[slot as usize].as_mut() {
+            Some(session) => {
+                session.watched = session.needs_watching();
+                session.watched
+            }
+            None => false,
+        });
+        // Those put on the list meanwhile join them (a repeat is removed next time).
+        watched.append(&mut self.watched);
+        self.watched = watched;
     }
 }
 
