@@ -246,7 +246,7 @@ fn a_stuck_subscriber_delays_nobody_and_is_disconnected_after_the_write_timeout(
         worst_gap < Duration::from_millis(1500),
         "the QoS 0 publisher was held for {worst_gap:?}"
     );
-    assert!(sent >= 5000, "the QoS 0 publisher kept going ({sent})");
+    assert!(sent >= 2000, "the QoS 0 publisher kept going ({sent})");
     bystander.assert_on_time(Duration::from_millis(1500));
 }
 
