@@ -89,7 +89,8 @@ pub struct QueueActor {
     flow_hold_limit: Duration,
     /// How long a session may take nothing while messages wait (`Config::write_timeout`).
     write_timeout: Duration,
-    /// A publisher with this many acknowledgements held has its reader held too.
+    /// A publisher with this many acknowledgements held has its reader held too
+    /// (`Config::receive_maximum`).
     held_acks_limit: usize,
     /// When `sweep` runs next.
     next_sweep: Instant,
@@ -131,7 +132,11 @@ impl QueueActor {
             over_budget: false,
             flow_hold_limit: config.flow_hold_limit,
             write_timeout: config.write_timeout,
-            held_acks_limit: config.max_inflight_messages.max(1),
+            // The window a publisher is granted: MQTT 5 clients are told it (Receive Maximum);
+            // one that respects its own smaller window never reaches it, so a client that both
+            // publishes and subscribes is never stopped from reading the acknowledgements it
+            // owes (which would make two congested clients wait for each other).
+            held_acks_limit: usize::from(config.receive_maximum).max(1),
             next_sweep: Instant::now() + sweep::SWEEP_EVERY,
             watched: Vec::new(),
         }

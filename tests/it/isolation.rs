@@ -32,14 +32,15 @@ fn now_micros() -> u64 {
 struct Bystander {
     stop: Arc<AtomicBool>,
     publisher: JoinHandle<(u64, Duration)>,
-    subscriber: JoinHandle<(u64, Duration)>,
+    subscriber: JoinHandle<Vec<Duration>>,
 }
 
 /// What the bystander saw.
 struct Seen {
     sent: u64,
     received: u64,
-    /// The longest a message took from its publisher to its subscriber.
+    /// How long messages took from publisher to subscriber: the 99th percentile and the worst.
+    p99_delay: Duration,
     worst_delay: Duration,
     /// The longest the publisher waited for a PUBACK.
     worst_ack: Duration,
@@ -76,17 +77,16 @@ impl Bystander {
         let subscriber = {
             let stop = Arc::clone(&stop);
             thread::spawn(move || {
-                let mut worst = Duration::ZERO;
-                let mut received = 0u64;
+                let mut delays = Vec::new();
                 loop {
+                    let received = delays.len() as u64;
                     match sub.try_recv(Duration::from_millis(200)) {
                         Ok(Packet::Publish(publish)) => {
                             let stamp = u64::from_be_bytes(
                                 publish.payload[..8].try_into().expect("8 bytes"),
                             );
                             let delay = now_micros().saturating_sub(stamp);
-                            worst = worst.max(Duration::from_micros(delay));
-                            received += 1;
+                            delays.push(Duration::from_micros(delay));
                             sub.send(&Packet::PubAck(Ack::new(publish.packet_id.expect("QoS 1"))));
                         }
                         Ok(other) => panic!("bystander got {other:?}"),
@@ -100,14 +100,14 @@ impl Bystander {
                         Err(_) if stop.load(Ordering::Acquire) => {
                             // Wait a little longer for the last ones.
                             match sub.try_recv(Duration::from_secs(2)) {
-                                Ok(Packet::Publish(_)) => received += 1,
+                                Ok(Packet::Publish(_)) => delays.push(Duration::from_secs(2)),
                                 _ => break,
                             }
                         }
                         Err(_) => {}
                     }
                 }
-                (received, worst)
+                delays
             })
         };
         Bystander {
@@ -120,27 +120,39 @@ impl Bystander {
     fn finish(self) -> Seen {
         self.stop.store(true, Ordering::Release);
         let (sent, worst_ack) = self.publisher.join().expect("bystander publisher");
-        let (received, worst_delay) = self.subscriber.join().expect("bystander subscriber");
+        let mut delays = self.subscriber.join().expect("bystander subscriber");
+        delays.sort_unstable();
+        let at = |q: f64| {
+            let index = ((delays.len() as f64 * q) as usize).min(delays.len().saturating_sub(1));
+            delays.get(index).copied().unwrap_or_default()
+        };
         Seen {
             sent,
-            received,
-            worst_delay,
+            received: delays.len() as u64,
+            p99_delay: at(0.99),
+            worst_delay: at(1.0),
             worst_ack,
         }
     }
 
-    /// Asserts the bystander's messages all arrived, each within a second, and that its
-    /// publisher was never held for more than `ack_limit`.
+    /// Asserts the bystander's messages all arrived, 99% of them within a second and every
+    /// one within two (a margin for a loaded machine: here they take milliseconds), and that
+    /// its publisher was never held for more than `ack_limit`.
     fn assert_on_time(self, ack_limit: Duration) {
         let seen = self.finish();
         eprintln!(
-            "bystander: {} sent, {} received, worst delay {:?}, worst PUBACK wait {:?}",
-            seen.sent, seen.received, seen.worst_delay, seen.worst_ack
+            "bystander: {} sent, {} received, delay p99 {:?}, worst {:?}, worst PUBACK wait {:?}",
+            seen.sent, seen.received, seen.p99_delay, seen.worst_delay, seen.worst_ack
         );
         assert!(seen.sent >= 20, "the bystander published ({})", seen.sent);
         assert_eq!(seen.received, seen.sent, "every bystander message arrived");
         assert!(
-            seen.worst_delay < Duration::from_secs(1),
+            seen.p99_delay < Duration::from_secs(1),
+            "1% of the bystander's messages took {:?} or more",
+            seen.p99_delay
+        );
+        assert!(
+            seen.worst_delay < Duration::from_secs(2),
             "a bystander message took {:?}",
             seen.worst_delay
         );
