@@ -34,8 +34,8 @@ pub(super) struct HeldAcks {
     /// The publisher's reader is held because as many acknowledgements are held as its window
     /// allows: it reads nothing more, so TCP pushes back on it alone.
     pub gated: bool,
-    /// Since when acknowledgements have been held without a break: the router releases them
-    /// all once this passes the hold limit, however many receivers took turns holding them.
+    /// Since when the oldest acknowledgement has been held: the router releases them all once
+    /// this passes the hold limit, whoever holds them.
     held_since: Option<Instant>,
     /// After such a release the publisher is not held again until then.
     pub free_until: Option<Instant>,
@@ -86,11 +86,16 @@ impl HeldAcks {
         }
         if self.queue.is_empty() {
             self.held_since = None;
+        } else if !ready.is_empty() {
+            // The oldest now is younger; when it was held is not kept per acknowledgement, so
+            // count from now (a publisher whose acknowledgements keep flowing is not stuck).
+            self.held_since = Some(Instant::now());
         }
         ready
     }
 
-    /// Whether acknowledgements have been held without a break for `limit` or more.
+    /// Whether the oldest held acknowledgement (or the oldest since the last release) has
+    /// waited `limit` or more.
     pub fn held_longer_than(&self, limit: Duration, now: Instant) -> bool {
         self.held_since
             .is_some_and(|since| now.saturating_duration_since(since) >= limit)

@@ -264,8 +264,13 @@ pub(super) struct Outbox {
     queued_bytes: usize,
     queued_qos0: usize,
     budget: Arc<QueueBudget>,
-    /// Since when this online session is congested (holding its publishers back).
+    /// Since when this online session is congested (holding its publishers back), or since
+    /// the sweep last found it taking its messages fast enough to go on holding them.
     pub congested_since: Option<Instant>,
+    /// Deliveries the client has taken since the session began, and the count when
+    /// `congested_since` was set: how fast a congested client drains.
+    pub taken: u64,
+    pub taken_at_congestion: u64,
     /// Congestion lasted longer than the hold limit: publishers were released and this
     /// session's own limits apply (overflow dropped) until its queue has drained to half.
     pub overflowing: bool,
@@ -313,6 +318,8 @@ impl Outbox {
             queued_qos0: 0,
             budget,
             congested_since: None,
+            taken: 0,
+            taken_at_congestion: 0,
             overflowing: false,
             stalled_since: None,
             bytes_seen: 0,
@@ -369,7 +376,10 @@ impl Outbox {
         }
         self.push(delivery, size);
         if holding && self.is_congested() {
-            self.congested_since.get_or_insert_with(Instant::now);
+            if self.congested_since.is_none() {
+                self.congested_since = Some(Instant::now());
+                self.taken_at_congestion = self.taken;
+            }
             Enqueued::Congested
         } else {
             Enqueued::Accepted
@@ -433,6 +443,15 @@ impl Outbox {
             || (self.max_queued_bytes > 0 && self.queued_bytes > self.max_queued_bytes)
     }
 
+    /// Whether a congested client, at the pace it took messages since the congestion began
+    /// (or was last checked), would drain its queue to half within as long again: it keeps up
+    /// well enough for flow control to go on, losslessly.
+    pub fn keeps_up(&self) -> bool {
+        let taken = self.taken - self.taken_at_congestion;
+        let to_drain = self.queued.len().saturating_sub(self.max_queued / 2) as u64;
+        taken > 0 && taken >= to_drain
+    }
+
     /// The queue is back to half of its limits: held acknowledgements may go, and a
     /// congestion episode is over.
     pub fn is_drained(&self) -> bool {
@@ -466,6 +485,7 @@ impl Outbox {
             byte_room = byte_room.saturating_sub(next.weight());
             let delivery = self.pop().expect("front() was Some");
             taken = true;
+            self.taken += 1;
             if delivery.may_expire && delivery.message.is_expired() {
                 continue;
             }
@@ -900,6 +920,29 @@ mod tests {
         assert_eq!(kept, [Q1, Q1, Q1]);
         assert_eq!(s.outbox.dropped, 4);
         assert!(s.outbox.drops.take_start());
+    }
+
+    #[test]
+    fn a_congested_client_keeps_up_if_at_its_pace_it_drains_to_half_in_time() {
+        let (mut s, _rx) = session_with_writer(8, 10, 4);
+        for _ in 0..20 {
+            deliver(&mut s, message("m", QoS::AtMostOnce));
+        }
+        // The writer took 8; 12 wait, 10 more than half the limit of 4.
+        assert!(s.outbox.congested_since.is_some());
+        assert!(
+            !s.outbox.keeps_up(),
+            "nothing taken since the congestion began"
+        );
+        if let Some(online) = &s.online {
+            online.writer.written_for_tests(8);
+        }
+        s.pump();
+        assert_eq!(s.outbox.queued_len(), 4);
+        assert!(
+            s.outbox.keeps_up(),
+            "took 8, which would drain the rest in time"
+        );
     }
 
     #[test]

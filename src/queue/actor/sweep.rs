@@ -35,14 +35,16 @@ impl QueueActor {
             let Some(online) = &session.online else {
                 continue;
             };
-            // As a publisher: held too long, by one receiver or several in turn.
+            // As a publisher: held too long (two hold periods and nothing released), by one
+            // receiver or several in turn.
             if session
                 .held_acks
-                .held_longer_than(self.flow_hold_limit, now)
+                .held_longer_than(self.flow_hold_limit * 2, now)
             {
                 debug!(
                     "client {}: acknowledgements held for {:?}; released",
-                    session.client_id, self.flow_hold_limit
+                    session.client_id,
+                    self.flow_hold_limit * 2
                 );
                 for ack in session.held_acks.release_all() {
                     send_ack(&online.writer, ack.kind, ack.packet_id, ack.reason);
@@ -88,7 +90,13 @@ impl QueueActor {
                 && session.outbox.congested_since.is_some_and(|since| {
                     now.saturating_duration_since(since) >= self.flow_hold_limit
                 });
-            if held_too_long {
+            if held_too_long && session.outbox.keeps_up() {
+                // Slow, but at its pace it drains to half within another period: flow control
+                // goes on, losslessly (its publishers' oldest held acknowledgements are
+                // released by the rule above if it does not).
+                session.outbox.congested_since = Some(now);
+                session.outbox.taken_at_congestion = session.outbox.taken;
+            } else if held_too_long {
                 debug!(
                     "client {}: congested for {:?}; publishers released, its own limits apply",
                     session.client_id, self.flow_hold_limit
