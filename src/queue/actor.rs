@@ -281,9 +281,13 @@ fn ack_reason(v5: bool, matched: usize) -> ReasonCode {
 
 /// Sends PUBACK or PUBREC for a received PUBLISH.
 fn send_ack(writer: &ClientHandle, kind: AckKind, packet_id: PacketId, reason: ReasonCode) {
+    let _ = writer.send(ack_item(kind, packet_id, reason));
+}
+
+/// PUBACK or PUBREC as the writer takes it.
+fn ack_item(kind: AckKind, packet_id: PacketId, reason: ReasonCode) -> Outbound {
     if reason == ReasonCode::Success {
-        let _ = writer.send(Outbound::Ack(kind, packet_id));
-        return;
+        return Outbound::Ack(kind, packet_id);
     }
     let ack = Ack {
         packet_id,
@@ -294,7 +298,22 @@ fn send_ack(writer: &ClientHandle, kind: AckKind, packet_id: PacketId, reason: R
         AckKind::PubRec => Packet::PubRec(ack),
         _ => Packet::PubAck(ack),
     };
-    let _ = writer.send_packet(packet);
+    Outbound::Packet(Box::new(packet))
+}
+
+/// Sends held acknowledgements released together as one item: however many there are, they
+/// count once against the writer's backlog (`Config::writer_backlog_limit`).
+fn send_released(writer: &ClientHandle, acks: Vec<super::flow::HeldAck>) {
+    let mut items: Vec<Outbound> = acks
+        .into_iter()
+        .map(|ack| ack_item(ack.kind, ack.packet_id, ack.reason))
+        .collect();
+    let item = match items.len() {
+        0 => return,
+        1 => items.pop().expect("one item"),
+        _ => Outbound::Batch(items),
+    };
+    let _ = writer.send(item);
 }
 
 /// Logs the start of a drop episode for a session (`sweep` reports how it goes on and ends).

@@ -289,9 +289,7 @@ impl QueueActor {
             };
             match held {
                 Held::Ack(seq) => {
-                    for ack in publisher.held_acks.release(seq) {
-                        send_ack(&online.writer, ack.kind, ack.packet_id, ack.reason);
-                    }
+                    send_released(&online.writer, publisher.held_acks.release(seq));
                     if publisher.held_acks.gated && publisher.held_acks.len() < held_acks_limit / 2
                     {
                         publisher.held_acks.gated = false;

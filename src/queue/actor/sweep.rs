@@ -46,9 +46,7 @@ impl QueueActor {
                     session.client_id,
                     self.flow_hold_limit * 2
                 );
-                for ack in session.held_acks.release_all() {
-                    send_ack(&online.writer, ack.kind, ack.packet_id, ack.reason);
-                }
+                send_released(&online.writer, session.held_acks.release_all());
                 if std::mem::take(&mut session.held_acks.gated) {
                     online.writer.release_reader();
                 }
