@@ -208,9 +208,10 @@ impl ClientHandle {
         self.shared.gate.release();
     }
 
-    /// The reader's side of `hold_reader`: waits while held, at most `limit`.
-    pub fn wait_for_reader_gate(&self, limit: std::time::Duration) {
-        self.shared.gate.wait(limit);
+    /// The reader's side of `hold_reader`: waits while held, at most `limit`; false if the
+    /// gate was still held then.
+    pub fn wait_for_reader_gate(&self, limit: std::time::Duration) -> bool {
+        self.shared.gate.wait(limit)
     }
 
     /// Closes the socket at once, without waiting for the writer: it may be blocked writing to

@@ -36,6 +36,14 @@ impl QueueBudget {
         true
     }
 
+    /// Takes `size` bytes whatever the limit (a session that keeps up, see
+    /// `Outbox::enqueue`).
+    pub fn take_anyway(&self, size: usize) {
+        let used = self.used.load(Ordering::Relaxed);
+        self.used
+            .store(used.saturating_add(size), Ordering::Relaxed);
+    }
+
     pub fn give_back(&self, size: usize) {
         let used = self.used.load(Ordering::Relaxed);
         self.used
