@@ -292,6 +292,7 @@ pub fn connect_packet(client_id: &str, version: ProtocolVersion, clean: bool) ->
         username: None,
         password: None,
         properties: ConnectProperties::default(),
+        bridge: false,
     }
 }
 
