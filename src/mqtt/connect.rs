@@ -384,7 +384,7 @@ mod tests {
                 b"\x10\x0C\x00\x04MQTT\x84\x02\x00\x3C\x00\x00",
                 Want::Exact(Connect {
                     bridge: true,
-                    ..basic(V3_1_1, "")
+                    ..basic(ProtocolVersion::V3_1_1, "")
                 }),
             ),
             (
