@@ -40,6 +40,8 @@ pub struct Broker {
     reloader: Reloader,
     /// The authorizer every listener shares unless `per_listener_settings` (loaded once).
     shared_authorizer: Option<Option<Arc<Authorizer>>>,
+    /// The `connection` blocks' bridges, started with the router, stopped before it.
+    bridges: crate::bridge::Bridges,
 }
 
 /// One bound listener: its socket, its settings, its copy of the config (with its
@@ -130,6 +132,7 @@ impl Broker {
             .unwrap_or_else(|| Listener::mqtt(addr));
         settings.addr = addr;
         let (queue, queue_thread) = QueueHandle::start(&config)?;
+        let bridges = crate::bridge::Bridges::start(&config, &queue)?;
         let mut broker = Broker {
             listeners: Vec::new(),
             base: config,
@@ -141,6 +144,7 @@ impl Broker {
             },
             reloader: Reloader::default(),
             shared_authorizer: None,
+            bridges,
         };
         broker.add_listener(listener, settings)?;
         Ok(broker)
@@ -227,6 +231,7 @@ impl Broker {
             queue,
             queue_thread,
             stopper,
+            bridges,
             ..
         } = self;
         let registries: Vec<Arc<Registry>> =
@@ -266,6 +271,8 @@ impl Broker {
             let _ = thread.join();
         }
         info!("shutting down");
+        // Bridges first: each detaches its local session while the router still runs.
+        bridges.stop();
         // The router closes every session's connection (DISCONNECT 0x8B for v5 clients) ...
         let _ = queue.shutdown();
         drop(queue);
