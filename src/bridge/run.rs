@@ -67,7 +67,9 @@ impl Supervisor {
         }
         let mut backoff = Backoff::new(bridge.restart_timeout);
         let mut index = 0;
-        let mut first_local = true;
+        if !bridge.local_clean_start() && self.prepare_local_session().is_err() {
+            return;
+        }
         loop {
             if self.stopping() {
                 break;
@@ -77,8 +79,7 @@ impl Supervisor {
                 Ok(remote) => {
                     backoff.reset();
                     *self.current.lock() = Some(Arc::clone(&remote.stream));
-                    let end = self.run_link(&remote, first_local);
-                    first_local = false;
+                    let end = self.run_link(&remote);
                     *self.current.lock() = None;
                     match end {
                         LinkEnd::Stopped => break,
@@ -121,35 +122,57 @@ impl Supervisor {
         )
     }
 
+    /// Creates the bridge's local session with its subscriptions before the first link, so
+    /// that what is published while the remote is not up yet waits for it too.
+    fn prepare_local_session(&self) -> Result<(), crate::queue::RouterGone> {
+        let (writer, _local_rx) = ClientHandle::in_process(1, Arc::new(NoLink));
+        let from = self.queue.connect(self.local_request(writer, u16::MAX, None))?;
+        if let Some(subscribe) = local_subscribe(&self.bridge) {
+            self.queue.subscribe(from, subscribe)?;
+        }
+        self.queue
+            .disconnect(from, Ending::Disconnect(Box::default()))
+    }
+
+    /// The bridge's CONNECT to our router. With `local_cleansession true` every link starts a
+    /// fresh local session (mosquitto drops what was queued while the link was down);
+    /// otherwise the session, with the messages queued meanwhile, is resumed.
+    fn local_request(
+        &self,
+        writer: ClientHandle,
+        receive_maximum: u16,
+        max_packet_size: Option<u32>,
+    ) -> ConnectRequest {
+        let clean = self.bridge.local_clean_start();
+        ConnectRequest {
+            connection_id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+            client_id: self.bridge.local_clientid(),
+            assigned_client_id: false,
+            clean_start: clean,
+            session_expiry: if clean { 0 } else { u32::MAX },
+            version: ProtocolVersion::V5,
+            will: None,
+            receive_maximum,
+            max_packet_size,
+            problem_information: true,
+            response_information: false,
+            server_keep_alive: None,
+            writer,
+            read_acl: None,
+        }
+    }
+
     /// One link's life: the local session attached, both sides subscribed, the reader
     /// started, then the writer loop until something ends it.
-    fn run_link(&self, remote: &Remote, first_local: bool) -> LinkEnd {
+    fn run_link(&self, remote: &Remote) -> LinkEnd {
         let bridge = &self.bridge;
         let name = &bridge.name;
         let (writer, local_rx) = ClientHandle::in_process(
             self.config.writer_queue_capacity,
             Arc::clone(&remote.stream) as Arc<dyn crate::transport::Link>,
         );
-        // With `local_cleansession true` every link starts a fresh local session (mosquitto
-        // drops what was queued while the link was down); otherwise the session, with the
-        // messages queued meanwhile, is resumed.
-        let clean = bridge.local_clean_start();
-        let request = ConnectRequest {
-            connection_id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
-            client_id: bridge.local_clientid(),
-            assigned_client_id: false,
-            clean_start: clean,
-            session_expiry: if clean { 0 } else { u32::MAX },
-            version: ProtocolVersion::V5,
-            will: None,
-            receive_maximum: remote.receive_maximum,
-            max_packet_size: remote.max_packet_size,
-            problem_information: true,
-            response_information: false,
-            server_keep_alive: None,
-            writer: writer.clone(),
-            read_acl: None,
-        };
+        let request =
+            self.local_request(writer.clone(), remote.receive_maximum, remote.max_packet_size);
         let Ok(from) = self.queue.connect(request) else {
             return LinkEnd::Stopped;
         };
@@ -163,7 +186,7 @@ impl Supervisor {
             dropped_qos2: Vec::new(),
             last_write: Instant::now(),
         };
-        if out.start(first_local).is_err() {
+        if out.start().is_err() {
             out.end_local();
             let _ = remote.stream.shutdown(Shutdown::Both);
             return LinkEnd::Lost;
@@ -212,6 +235,38 @@ impl Supervisor {
     }
 }
 
+/// A link for the handle of the session made before the first connection: nothing to close.
+struct NoLink;
+
+impl crate::transport::Link for NoLink {
+    fn shutdown(&self) {}
+}
+
+/// The local side's SUBSCRIBE: every outgoing topic's local filter, with No Local (what the
+/// bridge brings in never goes back out) and Retain As Published. Retained messages go out
+/// when the subscription is new, not again at every reconnect of a kept session.
+fn local_subscribe(bridge: &BridgeConfig) -> Option<Subscribe> {
+    let filters: Vec<(String, SubscriptionOptions)> = bridge
+        .topics
+        .iter()
+        .filter(|t| t.direction.goes_out())
+        .map(|t| {
+            let options = SubscriptionOptions {
+                qos: t.qos,
+                no_local: true,
+                retain_as_published: true,
+                retain_handling: RetainHandling::SendIfNewSubscription,
+            };
+            (t.local_topic.clone(), options)
+        })
+        .collect();
+    (!filters.is_empty()).then(|| Subscribe {
+        packet_id: PacketId::new(1).expect("1 is not 0"),
+        filters,
+        properties: SubscribeProperties::default(),
+    })
+}
+
 /// The writer side of one link.
 struct Writer<'a> {
     bridge: &'a BridgeConfig,
@@ -228,7 +283,7 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     /// Subscribes on both sides and says the link is up.
-    fn start(&mut self, first_local: bool) -> io::Result<()> {
+    fn start(&mut self) -> io::Result<()> {
         let bridge = self.bridge;
         let v5 = self.remote.version.is_v5();
         let id = PacketId::new(1).expect("1 is not 0");
@@ -255,32 +310,7 @@ impl Writer<'_> {
             };
             Packet::Subscribe(subscribe).encode(self.remote.version, &mut self.buf);
         }
-        let local_filters: Vec<(String, SubscriptionOptions)> = bridge
-            .topics
-            .iter()
-            .filter(|t| t.direction.goes_out())
-            .map(|t| {
-                let options = SubscriptionOptions {
-                    qos: t.qos,
-                    no_local: true,
-                    retain_as_published: true,
-                    // Retained messages go out when the subscription is new, not again at
-                    // every reconnect of a kept session.
-                    retain_handling: if first_local {
-                        RetainHandling::SendOnSubscribe
-                    } else {
-                        RetainHandling::SendIfNewSubscription
-                    },
-                };
-                (t.local_topic.clone(), options)
-            })
-            .collect();
-        if !local_filters.is_empty() {
-            let subscribe = Subscribe {
-                packet_id: id,
-                filters: local_filters,
-                properties: SubscribeProperties::default(),
-            };
+        if let Some(subscribe) = local_subscribe(bridge) {
             let _ = self.queue.subscribe(self.from, subscribe);
         }
         if bridge.notifications {
