@@ -160,7 +160,15 @@ pub fn read_remote(
             &mut buf,
         ) {
             Ok(packet) => packet,
-            Err(DecodeError::Io(e)) => return Err(e),
+            Err(DecodeError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    "link lost: the remote closed the connection",
+                ))
+            }
+            Err(DecodeError::Io(e)) => {
+                return Err(io::Error::new(e.kind(), format!("link lost: {e}")))
+            }
             Err(e) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,

@@ -126,7 +126,9 @@ impl Supervisor {
     /// that what is published while the remote is not up yet waits for it too.
     fn prepare_local_session(&self) -> Result<(), crate::queue::RouterGone> {
         let (writer, _local_rx) = ClientHandle::in_process(1, Arc::new(NoLink));
-        let from = self.queue.connect(self.local_request(writer, u16::MAX, None))?;
+        let from = self
+            .queue
+            .connect(self.local_request(writer, u16::MAX, None))?;
         if let Some(subscribe) = local_subscribe(&self.bridge) {
             self.queue.subscribe(from, subscribe)?;
         }
@@ -171,8 +173,11 @@ impl Supervisor {
             self.config.writer_queue_capacity,
             Arc::clone(&remote.stream) as Arc<dyn crate::transport::Link>,
         );
-        let request =
-            self.local_request(writer.clone(), remote.receive_maximum, remote.max_packet_size);
+        let request = self.local_request(
+            writer.clone(),
+            remote.receive_maximum,
+            remote.max_packet_size,
+        );
         let Ok(from) = self.queue.connect(request) else {
             return LinkEnd::Stopped;
         };

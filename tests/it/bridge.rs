@@ -80,8 +80,12 @@ fn wait_for_state(addr: SocketAddr, topic: &str, payload: &[u8]) {
     let mut client = subscriber(addr, "state-watcher", &[(topic, QoS::AtMostOnce)]);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let publish = next_publish(&mut client, left)
-            .unwrap_or_else(|| panic!("{topic} never showed {:?}", String::from_utf8_lossy(payload)));
+        let publish = next_publish(&mut client, left).unwrap_or_else(|| {
+            panic!(
+                "{topic} never showed {:?}",
+                String::from_utf8_lossy(payload)
+            )
+        });
         if publish.topic == topic && &publish.payload[..] == payload {
             return;
         }
@@ -89,8 +93,8 @@ fn wait_for_state(addr: SocketAddr, topic: &str, payload: &[u8]) {
 }
 
 fn expect_publish(client: &mut RawClient, topic: &str, payload: &[u8]) -> Publish {
-    let publish = next_publish(client, LINK_WAIT)
-        .unwrap_or_else(|| panic!("nothing arrived on {topic}"));
+    let publish =
+        next_publish(client, LINK_WAIT).unwrap_or_else(|| panic!("nothing arrived on {topic}"));
     assert_eq!(
         (publish.topic.as_str(), &publish.payload[..]),
         (topic, payload)
@@ -100,7 +104,10 @@ fn expect_publish(client: &mut RawClient, topic: &str, payload: &[u8]) -> Publis
 
 fn expect_silence(client: &mut RawClient, quiet: Duration) {
     if let Some(publish) = next_publish(client, quiet) {
-        panic!("unexpected message on {}: {:?}", publish.topic, publish.payload);
+        panic!(
+            "unexpected message on {}: {:?}",
+            publish.topic, publish.payload
+        );
     }
 }
 
@@ -130,14 +137,24 @@ fn two_of_ours_bridged_both_ways_with_prefixes() {
         ("site-a/#", QoS::ExactlyOnce),
     ];
     let mut cloud = subscriber(remote.addr, "cloud-sub", &filters);
-    let mut site = subscriber(local.addr, "site-sub", &[("site-a/cmd/#", QoS::ExactlyOnce)]);
+    let mut site = subscriber(
+        local.addr,
+        "site-sub",
+        &[("site-a/cmd/#", QoS::ExactlyOnce)],
+    );
     let mut publisher = v311(local.addr, "site-pub", true);
     publisher.publish("site-a/sensors/t1", b"21.5", QoS::AtLeastOnce, false, 1);
     let got = expect_publish(&mut cloud, "cloud/site-a/sensors/t1", b"21.5");
     assert_eq!(got.qos, QoS::AtLeastOnce);
     // In: the reverse, at the QoS of the topic line.
     let mut operator = v311(remote.addr, "operator", true);
-    operator.publish("cloud/site-a/cmd/reboot", b"now", QoS::ExactlyOnce, false, 2);
+    operator.publish(
+        "cloud/site-a/cmd/reboot",
+        b"now",
+        QoS::ExactlyOnce,
+        false,
+        2,
+    );
     let got = expect_publish(&mut site, "site-a/cmd/reboot", b"now");
     assert_eq!(got.qos, QoS::ExactlyOnce);
     // A topic outside every line stays home.
@@ -145,7 +162,11 @@ fn two_of_ours_bridged_both_ways_with_prefixes() {
     // The `""` pattern maps one topic onto another, both ways.
     publisher.publish("local/alarm", b"fire", QoS::AtLeastOnce, false, 4);
     expect_publish(&mut cloud, "cloud/alarms/site-a", b"fire");
-    let mut alarms = subscriber(local.addr, "alarm-sub", &[("local/alarm", QoS::AtLeastOnce)]);
+    let mut alarms = subscriber(
+        local.addr,
+        "alarm-sub",
+        &[("local/alarm", QoS::AtLeastOnce)],
+    );
     operator.publish("cloud/alarms/site-a", b"drill", QoS::AtLeastOnce, false, 5);
     expect_publish(&mut cloud, "cloud/alarms/site-a", b"drill");
     expect_publish(&mut alarms, "local/alarm", b"drill");
@@ -261,8 +282,16 @@ fn ours_bridged_to_mosquitto_both_directions() {
         )));
         wait_for_state(local.addr, STATE, b"1");
         wait_for_state(remote, STATE, b"1");
-        let mut there = subscriber(remote, "there", &[("up/#", QoS::AtLeastOnce), ("both/#", QoS::ExactlyOnce)]);
-        let mut here = subscriber(local.addr, "here", &[("down/#", QoS::AtLeastOnce), ("both/#", QoS::ExactlyOnce)]);
+        let mut there = subscriber(
+            remote,
+            "there",
+            &[("up/#", QoS::AtLeastOnce), ("both/#", QoS::ExactlyOnce)],
+        );
+        let mut here = subscriber(
+            local.addr,
+            "here",
+            &[("down/#", QoS::AtLeastOnce), ("both/#", QoS::ExactlyOnce)],
+        );
         let mut p_here = v311(local.addr, "p-here", true);
         let mut p_there = v311(remote, "p-there", true);
         p_here.publish("up/a", b"1", QoS::AtLeastOnce, false, 1);
@@ -293,7 +322,11 @@ fn mosquitto_bridged_to_ours() {
     let _mosquitto = ChildBroker::mosquitto(&mosquitto_conf(&dir, port, &extra), &[port]);
     let theirs = SocketAddr::from(([127, 0, 0, 1], port));
     wait_for_state(ours.addr, "$SYS/broker/connection/site-m/state", b"1");
-    let mut here = subscriber(ours.addr, "here", &[("m/#", QoS::AtLeastOnce), ("from-m/#", QoS::AtLeastOnce)]);
+    let mut here = subscriber(
+        ours.addr,
+        "here",
+        &[("m/#", QoS::AtLeastOnce), ("from-m/#", QoS::AtLeastOnce)],
+    );
     let mut there = subscriber(theirs, "there", &[("m/#", QoS::AtLeastOnce)]);
     let mut p_there = v311(theirs, "p-there", true);
     let mut p_here = v311(ours.addr, "p-here", true);
@@ -339,7 +372,12 @@ impl Collector {
         let deadline = Instant::now() + within;
         while !done(self) {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out: {} QoS 1 and {} QoS 2", self.qos1.len(), self.qos2.len());
+            assert!(
+                !left.is_zero(),
+                "timed out: {} QoS 1 and {} QoS 2",
+                self.qos1.len(),
+                self.qos2.len()
+            );
             match self.client.try_recv(left) {
                 Ok(Packet::Publish(publish)) => {
                     let id = publish.packet_id.expect("QoS 1 or 2");
@@ -359,21 +397,38 @@ impl Collector {
                     self.client.send(&Packet::PubComp(Ack::new(ack.packet_id)));
                 }
                 Ok(_) => {}
-                Err(e) => panic!("collector: {e}"),
+                Err(e) => {
+                    let missing = |seen: &HashMap<String, usize>, qos: u8| {
+                        (0..EACH)
+                            .map(|n| format!("{qos}-{n}"))
+                            .filter(|p| !seen.contains_key(p))
+                            .collect::<Vec<_>>()
+                    };
+                    panic!(
+                        "collector: {e}; missing QoS 1 {:?}, QoS 2 {:?}",
+                        missing(&self.qos1, 1),
+                        missing(&self.qos2, 2)
+                    )
+                }
             }
         }
     }
 }
 
+const EACH: usize = 150;
+
 #[test]
 fn remote_stopped_mid_stream_loses_nothing() {
-    const EACH: usize = 150;
     let dir = TempDir::new("bridge-link-failure");
     let port = free_port();
     let persistence = format!(
         "persistence true\npersistence_location {}/\n",
         dir.0.display()
     );
+    // mosquitto started as root writes its file as the `mosquitto` user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777))
+        .expect("open the directory to mosquitto");
     let conf_path = mosquitto_conf(&dir, port, &persistence);
     let mut mosquitto = ChildBroker::mosquitto(&conf_path, &[port]);
     let remote = SocketAddr::from(([127, 0, 0, 1], port));
@@ -391,8 +446,10 @@ fn remote_stopped_mid_stream_loses_nothing() {
     let mut id = 0u16;
     for n in 0..EACH {
         if n == EACH / 3 {
-            // Mid-stream: the remote goes away, and stays away for a while.
+            // Mid-stream: the remote goes away, and stays away for a while; what follows is
+            // published while the link is down.
             terminate(&mut mosquitto);
+            wait_for_state(local.addr, STATE, b"0");
         }
         if n == 2 * EACH / 3 {
             mosquitto = ChildBroker::mosquitto(&conf_path, &[port]);
@@ -400,17 +457,30 @@ fn remote_stopped_mid_stream_loses_nothing() {
         for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
             id = id % 60_000 + 1;
             let payload = format!("{}-{n}", qos as u8);
-            publisher.publish(&format!("r/{}", qos as u8), payload.as_bytes(), qos, false, id);
+            publisher.publish(
+                &format!("r/{}", qos as u8),
+                payload.as_bytes(),
+                qos,
+                false,
+                id,
+            );
         }
     }
-    let client = RawClient::connect_with(remote, connect_packet("collector", ProtocolVersion::V3_1_1, false)).0;
+    let client = RawClient::connect_with(
+        remote,
+        connect_packet("collector", ProtocolVersion::V3_1_1, false),
+    )
+    .0;
     let mut collector = Collector {
         client,
         pending: HashMap::new(),
         qos1: HashMap::new(),
         qos2: HashMap::new(),
     };
-    collector.receive_until(|c| c.qos1.len() == EACH && c.qos2.len() == EACH, Duration::from_secs(40));
+    collector.receive_until(
+        |c| c.qos1.len() == EACH && c.qos2.len() == EACH,
+        Duration::from_secs(40),
+    );
     // A straggler would be a duplicate: give it a moment to show.
     let quiet = Instant::now() + Duration::from_millis(500);
     while Instant::now() < quiet {
@@ -423,6 +493,9 @@ fn remote_stopped_mid_stream_loses_nothing() {
         }
     }
     let twice: Vec<_> = collector.qos2.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "QoS 2 delivered more than once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "QoS 2 delivered more than once: {twice:?}"
+    );
     drop(local);
 }
