@@ -499,3 +499,127 @@ fn remote_stopped_mid_stream_loses_nothing() {
     );
     drop(local);
 }
+
+/// The remote side of a bridge played by the test, packet by packet.
+struct FakeRemote {
+    stream: std::net::TcpStream,
+    body: Vec<u8>,
+}
+
+impl FakeRemote {
+    /// Accepts the bridge's next connection and answers its CONNECT.
+    fn accept(
+        listener: &TcpListener,
+        session_present: bool,
+    ) -> (FakeRemote, Box<mqtt_broker::mqtt::Connect>) {
+        listener.set_nonblocking(false).expect("blocking accept");
+        let (stream, _) = listener.accept().expect("the bridge connects");
+        stream
+            .set_read_timeout(Some(LINK_WAIT))
+            .expect("read timeout");
+        let mut remote = FakeRemote {
+            stream,
+            body: Vec::new(),
+        };
+        let connect = match remote.recv() {
+            Packet::Connect(connect) => connect,
+            other => panic!("expected CONNECT, got {other:?}"),
+        };
+        remote.send(&Packet::ConnAck(mqtt_broker::mqtt::ConnAck {
+            session_present,
+            ..Default::default()
+        }));
+        (remote, connect)
+    }
+
+    fn recv(&mut self) -> Packet {
+        mqtt_broker::mqtt::read_packet(
+            &mut self.stream,
+            ProtocolVersion::V3_1_1,
+            1 << 20,
+            &mut self.body,
+        )
+        .expect("a packet from the bridge")
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        use std::io::Write;
+        let mut out = Vec::new();
+        packet.encode(ProtocolVersion::V3_1_1, &mut out);
+        self.stream.write_all(&out).expect("write to the bridge");
+    }
+}
+
+#[test]
+fn unacknowledged_publishes_and_pubrels_are_resent_on_reconnect() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let local = start_broker_with(conf(&format!(
+        "connection fake\naddress 127.0.0.1:{port}\nremote_clientid site-a\n\
+         restart_timeout 1\nnotifications false\ntopic f/# out 2\n"
+    )));
+    let (mut remote, connect) = FakeRemote::accept(&listener, false);
+    assert!(connect.bridge, "try_private sets the bridge flag");
+    assert!(!connect.clean_start, "cleansession false by default");
+    let mut publisher = v311(local.addr, "pub", true);
+    publisher.publish("f/a", b"qos1", QoS::AtLeastOnce, false, 1);
+    publisher.publish("f/b", b"qos2", QoS::ExactlyOnce, false, 2);
+    // The QoS 1 message is never acknowledged; the QoS 2 one gets as far as PUBREL.
+    let mut qos1_id = None;
+    let mut qos2_id = None;
+    while qos1_id.is_none() || qos2_id.is_none() {
+        match remote.recv() {
+            Packet::Publish(p) if p.qos == QoS::AtLeastOnce => qos1_id = p.packet_id,
+            Packet::Publish(p) if p.qos == QoS::ExactlyOnce => {
+                remote.send(&Packet::PubRec(Ack::new(p.packet_id.expect("id"))));
+            }
+            Packet::PubRel(ack) => qos2_id = Some(ack.packet_id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(remote);
+    // Published while the link is down.
+    publisher.publish("f/c", b"while down", QoS::AtLeastOnce, false, 3);
+
+    let (mut remote, _) = FakeRemote::accept(&listener, true);
+    let (mut resent_publish, mut resent_pubrel, mut queued) = (false, false, false);
+    while !(resent_publish && resent_pubrel && queued) {
+        match remote.recv() {
+            Packet::Publish(p) if p.topic == "f/a" => {
+                assert_eq!(p.packet_id, qos1_id, "resent under its packet id");
+                assert!(p.dup, "resent with DUP");
+                remote.send(&Packet::PubAck(Ack::new(p.packet_id.expect("id"))));
+                resent_publish = true;
+            }
+            Packet::PubRel(ack) => {
+                assert_eq!(Some(ack.packet_id), qos2_id);
+                remote.send(&Packet::PubComp(Ack::new(ack.packet_id)));
+                resent_pubrel = true;
+            }
+            Packet::Publish(p) if p.topic == "f/c" => {
+                assert_eq!(&p.payload[..], b"while down");
+                remote.send(&Packet::PubAck(Ack::new(p.packet_id.expect("id"))));
+                queued = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Everything acknowledged: nothing more comes, not even the completed QoS 2 message.
+    remote
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("read timeout");
+    match mqtt_broker::mqtt::read_packet(
+        &mut remote.stream,
+        ProtocolVersion::V3_1_1,
+        1 << 20,
+        &mut remote.body,
+    ) {
+        Err(DecodeError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("expected silence, got {other:?}"),
+    }
+}
