@@ -222,6 +222,9 @@ impl Supervisor {
         let end = match reader {
             Ok(reader) => {
                 let end = out.run(&local_rx, &done_rx, &self.stop);
+                if matches!(end, LinkEnd::Stopped) {
+                    out.goodbye();
+                }
                 let _ = remote.stream.shutdown(Shutdown::Both);
                 let _ = reader.join();
                 end
@@ -231,9 +234,6 @@ impl Supervisor {
                 LinkEnd::Lost
             }
         };
-        if matches!(end, LinkEnd::Stopped) {
-            out.goodbye();
-        }
         out.end_local();
         let _ = remote.stream.shutdown(Shutdown::Both);
         end
