@@ -623,3 +623,59 @@ fn unacknowledged_publishes_and_pubrels_are_resent_on_reconnect() {
         other => panic!("expected silence, got {other:?}"),
     }
 }
+
+#[test]
+fn a_failed_address_gives_way_to_the_next() {
+    let remote = start_broker();
+    let dead = free_port();
+    let local = start_broker_with(conf(&format!(
+        "connection two\naddresses 127.0.0.1:{dead} {}\nremote_clientid site-a\n\
+         restart_timeout 1\ntopic x/# out 1\n",
+        remote.addr
+    )));
+    wait_for_state(remote.addr, STATE, b"1");
+    let mut there = subscriber(remote.addr, "there", &[("x/#", QoS::AtLeastOnce)]);
+    v311(local.addr, "p", true).publish("x/1", b"via the second", QoS::AtLeastOnce, false, 1);
+    expect_publish(&mut there, "x/1", b"via the second");
+}
+
+#[test]
+fn start_type_once_does_not_reconnect() {
+    let port = free_port();
+    let remote = start_on(port, Config::default());
+    let local = start_broker_with(conf(&format!(
+        "connection once\naddress 127.0.0.1:{port}\nremote_clientid site-a\n\
+         restart_timeout 1\nstart_type once\ntopic x/# out 1\n"
+    )));
+    wait_for_state(remote.addr, STATE, b"1");
+    remote.stop();
+    wait_for_state(local.addr, STATE, b"0");
+    let remote = start_on(port, Config::default());
+    // Three restart timeouts later, still no bridge (no retained state on the new remote).
+    let mut watcher = subscriber(remote.addr, "w", &[(STATE, QoS::AtMostOnce)]);
+    expect_silence(&mut watcher, Duration::from_secs(3));
+}
+
+#[test]
+fn outgoing_retain_off_and_max_packet_size() {
+    let remote = start_broker();
+    let local = start_broker_with(conf(&format!(
+        "connection small\naddress {}\nremote_clientid site-a\nrestart_timeout 1\n\
+         bridge_outgoing_retain false\nbridge_max_packet_size 100\ntopic x/# out 1\n",
+        remote.addr
+    )));
+    wait_for_state(local.addr, STATE, b"1");
+    let mut there = subscriber(remote.addr, "there", &[("x/#", QoS::AtLeastOnce)]);
+    let mut publisher = v311(local.addr, "p", true);
+    publisher.publish("x/big", &[b'b'; 200], QoS::AtLeastOnce, false, 1);
+    publisher.publish("x/kept", b"retained here", QoS::AtLeastOnce, true, 2);
+    // The big one was dropped (acknowledged locally, never sent); the small one went.
+    expect_publish(&mut there, "x/kept", b"retained here");
+    expect_silence(&mut there, Duration::from_millis(300));
+    // It went without its retain flag: the remote kept nothing.
+    let mut late = subscriber(remote.addr, "late", &[("x/#", QoS::AtLeastOnce)]);
+    expect_silence(&mut late, Duration::from_millis(500));
+    // Here it is retained as usual.
+    let mut here = subscriber(local.addr, "here", &[("x/#", QoS::AtLeastOnce)]);
+    expect_publish(&mut here, "x/kept", b"retained here");
+}
