@@ -31,7 +31,7 @@ pub enum RestartTimeout {
     Backoff { base: Duration, cap: Duration },
 }
 
-/// TLS towards the remote broker (`bridge_cafile` and the rest). Parsed; not supported yet.
+/// TLS towards the remote broker (`bridge_cafile` and the rest): on once a CA is given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BridgeTls {
     pub cafile: Option<PathBuf>,
@@ -224,8 +224,12 @@ impl BridgeConfig {
         if self.remote_password.is_some() && self.remote_username.is_none() {
             return Err("remote_password needs remote_username".into());
         }
-        if self.tls != BridgeTls::default() {
-            return Err("not supported yet: TLS bridges (bridge_cafile and the like)".into());
+        let tls = &self.tls;
+        if tls.cafile.is_none() && tls.capath.is_none() && *tls != BridgeTls::default() {
+            return Err("TLS needs bridge_cafile or bridge_capath".into());
+        }
+        if tls.certfile.is_some() != tls.keyfile.is_some() {
+            return Err("bridge_certfile and bridge_keyfile go together".into());
         }
         if self.remote_clientid() == self.local_clientid() {
             return Err("local_clientid and remote_clientid must differ".into());
@@ -455,7 +459,14 @@ mod tests {
                 "address h\ntopic #\nremote_password p",
                 "needs remote_username",
             ),
-            ("address h\ntopic #\nbridge_cafile ca.pem", "TLS bridges"),
+            (
+                "address h\ntopic #\nbridge_insecure true",
+                "needs bridge_cafile",
+            ),
+            (
+                "address h\ntopic #\nbridge_cafile c\nbridge_keyfile k",
+                "go together",
+            ),
             ("address h\ntopic #\nnotification_topic a/#", "notification"),
             ("address h\ntopic # sideways", "out, in or both"),
             (

@@ -9,11 +9,12 @@
 use std::io::{self, BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
 use super::config::BridgeConfig;
+use super::tls;
 use super::topics::remap_in;
 use crate::client::AckKind;
 use crate::config::PROTOCOL_MAX_PACKET_SIZE;
@@ -22,6 +23,7 @@ use crate::mqtt::{
     WillProperties,
 };
 use crate::queue::{ConnectionRef, QueueHandle};
+use crate::transport::{self, Link, Output, ReadHalf, Transport, WriteHalf};
 
 /// How long one address may take to accept the TCP connection, and the remote its CONNACK.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,7 +33,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An established connection to the remote broker.
 pub struct Remote {
-    pub stream: Arc<TcpStream>,
+    /// Shuts the connection down from any thread.
+    pub link: Arc<dyn Link>,
     pub version: ProtocolVersion,
     /// The most QoS 1/2 messages the remote takes unacknowledged (its v5 Receive Maximum).
     pub receive_maximum: u16,
@@ -41,12 +44,24 @@ pub struct Remote {
     pub address: String,
 }
 
+/// The two directions of a link: the reader thread takes `input` (with whatever it buffered
+/// after CONNACK), the writer keeps `output`.
+pub struct Halves {
+    pub input: BufReader<Box<dyn ReadHalf>>,
+    pub output: Box<dyn WriteHalf>,
+}
+
 /// The payloads of the notification topic.
 pub const UP: &[u8] = b"1";
 pub const DOWN: &[u8] = b"0";
 
-/// Connects to `bridge.addresses[index]` and completes the MQTT handshake.
-pub fn dial(bridge: &BridgeConfig, index: usize, receive_maximum: u16) -> io::Result<Remote> {
+/// Connects to `bridge.addresses[index]` (with TLS when the bridge has a CA) and completes the
+/// MQTT handshake.
+pub fn dial(
+    bridge: &BridgeConfig,
+    index: usize,
+    receive_maximum: u16,
+) -> io::Result<(Remote, Halves)> {
     let (host, port) = &bridge.addresses[index];
     let address = format!("{host}:{port}");
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address found");
@@ -60,18 +75,39 @@ pub fn dial(bridge: &BridgeConfig, index: usize, receive_maximum: u16) -> io::Re
             Err(e) => last = e,
         }
     }
-    let mut stream = stream.ok_or(last)?;
+    let stream = stream.ok_or(last)?;
     let _ = stream.set_nodelay(true);
+    let socket = Arc::new(stream);
+    let transport = if tls::enabled(&bridge.tls) {
+        let config = tls::client_config(&bridge.tls)?;
+        let conn = rustls::ClientConnection::new(config, tls::server_name(host)?)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let deadline = Instant::now() + DIAL_TIMEOUT;
+        transport::tls_client(Arc::clone(&socket), conn, deadline)
+            .map_err(|e| refused(format!("TLS handshake failed: {e}")))?
+    } else {
+        transport::tcp_client(Arc::clone(&socket))
+    };
+    let Transport {
+        input,
+        output: Output {
+            write: mut output,
+            link,
+        },
+        ..
+    } = transport;
     // A remote that stops reading ends the link rather than blocking the writer forever.
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    output.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let version = bridge.protocol;
     let connect = connect_packet(bridge, receive_maximum);
     let mut out = Vec::new();
     Packet::Connect(Box::new(connect)).encode(version, &mut out);
-    stream.write_all(&out)?;
-    stream.set_read_timeout(Some(DIAL_TIMEOUT))?;
+    output.write_all(&out)?;
+    output.flush()?;
+    input.set_read_timeout(Some(DIAL_TIMEOUT))?;
+    let mut input = BufReader::new(input);
     let mut buf = Vec::new();
-    let connack = match read_packet(&mut stream, version, PROTOCOL_MAX_PACKET_SIZE, &mut buf) {
+    let connack = match read_packet(&mut input, version, PROTOCOL_MAX_PACKET_SIZE, &mut buf) {
         Ok(Packet::ConnAck(connack)) => connack,
         Ok(other) => return Err(refused(format!("answered CONNECT with {}", other.name()))),
         Err(e) => return Err(refused(format!("no CONNACK: {e}"))),
@@ -82,7 +118,9 @@ pub fn dial(bridge: &BridgeConfig, index: usize, receive_maximum: u16) -> io::Re
             connack.reason
         )));
     }
-    stream.set_read_timeout(Some(bridge.keepalive * 3 / 2 + Duration::from_secs(1)))?;
+    input
+        .get_ref()
+        .set_read_timeout(Some(bridge.keepalive * 3 / 2 + Duration::from_secs(1)))?;
     let remote_max = connack.properties.maximum_packet_size;
     let own_max = (bridge.max_packet_size > 0).then_some(bridge.max_packet_size);
     let max_packet_size = match (remote_max, own_max) {
@@ -90,16 +128,23 @@ pub fn dial(bridge: &BridgeConfig, index: usize, receive_maximum: u16) -> io::Re
         (a, b) => a.or(b),
     };
     info!(
-        "bridge {}: connected to {address} (session present: {})",
-        bridge.name, connack.session_present
+        "bridge {}: connected to {address}{} (session present: {})",
+        bridge.name,
+        if tls::enabled(&bridge.tls) {
+            " over TLS"
+        } else {
+            ""
+        },
+        connack.session_present
     );
-    Ok(Remote {
-        stream: Arc::new(stream),
+    let remote = Remote {
+        link,
         version,
         receive_maximum: connack.properties.receive_maximum.unwrap_or(u16::MAX),
         max_packet_size,
         address,
-    })
+    };
+    Ok((remote, Halves { input, output }))
 }
 
 fn refused(why: String) -> io::Error {
@@ -144,21 +189,16 @@ fn connect_packet(bridge: &BridgeConfig, receive_maximum: u16) -> crate::mqtt::C
 /// remote through the bridge's writer, under the same packet ids: the remote's ids for its
 /// messages, the router's ids for ours.
 pub fn read_remote(
-    name: &str,
-    remote: &Remote,
     bridge: &BridgeConfig,
+    version: ProtocolVersion,
+    mut reader: BufReader<Box<dyn ReadHalf>>,
     queue: &QueueHandle,
     from: ConnectionRef,
 ) -> io::Result<()> {
-    let mut reader = BufReader::new(&*remote.stream);
+    let name = &bridge.name;
     let mut buf = Vec::new();
     loop {
-        let packet = match read_packet(
-            &mut reader,
-            remote.version,
-            PROTOCOL_MAX_PACKET_SIZE,
-            &mut buf,
-        ) {
+        let packet = match read_packet(&mut reader, version, PROTOCOL_MAX_PACKET_SIZE, &mut buf) {
             Ok(packet) => packet,
             Err(DecodeError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 return Err(io::Error::new(

@@ -9,17 +9,18 @@
 //! router (the router hands it deliveries with the same non-blocking calls as to any writer).
 //!
 //! Layout: `config` (a block's options), `topics` (the `topic` lines and remapping), `backoff`
-//! (`restart_timeout`), `link` (dialling, CONNECT, the reader), `run` (the supervisor and the
+//! (`restart_timeout`), `link` (dialling, CONNECT, the reader), `tls` (the rustls client
+//! configuration), `run` (the supervisor and the
 //! writer loop).
 
 mod backoff;
 pub mod config;
 mod link;
 mod run;
+mod tls;
 pub mod topics;
 
 use std::io;
-use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
@@ -32,6 +33,7 @@ pub use config::BridgeConfig;
 
 use crate::config::Config;
 use crate::queue::QueueHandle;
+use crate::transport::Link;
 
 /// The running bridges, stopped together before the router shuts down.
 #[derive(Default)]
@@ -42,7 +44,7 @@ pub struct Bridges {
 struct Running {
     name: String,
     stop: Sender<()>,
-    current: Arc<Mutex<Option<Arc<TcpStream>>>>,
+    current: Arc<Mutex<Option<Arc<dyn Link>>>>,
     thread: JoinHandle<()>,
 }
 
@@ -94,8 +96,8 @@ impl Bridges {
                 let _ = running.thread.join();
             } else {
                 // Ends a blocked read or write; the thread then sees the stop.
-                if let Some(stream) = running.current.lock().as_ref() {
-                    let _ = stream.shutdown(Shutdown::Both);
+                if let Some(link) = running.current.lock().as_ref() {
+                    link.shutdown();
                 }
                 warn!("bridge {}: did not stop in time", running.name);
             }

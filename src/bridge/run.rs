@@ -10,7 +10,6 @@
 //! lost with a link, and nothing is held twice.
 
 use std::io::{self, Write};
-use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -21,7 +20,7 @@ use log::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::config::{BridgeConfig, StartType};
-use super::link::{self, Remote, DOWN, UP};
+use super::link::{self, Halves, Remote, DOWN, UP};
 use super::topics::remap_out;
 use crate::client::{AckKind, ClientHandle, Outbound};
 use crate::config::Config;
@@ -30,6 +29,7 @@ use crate::mqtt::{
     PublishView, QoS, RetainHandling, Subscribe, SubscribeProperties, SubscriptionOptions,
 };
 use crate::queue::{ConnectRequest, ConnectionRef, Ending, QueueHandle};
+use crate::transport::{Link, WriteHalf};
 
 /// Connection ids for bridges' local sessions, far from the acceptors' (which count from 1).
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1 << 62);
@@ -55,7 +55,7 @@ pub struct Supervisor {
     /// Disconnected (or sent to) when the broker stops.
     pub stop: Receiver<()>,
     /// The remote socket of the current link, so that `stop` can end a blocked read or write.
-    pub current: Arc<parking_lot::Mutex<Option<Arc<std::net::TcpStream>>>>,
+    pub current: Arc<parking_lot::Mutex<Option<Arc<dyn Link>>>>,
 }
 
 impl Supervisor {
@@ -76,10 +76,10 @@ impl Supervisor {
             }
             let receive_maximum = self.config.receive_maximum;
             let lost = match link::dial(&bridge, index, receive_maximum) {
-                Ok(remote) => {
+                Ok((remote, halves)) => {
                     backoff.reset();
-                    *self.current.lock() = Some(Arc::clone(&remote.stream));
-                    let end = self.run_link(&remote);
+                    *self.current.lock() = Some(Arc::clone(&remote.link));
+                    let end = self.run_link(&remote, halves);
                     *self.current.lock() = None;
                     match end {
                         LinkEnd::Stopped => break,
@@ -166,13 +166,12 @@ impl Supervisor {
 
     /// One link's life: the local session attached, both sides subscribed, the reader
     /// started, then the writer loop until something ends it.
-    fn run_link(&self, remote: &Remote) -> LinkEnd {
+    fn run_link(&self, remote: &Remote, halves: Halves) -> LinkEnd {
         let bridge = &self.bridge;
         let name = &bridge.name;
-        let (writer, local_rx) = ClientHandle::in_process(
-            self.config.writer_queue_capacity,
-            Arc::clone(&remote.stream) as Arc<dyn crate::transport::Link>,
-        );
+        let (writer, local_rx) =
+            ClientHandle::in_process(self.config.writer_queue_capacity, Arc::clone(&remote.link));
+        let Halves { input, output } = halves;
         let request = self.local_request(
             writer.clone(),
             remote.receive_maximum,
@@ -184,6 +183,7 @@ impl Supervisor {
         let mut out = Writer {
             bridge,
             remote,
+            output,
             writer,
             from,
             queue: &self.queue,
@@ -193,29 +193,22 @@ impl Supervisor {
         };
         if out.start().is_err() {
             out.end_local();
-            let _ = remote.stream.shutdown(Shutdown::Both);
+            remote.link.shutdown();
             return LinkEnd::Lost;
         }
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
         let reader = {
             let bridge = Arc::clone(bridge);
             let queue = self.queue.clone();
-            let stream = Arc::clone(&remote.stream);
-            let remote = Remote {
-                stream: Arc::clone(&remote.stream),
-                version: remote.version,
-                receive_maximum: remote.receive_maximum,
-                max_packet_size: remote.max_packet_size,
-                address: remote.address.clone(),
-            };
+            let link = Arc::clone(&remote.link);
+            let version = remote.version;
             thread::Builder::new()
                 .name(format!("bridge-{name}-rx"))
                 .spawn(move || {
-                    if let Err(e) = link::read_remote(&bridge.name, &remote, &bridge, &queue, from)
-                    {
+                    if let Err(e) = link::read_remote(&bridge, version, input, &queue, from) {
                         info!("bridge {}: {e}", bridge.name);
                     }
-                    let _ = stream.shutdown(Shutdown::Both);
+                    link.shutdown();
                     drop(done_tx);
                 })
         };
@@ -225,7 +218,7 @@ impl Supervisor {
                 if matches!(end, LinkEnd::Stopped) {
                     out.goodbye();
                 }
-                let _ = remote.stream.shutdown(Shutdown::Both);
+                remote.link.shutdown();
                 let _ = reader.join();
                 end
             }
@@ -235,7 +228,7 @@ impl Supervisor {
             }
         };
         out.end_local();
-        let _ = remote.stream.shutdown(Shutdown::Both);
+        remote.link.shutdown();
         end
     }
 }
@@ -243,7 +236,7 @@ impl Supervisor {
 /// A link for the handle of the session made before the first connection: nothing to close.
 struct NoLink;
 
-impl crate::transport::Link for NoLink {
+impl Link for NoLink {
     fn shutdown(&self) {}
 }
 
@@ -276,6 +269,7 @@ fn local_subscribe(bridge: &BridgeConfig) -> Option<Subscribe> {
 struct Writer<'a> {
     bridge: &'a BridgeConfig,
     remote: &'a Remote,
+    output: Box<dyn WriteHalf>,
     writer: ClientHandle,
     from: ConnectionRef,
     queue: &'a QueueHandle,
@@ -527,7 +521,10 @@ impl Writer<'_> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let result = (&*self.remote.stream).write_all(&self.buf);
+        let result = self
+            .output
+            .write_all(&self.buf)
+            .and_then(|()| self.output.flush());
         self.buf.clear();
         if self.buf.capacity() > 4 * BATCH_BYTES {
             self.buf = Vec::new();

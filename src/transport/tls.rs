@@ -21,7 +21,7 @@ use log::warn;
 use parking_lot::Mutex;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection, SupportedCipherSuite};
+use rustls::{Connection, RootCertStore, ServerConfig, ServerConnection, SupportedCipherSuite};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
@@ -87,26 +87,7 @@ impl TlsAcceptor {
             }
         }
         let certificate_username = self.username(&conn)?;
-        let session = Arc::new(Mutex::new(conn));
-        Ok(Transport {
-            input: Box::new(TlsRead {
-                session: Arc::clone(&session),
-                socket: Arc::clone(&socket),
-                raw: vec![0; READ_CHUNK].into_boxed_slice(),
-                start: 0,
-                end: 0,
-                waker: None,
-            }),
-            output: Output {
-                write: Box::new(TlsWrite {
-                    session,
-                    socket: Arc::clone(&socket),
-                    out: Vec::new(),
-                }),
-                link: socket,
-            },
-            certificate_username,
-        })
+        Ok(split(socket, conn.into(), certificate_username))
     }
 
     /// The username the client certificate gives, when the listener asks for one.
@@ -136,6 +117,63 @@ fn remaining(deadline: Instant) -> io::Result<Duration> {
         return Err(io::Error::new(io::ErrorKind::TimedOut, "took too long"));
     }
     Ok(left)
+}
+
+/// The two halves of a TLS connection whose handshake is done (server or client side).
+fn split(
+    socket: Arc<TcpStream>,
+    conn: Connection,
+    certificate_username: Option<String>,
+) -> Transport {
+    let session = Arc::new(Mutex::new(conn));
+    Transport {
+        input: Box::new(TlsRead {
+            session: Arc::clone(&session),
+            socket: Arc::clone(&socket),
+            raw: vec![0; READ_CHUNK].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            waker: None,
+        }),
+        output: Output {
+            write: Box::new(TlsWrite {
+                session,
+                socket: Arc::clone(&socket),
+                out: Vec::new(),
+            }),
+            link: socket,
+        },
+        certificate_username,
+    }
+}
+
+/// The client side (a bridge to a remote broker): runs the handshake of `conn` on `socket`
+/// until `deadline`, then splits the session in two as for an accepted connection.
+pub fn connect(
+    socket: Arc<TcpStream>,
+    conn: rustls::ClientConnection,
+    deadline: Instant,
+) -> io::Result<Transport> {
+    let mut conn = Connection::from(conn);
+    let mut sock = &*socket;
+    loop {
+        while conn.wants_write() {
+            socket.set_write_timeout(Some(remaining(deadline)?))?;
+            conn.write_tls(&mut sock)?;
+        }
+        if !conn.is_handshaking() {
+            break;
+        }
+        socket.set_read_timeout(Some(remaining(deadline)?))?;
+        if conn.read_tls(&mut sock)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if let Err(e) = conn.process_new_packets() {
+            let _ = conn.write_tls(&mut sock);
+            return Err(invalid(e));
+        }
+    }
+    Ok(split(socket, conn, None))
 }
 
 fn invalid(e: impl ToString) -> io::Error {
@@ -328,7 +366,7 @@ fn openssl_to_iana(name: &str) -> String {
 
 /// The reader thread's half: ciphertext in, plaintext out.
 struct TlsRead {
-    session: Arc<Mutex<ServerConnection>>,
+    session: Arc<Mutex<Connection>>,
     socket: Arc<TcpStream>,
     /// Ciphertext read but not yet given to rustls: `raw[start..end]`.
     raw: Box<[u8]>,
@@ -398,7 +436,7 @@ impl ReadHalf for TlsRead {
 
 /// The writer thread's half: plaintext in, ciphertext to the socket.
 struct TlsWrite {
-    session: Arc<Mutex<ServerConnection>>,
+    session: Arc<Mutex<Connection>>,
     socket: Arc<TcpStream>,
     /// Ciphertext made under the lock and written after it.
     out: Vec<u8>,
@@ -406,10 +444,7 @@ struct TlsWrite {
 
 impl TlsWrite {
     /// Encrypts (under the lock) what `fill` gives, plus anything rustls has waiting.
-    fn seal<T>(
-        &mut self,
-        fill: impl FnOnce(&mut ServerConnection) -> io::Result<T>,
-    ) -> io::Result<T> {
+    fn seal<T>(&mut self, fill: impl FnOnce(&mut Connection) -> io::Result<T>) -> io::Result<T> {
         let mut conn = self.session.lock();
         let result = fill(&mut conn)?;
         while conn.wants_write() {
