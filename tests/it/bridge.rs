@@ -679,3 +679,52 @@ fn outgoing_retain_off_and_max_packet_size() {
     let mut here = subscriber(local.addr, "here", &[("x/#", QoS::AtLeastOnce)]);
     expect_publish(&mut here, "x/kept", b"retained here");
 }
+
+#[test]
+fn tls_bridge_with_a_client_certificate() {
+    use crate::transports::{listener, Certs};
+    use mqtt_broker::config::Protocol;
+    let certs = Certs::new();
+    // The remote asks for a client certificate its CA signed.
+    let tls = listener(Protocol::Mqtt, Some(certs.settings(true)));
+    let (remote, addrs, _) =
+        crate::support::start_broker_with_listeners(Config::default(), vec![tls]);
+    let port = addrs[0].port();
+    let local = start_broker_with(conf(&format!(
+        "connection secure\naddress localhost:{port}\nremote_clientid site-a\nrestart_timeout 1\n\
+         bridge_cafile {}\nbridge_certfile {}\nbridge_keyfile {}\ntopic x/# both 1\n",
+        certs.path("ca.pem"),
+        certs.path("client.pem"),
+        certs.path("client.key"),
+    )));
+    wait_for_state(local.addr, STATE, b"1");
+    // Checked through the remote's plain listener: the same router.
+    let mut there = subscriber(remote.addr, "there", &[("x/#", QoS::AtLeastOnce)]);
+    let mut here = subscriber(local.addr, "here", &[("x/#", QoS::AtLeastOnce)]);
+    v311(local.addr, "p-here", true).publish("x/1", b"out", QoS::AtLeastOnce, false, 1);
+    expect_publish(&mut there, "x/1", b"out");
+    expect_publish(&mut here, "x/1", b"out");
+    v311(remote.addr, "p-there", true).publish("x/2", b"in", QoS::AtLeastOnce, false, 1);
+    expect_publish(&mut here, "x/2", b"in");
+    expect_publish(&mut there, "x/2", b"in");
+    expect_silence(&mut here, Duration::from_millis(300));
+}
+
+#[test]
+fn tls_bridge_without_the_right_ca_does_not_connect() {
+    use crate::transports::{listener, Certs};
+    use mqtt_broker::config::Protocol;
+    let certs = Certs::new();
+    let other = Certs::new();
+    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
+    let (remote, addrs, _) =
+        crate::support::start_broker_with_listeners(Config::default(), vec![tls]);
+    let port = addrs[0].port();
+    let _local = start_broker_with(conf(&format!(
+        "connection wrong-ca\naddress localhost:{port}\nremote_clientid site-a\nrestart_timeout 1\n\
+         bridge_cafile {}\ntopic x/# out 1\n",
+        other.path("ca.pem"),
+    )));
+    let mut watcher = subscriber(remote.addr, "w", &[(STATE, QoS::AtMostOnce)]);
+    expect_silence(&mut watcher, Duration::from_secs(2));
+}
