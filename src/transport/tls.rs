@@ -2,7 +2,8 @@
 //!
 //! Owns: building a rustls `ServerConfig` from a listener's `TlsSettings` (and building it again
 //! on `reload`), the handshake (on the connection's reader thread, before the writer exists,
-//! bounded by a deadline), and the two halves that share one `ServerConnection` afterwards.
+//! bounded by a deadline), and the two halves that share one rustls `Connection` afterwards (a
+//! listener's server side, or the client side a bridge dials with `connect`).
 //!
 //! Must not: hold the session lock across a blocking socket read or write. The read half reads
 //! ciphertext from the socket into its own buffer without the lock, then takes the lock only to
