@@ -79,7 +79,7 @@ impl Supervisor {
                 Ok((remote, halves)) => {
                     backoff.reset();
                     *self.current.lock() = Some(Arc::clone(&remote.link));
-                    let end = self.run_link(&remote, halves);
+                    let end = self.run_link(&remote, halves, index);
                     *self.current.lock() = None;
                     match end {
                         LinkEnd::Stopped => break,
@@ -166,7 +166,7 @@ impl Supervisor {
 
     /// One link's life: the local session attached, both sides subscribed, the reader
     /// started, then the writer loop until something ends it.
-    fn run_link(&self, remote: &Remote, halves: Halves) -> LinkEnd {
+    fn run_link(&self, remote: &Remote, halves: Halves, address_index: usize) -> LinkEnd {
         let bridge = &self.bridge;
         let name = &bridge.name;
         let (writer, local_rx) =
@@ -190,6 +190,7 @@ impl Supervisor {
             buf: Vec::new(),
             dropped_qos2: Vec::new(),
             last_write: Instant::now(),
+            address_index,
         };
         if out.start().is_err() {
             out.end_local();
@@ -278,6 +279,8 @@ struct Writer<'a> {
     /// is answered here instead of going out.
     dropped_qos2: Vec<PacketId>,
     last_write: Instant,
+    /// Which of the bridge's addresses this link goes to.
+    address_index: usize,
 }
 
 impl Writer<'_> {
@@ -367,8 +370,16 @@ impl Writer<'_> {
         stop: &Receiver<()>,
     ) -> LinkEnd {
         let keepalive = self.bridge.keepalive;
+        // On a secondary address without `round_robin`, the main one is tried now and then;
+        // once it answers, this link gives way to it (as mosquitto does).
+        let bridge = self.bridge;
+        let main = (!bridge.round_robin && self.address_index != 0).then(|| &bridge.addresses[0]);
+        let mut next_probe = Instant::now() + MAIN_RETRY;
         loop {
-            let wait = keepalive.saturating_sub(self.last_write.elapsed());
+            let mut wait = keepalive.saturating_sub(self.last_write.elapsed());
+            if main.is_some() {
+                wait = wait.min(next_probe.saturating_duration_since(Instant::now()));
+            }
             let item = select! {
                 recv(local) -> item => match item {
                     Ok(item) => item,
@@ -377,6 +388,14 @@ impl Writer<'_> {
                 recv(reader_done) -> _ => return LinkEnd::Lost,
                 recv(stop) -> _ => return LinkEnd::Stopped,
                 default(wait) => {
+                    if let Some((host, port)) = main.filter(|_| Instant::now() >= next_probe) {
+                        next_probe = Instant::now() + MAIN_RETRY;
+                        if answers(host, *port) {
+                            info!("bridge {}: the main address {host}:{port} is back", bridge.name);
+                            return LinkEnd::Lost;
+                        }
+                        continue;
+                    }
                     Packet::PingReq.encode(self.remote.version, &mut self.buf);
                     if self.flush().is_err() {
                         return LinkEnd::Lost;
@@ -532,6 +551,20 @@ impl Writer<'_> {
         self.last_write = Instant::now();
         result
     }
+}
+
+/// How often a bridge on a secondary address tries the main one (`round_robin false`).
+const MAIN_RETRY: Duration = Duration::from_secs(5);
+
+/// Whether something accepts TCP connections at `host:port` (the probe is closed at once).
+fn answers(host: &str, port: u16) -> bool {
+    use std::net::ToSocketAddrs;
+    let Ok(addrs) = (host, port).to_socket_addrs() else {
+        return false;
+    };
+    addrs
+        .into_iter()
+        .any(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
 }
 
 /// How long `stop` waits for a bridge thread before leaving it (it may be dialling).

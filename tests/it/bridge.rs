@@ -728,3 +728,20 @@ fn tls_bridge_without_the_right_ca_does_not_connect() {
     let mut watcher = subscriber(remote.addr, "w", &[(STATE, QoS::AtMostOnce)]);
     expect_silence(&mut watcher, Duration::from_secs(2));
 }
+
+#[test]
+fn on_a_secondary_address_the_main_one_is_taken_back() {
+    let main_port = free_port();
+    let secondary = start_broker();
+    let _local = start_broker_with(conf(&format!(
+        "connection main\naddresses 127.0.0.1:{main_port} {}\nremote_clientid site-a\n\
+         restart_timeout 1\ntopic x/# out 1\n",
+        secondary.addr
+    )));
+    wait_for_state(secondary.addr, STATE, b"1");
+    // The main address comes up: within a probe interval (5 s) and a restart the bridge is
+    // there, and the secondary hears that it left.
+    let main = start_on(main_port, Config::default());
+    wait_for_state(main.addr, STATE, b"1");
+    wait_for_state(secondary.addr, STATE, b"0");
+}
