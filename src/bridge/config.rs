@@ -15,8 +15,8 @@ use crate::mqtt::ProtocolVersion;
 pub enum StartType {
     /// Connect at start, reconnect after `restart_timeout` whenever the link fails.
     Automatic,
-    /// mosquitto: connect once `threshold` messages wait, stop after `idle_timeout`. Not
-    /// supported yet: run as `Automatic` (with a warning at start).
+    /// Connect once `threshold` messages wait in the local session; disconnect after
+    /// `idle_timeout` without a message to send.
     Lazy,
     /// Connect at start; never reconnect.
     Once,

@@ -63,6 +63,11 @@ impl Bridges {
                 stop: stop_rx,
                 current: Arc::clone(&current),
             };
+            if !bridge.local_clean_start() {
+                supervisor
+                    .prepare_local_session()
+                    .map_err(|_| io::Error::other("the router has stopped"))?;
+            }
             let thread = thread::Builder::new()
                 .name(format!("bridge-{}", bridge.name))
                 .spawn(move || supervisor.run())?;

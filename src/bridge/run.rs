@@ -45,6 +45,8 @@ enum LinkEnd {
     Stopped,
     /// The router closed the bridge's local session (shutdown, or a client took its id).
     LocalClosed,
+    /// A lazy bridge had nothing to send for `idle_timeout`.
+    Idle,
 }
 
 /// Everything one bridge's supervisor thread works with.
@@ -62,16 +64,14 @@ impl Supervisor {
     pub fn run(self) {
         let bridge = Arc::clone(&self.bridge);
         let name = &bridge.name;
-        if bridge.start_type == StartType::Lazy {
-            warn!("bridge {name}: start_type lazy is not supported yet; starting it as automatic");
+        let lazy = bridge.start_type == StartType::Lazy;
+        if lazy && bridge.local_clean_start() {
+            warn!("bridge {name}: start_type lazy with local_cleansession true never queues enough to start");
         }
         let mut backoff = Backoff::new(bridge.restart_timeout);
         let mut index = 0;
-        if !bridge.local_clean_start() && self.prepare_local_session().is_err() {
-            return;
-        }
         loop {
-            if self.stopping() {
+            if self.stopping() || lazy && !self.wait_for_threshold() {
                 break;
             }
             let receive_maximum = self.config.receive_maximum;
@@ -83,6 +83,13 @@ impl Supervisor {
                     *self.current.lock() = None;
                     match end {
                         LinkEnd::Stopped => break,
+                        LinkEnd::Idle => {
+                            info!(
+                                "bridge {name}: idle for {:?}: stopped until {} messages wait",
+                                bridge.idle_timeout, bridge.threshold
+                            );
+                            continue;
+                        }
                         LinkEnd::Lost | LinkEnd::LocalClosed => {
                             info!("bridge {name}: link to {} down", remote.address);
                             true
@@ -115,6 +122,23 @@ impl Supervisor {
         debug!("bridge {name}: stopped");
     }
 
+    /// A lazy bridge waits until `threshold` messages wait in its local session; false when
+    /// the broker stops first.
+    fn wait_for_threshold(&self) -> bool {
+        let client_id = self.bridge.local_clientid();
+        let threshold = self.bridge.threshold as usize;
+        loop {
+            match self.queue.queued(&client_id) {
+                Ok(queued) if queued >= threshold => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+            if self.stop.recv_timeout(LAZY_POLL).is_ok() || self.stopping() {
+                return false;
+            }
+        }
+    }
+
     fn stopping(&self) -> bool {
         matches!(
             self.stop.try_recv(),
@@ -122,9 +146,10 @@ impl Supervisor {
         )
     }
 
-    /// Creates the bridge's local session with its subscriptions before the first link, so
-    /// that what is published while the remote is not up yet waits for it too.
-    fn prepare_local_session(&self) -> Result<(), crate::queue::RouterGone> {
+    /// Creates the bridge's local session with its subscriptions before the first link (and
+    /// before the broker accepts anyone), so that what is published while the remote is not
+    /// up yet waits for it too. Not with `local_cleansession true`: every link starts afresh.
+    pub fn prepare_local_session(&self) -> Result<(), crate::queue::RouterGone> {
         let (writer, _local_rx) = ClientHandle::in_process(1, Arc::new(NoLink));
         let from = self
             .queue
@@ -216,7 +241,7 @@ impl Supervisor {
         let end = match reader {
             Ok(reader) => {
                 let end = out.run(&local_rx, &done_rx, &self.stop);
-                if matches!(end, LinkEnd::Stopped) {
+                if matches!(end, LinkEnd::Stopped | LinkEnd::Idle) {
                     out.goodbye();
                 }
                 remote.link.shutdown();
@@ -375,10 +400,19 @@ impl Writer<'_> {
         let bridge = self.bridge;
         let main = (!bridge.round_robin && self.address_index != 0).then(|| &bridge.addresses[0]);
         let mut next_probe = Instant::now() + MAIN_RETRY;
+        let idle_timeout = (bridge.start_type == StartType::Lazy).then_some(bridge.idle_timeout);
+        let mut last_delivery = Instant::now();
         loop {
             let mut wait = keepalive.saturating_sub(self.last_write.elapsed());
             if main.is_some() {
                 wait = wait.min(next_probe.saturating_duration_since(Instant::now()));
+            }
+            if let Some(idle) = idle_timeout {
+                let idle_left = idle.saturating_sub(last_delivery.elapsed());
+                if idle_left.is_zero() {
+                    return LinkEnd::Idle;
+                }
+                wait = wait.min(idle_left);
             }
             let item = select! {
                 recv(local) -> item => match item {
@@ -388,6 +422,9 @@ impl Writer<'_> {
                 recv(reader_done) -> _ => return LinkEnd::Lost,
                 recv(stop) -> _ => return LinkEnd::Stopped,
                 default(wait) => {
+                    if idle_timeout.is_some_and(|idle| last_delivery.elapsed() >= idle) {
+                        continue;
+                    }
                     if let Some((host, port)) = main.filter(|_| Instant::now() >= next_probe) {
                         next_probe = Instant::now() + MAIN_RETRY;
                         if answers(host, *port) {
@@ -415,6 +452,9 @@ impl Writer<'_> {
                     break;
                 }
                 next = local.try_recv().ok();
+            }
+            if count > 0 {
+                last_delivery = Instant::now();
             }
             let written = self.buf.len();
             let failed = self.flush().is_err();
@@ -552,6 +592,9 @@ impl Writer<'_> {
         result
     }
 }
+
+/// How often a lazy bridge asks the router how many messages wait for it.
+const LAZY_POLL: Duration = Duration::from_millis(500);
 
 /// How often a bridge on a secondary address tries the main one (`round_robin false`).
 const MAIN_RETRY: Duration = Duration::from_secs(5);

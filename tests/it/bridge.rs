@@ -745,3 +745,29 @@ fn on_a_secondary_address_the_main_one_is_taken_back() {
     wait_for_state(main.addr, STATE, b"1");
     wait_for_state(secondary.addr, STATE, b"0");
 }
+
+#[test]
+fn lazy_starts_at_the_threshold_and_stops_when_idle() {
+    let remote = start_broker();
+    let local = start_broker_with(conf(&format!(
+        "connection lazy\naddress {}\nremote_clientid site-a\nrestart_timeout 1\n\
+         start_type lazy\nthreshold 3\nidle_timeout 2\ntopic x/# out 1\n",
+        remote.addr
+    )));
+    let mut watcher = subscriber(remote.addr, "w", &[(STATE, QoS::AtMostOnce)]);
+    let mut there = subscriber(remote.addr, "there", &[("x/#", QoS::AtLeastOnce)]);
+    let mut publisher = v311(local.addr, "p", true);
+    publisher.publish("x/1", b"1", QoS::AtLeastOnce, false, 1);
+    publisher.publish("x/2", b"2", QoS::AtLeastOnce, false, 2);
+    // Two waiting, three needed: no link yet.
+    expect_silence(&mut watcher, Duration::from_millis(1500));
+    publisher.publish("x/3", b"3", QoS::AtLeastOnce, false, 3);
+    let up = next_publish(&mut watcher, LINK_WAIT).expect("the link comes up");
+    assert_eq!(&up.payload[..], b"1");
+    for n in ["1", "2", "3"] {
+        expect_publish(&mut there, &format!("x/{n}"), n.as_bytes());
+    }
+    // Nothing more to send: after idle_timeout the bridge stops and says so.
+    let down = next_publish(&mut watcher, LINK_WAIT).expect("the link goes down when idle");
+    assert_eq!(&down.payload[..], b"0");
+}
