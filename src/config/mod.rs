@@ -102,6 +102,8 @@ pub struct Config {
     pub sys_interval: Duration,
     /// Where the store lives (None = persistence off, the default).
     pub persistence_dir: Option<PathBuf>,
+    /// Bridges to other brokers, one per `connection` block (default none).
+    pub bridges: Vec<crate::bridge::BridgeConfig>,
     /// Security options for every listener (`per_listener_settings false`, the default).
     pub security: Security,
     /// `per_listener_settings`: each listener has its own `Listener::security`.
@@ -147,6 +149,7 @@ impl Default for Config {
             listeners: Vec::new(),
             sys_interval: Duration::from_secs(10),
             persistence_dir: None,
+            bridges: Vec::new(),
             security: Security::default(),
             per_listener_settings: false,
             allow_zero_length_clientid: true,

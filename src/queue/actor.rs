@@ -280,6 +280,14 @@ impl QueueActor {
                 self.handle_shutdown();
                 let _ = reply.send(());
             }
+            Msg::Queued { client_id, reply } => {
+                let queued = self
+                    .by_client_id
+                    .get(client_id.as_str())
+                    .and_then(|slot| self.sessions[*slot as usize].as_ref())
+                    .map_or(0, |session| session.outbox.queued_len());
+                let _ = reply.send(queued);
+            }
         }
     }
 }
