@@ -14,7 +14,7 @@ use super::{spawn_writer, ClientHandle, WriterSetup};
 use crate::auth::ClientAuth;
 use crate::config::Config;
 use crate::mqtt::topic::validate_topic_name;
-use crate::mqtt::{ConnAck, Connect, Packet, ProtocolVersion, ReasonCode};
+use crate::mqtt::{ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, QoS, ReasonCode};
 use crate::queue::{ConnectRequest, ConnectionRef, QueueHandle};
 use crate::transport::Output;
 
@@ -94,6 +94,22 @@ pub(super) fn handshake(
                 "{peer}: refused client {client_id:?}: will topic {:?}: {e}",
                 will.topic
             );
+            return None;
+        }
+        // As mosquitto: a will above `maximum_qos`, or retained while `retain_available` is
+        // false, gets CONNACK 0x9B / 0x9A (MQTT 5) or a close without CONNACK (3.1/3.1.1).
+        let beyond = if will.qos > config.maximum_qos {
+            Some(ReasonCode::QoSNotSupported)
+        } else if will.retain && !config.retain_available {
+            Some(ReasonCode::RetainNotSupported)
+        } else {
+            None
+        };
+        if let Some(reason) = beyond {
+            warn!("{peer}: refused client {client_id:?}: will: {reason:?}");
+            if version.is_v5() {
+                refuse(output, connection_id, version, reason, queue, config);
+            }
             return None;
         }
     }
@@ -229,10 +245,16 @@ pub(super) fn refuse(
     };
     queue.stats().connect_answered(reason);
     if let Ok(writer) = spawn_writer(setup, queue, config) {
+        // mosquitto announces a Maximum QoS below 2 in refusals too.
+        let properties = ConnAckProperties {
+            maximum_qos: (version.is_v5() && config.maximum_qos < QoS::ExactlyOnce)
+                .then_some(config.maximum_qos),
+            ..Default::default()
+        };
         let _ = writer.send_packet(Packet::ConnAck(ConnAck {
             session_present: false,
             reason,
-            properties: Default::default(),
+            properties,
         }));
         writer.close(None);
     }

@@ -254,6 +254,10 @@ impl Connection {
                 if let Some(closed) = invalid_filter(subscribe.filters.iter().map(|f| &f.0)) {
                     return Ok(Some(closed));
                 }
+                // `maximum_qos`: grants are capped, as mosquitto caps them.
+                for (_, options) in &mut subscribe.filters {
+                    options.qos = options.qos.min(config.maximum_qos);
+                }
                 if self.accepted.bridge {
                     // mosquitto: a 3.x bridge never gets its own messages back, and sees the
                     // retain flag as published.
@@ -333,6 +337,9 @@ impl Connection {
         mut publish: Publish,
         config: &Config,
     ) -> Result<Option<Closed>, RouterGone> {
+        if let Some(closed) = beyond_server_limits(&publish, config) {
+            return Ok(Some(closed));
+        }
         if let Some(alias) = publish.properties.topic_alias.take() {
             if alias == 0 || alias > self.alias_maximum {
                 return Ok(violation(
@@ -449,6 +456,28 @@ impl Connection {
                 properties: DisconnectProperties::default(),
             }))));
     }
+}
+
+/// A PUBLISH above `maximum_qos`, or retained while `retain_available` is false, ends the
+/// connection as mosquitto ends it: DISCONNECT 0x9B / 0x9A for MQTT 5, a bare close for
+/// 3.1/3.1.1 (the writer sends no DISCONNECT to those).
+fn beyond_server_limits(publish: &Publish, config: &Config) -> Option<Closed> {
+    if publish.qos > config.maximum_qos {
+        return violation(
+            ReasonCode::QoSNotSupported,
+            format!(
+                "PUBLISH at QoS {} above maximum_qos {}",
+                publish.qos as u8, config.maximum_qos as u8
+            ),
+        );
+    }
+    if publish.retain && !config.retain_available {
+        return violation(
+            ReasonCode::RetainNotSupported,
+            "retained PUBLISH while retain_available is false",
+        );
+    }
+    None
 }
 
 /// The first filter of a SUBSCRIBE or UNSUBSCRIBE that breaks the topic filter rules ends the

@@ -120,6 +120,23 @@ pub struct Config {
     pub message_size_limit: usize,
     /// `log_dest` (default stderr).
     pub log_dest: LogDest,
+    /// `maximum_qos` (default 2): the highest QoS clients may use. MQTT 5 clients are told it
+    /// in CONNACK when below 2; subscriptions are granted at most this; a PUBLISH (or will)
+    /// above it closes the connection (v5: DISCONNECT / CONNACK 0x9B), as mosquitto does.
+    pub maximum_qos: crate::mqtt::QoS,
+    /// `retain_available` (default true). When false, MQTT 5 clients are told so in CONNACK,
+    /// and a retained PUBLISH (or will) closes the connection (v5: 0x9A), as mosquitto does,
+    /// so no retained message is stored.
+    pub retain_available: bool,
+    /// `upgrade_outgoing_qos` (default false): deliver at the subscription's QoS rather than
+    /// the lower of the message's and the subscription's.
+    pub upgrade_outgoing_qos: bool,
+    /// `queue_qos0_messages` (default false): QoS 0 messages are queued for offline
+    /// persistent sessions too, within the same queue limits.
+    pub queue_qos0_messages: bool,
+    /// MQTT 3.1/3.1.1 sessions that would never expire are removed after this long offline
+    /// (`persistent_client_expiration`; default: never, as mosquitto).
+    pub persistent_client_expiration: Option<Duration>,
     /// Not a setting: the authorizer of the listener this copy of the config was made for,
     /// set by `Broker` (None: everyone may connect and do anything).
     pub authorizer: Option<std::sync::Arc<crate::auth::Authorizer>>,
@@ -157,6 +174,11 @@ impl Default for Config {
             clientid_prefixes: None,
             message_size_limit: 0,
             log_dest: LogDest::Stderr,
+            maximum_qos: crate::mqtt::QoS::ExactlyOnce,
+            retain_available: true,
+            upgrade_outgoing_qos: false,
+            queue_qos0_messages: false,
+            persistent_client_expiration: None,
             authorizer: None,
         }
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::listener::{Listener, Protocol, TlsSettings};
 use super::{Config, HttpAuth, LogDest, Security};
 use crate::bridge::BridgeConfig;
+use crate::mqtt::QoS;
 
 /// A line the parser refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,34 +361,19 @@ impl Parsed {
             "max_topic_alias" => config.topic_alias_maximum = number(value)?,
             "maximum_qos" => {
                 let n: u8 = number(value)?;
-                if n > 2 {
-                    return Err("must be 0, 1 or 2".into());
-                }
-                if n != 2 {
-                    self.warn(option, "accepted, not enforced yet: QoS 2 stays available");
-                }
+                config.maximum_qos = match n {
+                    0 => QoS::AtMostOnce,
+                    1 => QoS::AtLeastOnce,
+                    2 => QoS::ExactlyOnce,
+                    _ => return Err("must be 0, 1 or 2".into()),
+                };
             }
-            "retain_available" => {
-                if !boolean(value)? {
-                    self.warn(option, "accepted, not enforced yet: retain stays available");
-                }
-            }
-            "upgrade_outgoing_qos" => {
-                if boolean(value)? {
-                    self.warn(option, "accepted, not enforced yet");
-                }
-            }
-            "queue_qos0_messages" => {
-                if boolean(value)? {
-                    self.warn(
-                        option,
-                        "accepted, not enforced yet: QoS 0 is not queued offline",
-                    );
-                }
-            }
+            "retain_available" => config.retain_available = boolean(value)?,
+            "upgrade_outgoing_qos" => config.upgrade_outgoing_qos = boolean(value)?,
+            "queue_qos0_messages" => config.queue_qos0_messages = boolean(value)?,
             "persistent_client_expiration" => {
-                expiration(value)?;
-                self.warn(option, "accepted, not enforced yet");
+                config.persistent_client_expiration =
+                    Some(expiration(value)?).filter(|d| !d.is_zero());
             }
             // We always set TCP_NODELAY: small MQTT packets must not wait for Nagle.
             "set_tcp_nodelay" => {
@@ -858,8 +844,25 @@ mod tests {
     }
 
     #[test]
-    fn accepted_but_not_enforced_options_warn() {
-        let parsed = parse("maximum_qos 1\nretain_available false\nuser mosquitto").unwrap();
-        assert_eq!(parsed.warnings.len(), 3, "{:?}", parsed.warnings);
+    fn qos_retain_queue_and_expiration_options_set_the_config() {
+        let parsed = parse(
+            "maximum_qos 1\nretain_available false\nupgrade_outgoing_qos true\n\
+             queue_qos0_messages true\npersistent_client_expiration 2d\nuser mosquitto",
+        )
+        .unwrap();
+        let c = &parsed.config;
+        assert_eq!(c.maximum_qos, QoS::AtLeastOnce);
+        assert!(!c.retain_available);
+        assert!(c.upgrade_outgoing_qos && c.queue_qos0_messages);
+        assert_eq!(
+            c.persistent_client_expiration,
+            Some(Duration::from_secs(2 * 86_400))
+        );
+        // Only `user` (we never change user) is still a warning.
+        assert_eq!(parsed.warnings.len(), 1, "{:?}", parsed.warnings);
+        let defaults = parse("").unwrap().config;
+        assert_eq!(defaults.maximum_qos, QoS::ExactlyOnce);
+        assert!(defaults.retain_available && !defaults.upgrade_outgoing_qos);
+        assert_eq!(defaults.persistent_client_expiration, None);
     }
 }

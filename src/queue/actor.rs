@@ -100,6 +100,14 @@ pub struct QueueActor {
     /// The broker's counters (shared with every client thread) and `$SYS` reporting.
     stats: Arc<crate::sys::Stats>,
     sys: sys::SysClock,
+    /// `Config::maximum_qos` and `Config::retain_available`, announced in MQTT 5 CONNACKs.
+    maximum_qos: QoS,
+    retain_available: bool,
+    /// `Config::upgrade_outgoing_qos`: deliver at the subscription's QoS.
+    upgrade_outgoing_qos: bool,
+    /// How long an offline session that would never expire (or expire later) is kept
+    /// (`persistent_client_expiration`), in seconds.
+    persistent_client_expiration: Option<u32>,
     /// The sessions `sweep` looks at (`Session::needs_watching`); may hold stale or repeated
     /// slots, which the sweep sorts out.
     watched: Vec<u32>,
@@ -120,6 +128,8 @@ impl QueueActor {
             config.router_queue_capacity,
         );
         limits.max_queued_bytes = config.max_queued_bytes;
+        limits.queue_qos0_offline = config.queue_qos0_messages;
+        limits.upgrade_outgoing_qos = config.upgrade_outgoing_qos;
         limits.budget = Arc::new(QueueBudget::new(config.max_queued_bytes_total));
         QueueActor {
             rx,
@@ -153,6 +163,12 @@ impl QueueActor {
             stats: Arc::default(),
             sys: sys::SysClock::new(config, Instant::now()),
             watched: Vec::new(),
+            maximum_qos: config.maximum_qos,
+            retain_available: config.retain_available,
+            upgrade_outgoing_qos: config.upgrade_outgoing_qos,
+            persistent_client_expiration: config
+                .persistent_client_expiration
+                .map(|d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX - 1)),
         }
     }
 

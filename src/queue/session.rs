@@ -36,6 +36,10 @@ pub(super) struct QueueLimits {
     pub hard_limit: usize,
     /// The broker-wide budget every session's queue draws on.
     pub budget: Arc<QueueBudget>,
+    /// `queue_qos0_messages`: QoS 0 messages are queued offline too.
+    pub queue_qos0_offline: bool,
+    /// `upgrade_outgoing_qos`: retained messages go at the subscription's QoS.
+    pub upgrade_outgoing_qos: bool,
 }
 
 impl QueueLimits {
@@ -48,6 +52,8 @@ impl QueueLimits {
                 .saturating_mul(10)
                 .max(max_queued.saturating_add(router_queue_capacity.saturating_mul(3))),
             budget: Arc::new(QueueBudget::new(0)),
+            queue_qos0_offline: false,
+            upgrade_outgoing_qos: false,
         }
     }
 }
@@ -236,7 +242,11 @@ impl Session {
                 continue;
             };
             // [MQTT-3.3.1-8] Sent because of a new subscription: retain flag set.
-            let qos = message.publish.qos.min(feed.granted);
+            let qos = if self.outbox.upgrade_outgoing_qos {
+                feed.granted
+            } else {
+                message.publish.qos.min(feed.granted)
+            };
             let ids = feed
                 .identifier
                 .map_or(SubscriptionIds::None, SubscriptionIds::One);
@@ -296,6 +306,8 @@ pub(super) struct Outbox {
     queued_bytes: usize,
     queued_qos0: usize,
     budget: Arc<QueueBudget>,
+    queue_qos0_offline: bool,
+    pub upgrade_outgoing_qos: bool,
     /// Since when this online session is congested (holding its publishers back), or since
     /// the sweep last found it taking its messages fast enough to go on holding them.
     pub congested_since: Option<Instant>,
@@ -336,6 +348,8 @@ impl Outbox {
             max_queued_bytes,
             hard_limit,
             budget,
+            queue_qos0_offline,
+            upgrade_outgoing_qos,
         } = limits;
         Outbox {
             inflight: VecDeque::new(),
@@ -351,6 +365,8 @@ impl Outbox {
             queued_bytes: 0,
             queued_qos0: 0,
             budget,
+            queue_qos0_offline,
+            upgrade_outgoing_qos,
             congested_since: None,
             taken: 0,
             taken_at_congestion: 0,
@@ -371,7 +387,8 @@ impl Outbox {
         self.bytes_seen = 0;
     }
 
-    /// The queue policy. Offline: QoS 0 is not stored (as mosquitto does by default) and QoS
+    /// The queue policy. Offline: QoS 0 is not stored (as mosquitto does by default, unless
+    /// `queue_qos0_offline`) and QoS
     /// 1/2 up to `max_queued` messages and `max_queued_bytes`. Online: beyond those too, while
     /// the router slows the publishers (holding QoS 1/2 acknowledgements, or the reader of a
     /// QoS 0 publisher), up to hard limits (`QueueLimits::hard_limit`, ten times the bytes)
@@ -381,7 +398,7 @@ impl Outbox {
     /// dropped. Every queued byte is also taken from the broker's budget.
     fn enqueue(&mut self, delivery: Delivery, online: bool) -> Enqueued {
         let qos0 = delivery.qos == QoS::AtMostOnce;
-        if !online && qos0 {
+        if !online && qos0 && !self.queue_qos0_offline {
             return Enqueued::Skipped;
         }
         let size = queued_size(&delivery);

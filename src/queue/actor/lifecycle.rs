@@ -70,8 +70,15 @@ impl QueueActor {
                 properties.topic_alias_maximum = Some(self.topic_alias_maximum);
             }
             properties.server_keep_alive = request.server_keep_alive;
-            // Retain, wildcard, subscription identifier and shared subscriptions are all
-            // available, and QoS 2 is supported: their defaults say so, no property needed.
+            // Wildcard, subscription identifier and shared subscriptions are all available:
+            // their defaults say so, no property needed. Retain and QoS 2 are announced only
+            // when configured off, as mosquitto does (the encoder keeps its order).
+            if !self.retain_available {
+                properties.retain_available = Some(false);
+            }
+            if self.maximum_qos < QoS::ExactlyOnce {
+                properties.maximum_qos = Some(self.maximum_qos);
+            }
         }
         let _ = writer.send_packet(Packet::ConnAck(ConnAck {
             session_present,
@@ -206,7 +213,7 @@ impl QueueActor {
         let Some(session) = self.sessions[slot as usize].as_ref() else {
             return;
         };
-        match session.expiry {
+        match capped_session_expiry(session.expiry, self.persistent_client_expiration) {
             0 => self.end_session(slot),
             u32::MAX => {}
             secs => self.timers.arm(
@@ -317,5 +324,15 @@ impl QueueActor {
             }
         }
         info!("router closed every connection");
+    }
+}
+
+/// How long an offline session is kept: what the client asked for, but at most
+/// `persistent_client_expiration` when that is set (mosquitto 2.0 takes the shorter of the two,
+/// so a 3.1/3.1.1 session with clean session 0, which never expires, goes after that long).
+fn capped_session_expiry(requested: u32, limit: Option<u32>) -> u32 {
+    match limit {
+        Some(limit) => requested.min(limit),
+        None => requested,
     }
 }

@@ -215,7 +215,11 @@ impl QueueActor {
             // Published asks to keep it [MQTT-3.3.1-13].
             let delivery = Delivery::new(
                 Arc::clone(&message),
-                message.publish.qos.min(qos),
+                if self.upgrade_outgoing_qos {
+                    qos
+                } else {
+                    message.publish.qos.min(qos)
+                },
                 message.publish.retain && retain_as_published,
                 subscription_ids,
             );
