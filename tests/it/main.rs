@@ -7,6 +7,7 @@ mod auth_support;
 mod bridge;
 mod browser;
 mod cli;
+mod conf_options;
 mod config_file;
 mod connect;
 mod differential;
