@@ -12,7 +12,7 @@ mod admission;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -40,6 +40,16 @@ pub struct Broker {
     reloader: Reloader,
     /// The authorizer every listener shares unless `per_listener_settings` (loaded once).
     shared_authorizer: Option<Option<Arc<Authorizer>>>,
+    /// QUIC listeners (UDP): each gets its endpoint thread when `run` starts.
+    quic: Vec<QuicBound>,
+}
+
+/// One bound QUIC listener, not yet started.
+struct QuicBound {
+    socket: UdpSocket,
+    settings: transport::quic::QuicSettings,
+    config: Arc<Config>,
+    registry: Arc<Registry>,
 }
 
 /// One bound listener: its socket, its settings, its copy of the config (with its
@@ -108,8 +118,7 @@ impl Stopper {
 /// when QUIC or the metrics endpoint arrive.
 pub fn check_transport(settings: &Listener) -> io::Result<()> {
     let missing = match settings.protocol {
-        Protocol::Mqtt | Protocol::WebSockets => return Ok(()),
-        Protocol::Quic => "protocol quic",
+        Protocol::Mqtt | Protocol::WebSockets | Protocol::Quic => return Ok(()),
         Protocol::Metrics => "protocol metrics",
     };
     Err(io::Error::new(
@@ -141,6 +150,7 @@ impl Broker {
             },
             reloader: Reloader::default(),
             shared_authorizer: None,
+            quic: Vec::new(),
         };
         broker.add_listener(listener, settings)?;
         Ok(broker)
@@ -170,6 +180,36 @@ impl Broker {
             transport,
         });
         Ok(())
+    }
+
+    /// Adds a QUIC listener on a bound UDP socket (`protocol quic`, with `certfile` and
+    /// `keyfile`). Fails if its TLS files do not load.
+    pub fn add_quic_listener(
+        &mut self,
+        socket: UdpSocket,
+        mut settings: Listener,
+    ) -> io::Result<()> {
+        settings.addr = socket.local_addr()?;
+        let quic = transport::quic::QuicSettings::new(
+            &settings,
+            self.base.max_packet_size,
+            self.base.max_keep_alive,
+        )?;
+        let authorizer = self.authorizer_for(&settings)?;
+        let mut config = self.base.clone();
+        config.authorizer = authorizer;
+        self.quic.push(QuicBound {
+            socket,
+            settings: quic,
+            config: Arc::new(config),
+            registry: Arc::new(Registry::default()),
+        });
+        Ok(())
+    }
+
+    /// Every QUIC listener's address, in the order they were added.
+    pub fn quic_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.quic.iter().map(|l| l.socket.local_addr()).collect()
     }
 
     fn authorizer_for(&mut self, settings: &Listener) -> io::Result<Option<Arc<Authorizer>>> {
@@ -227,12 +267,15 @@ impl Broker {
             queue,
             queue_thread,
             stopper,
+            quic,
             ..
         } = self;
-        let registries: Vec<Arc<Registry>> =
+        let mut registries: Vec<Arc<Registry>> =
             listeners.iter().map(|l| Arc::clone(&l.registry)).collect();
+        registries.extend(quic.iter().map(|l| Arc::clone(&l.registry)));
         start_handshake_reaper(&registries, base.connect_timeout, &stopper);
         let next_id = Arc::new(AtomicU64::new(1));
+        let quic_threads = start_quic(quic, &queue, &next_id, &stopper);
         let mut listeners = listeners.into_iter();
         let first = listeners
             .next()
@@ -284,6 +327,10 @@ impl Broker {
                 warn!("{open} connections did not close in time");
                 return;
             }
+        }
+        // The QUIC endpoints end once their connections have closed (or after a grace).
+        for thread in quic_threads {
+            let _ = thread.join();
         }
         // Every client thread has dropped its router handle, so the router ends.
         let _ = queue_thread.join();
@@ -350,6 +397,42 @@ impl AcceptLoop {
             }
         }
     }
+}
+
+/// Starts each QUIC listener's threads; their clients get connection ids from `next_id`.
+fn start_quic(
+    listeners: Vec<QuicBound>,
+    queue: &QueueHandle,
+    next_id: &Arc<AtomicU64>,
+    stopper: &Stopper,
+) -> Vec<JoinHandle<()>> {
+    let mut threads = Vec::new();
+    for bound in listeners {
+        let QuicBound {
+            socket,
+            settings,
+            config,
+            registry,
+        } = bound;
+        let queue = queue.clone();
+        let next_id = Arc::clone(next_id);
+        let spawn: transport::quic::Spawner = Arc::new(move |transport, peer| {
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            client::spawn_transport(
+                transport,
+                peer,
+                id,
+                queue.clone(),
+                Arc::clone(&config),
+                Arc::clone(&registry),
+            )
+        });
+        match transport::quic::start(socket, settings, spawn, Arc::clone(&stopper.stopping)) {
+            Ok(listener) => threads.extend(listener.threads),
+            Err(e) => error!("cannot start a QUIC listener: {e}"),
+        }
+    }
+    threads
 }
 
 /// Starts the thread that closes connections whose CONNECT is late, on every listener.

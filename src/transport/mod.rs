@@ -12,6 +12,7 @@
 //! the read half calls its `Waker` so that the writer thread flushes it.
 
 mod certificate;
+pub mod quic;
 mod tcp;
 mod tls;
 mod websocket;
