@@ -16,6 +16,7 @@ mod listeners;
 mod mosquitto;
 mod pubsub;
 mod qos;
+mod quic;
 mod retain;
 mod robustness;
 mod session;
