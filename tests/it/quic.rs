@@ -317,3 +317,68 @@ fn a_client_that_changes_its_udp_port_keeps_receiving() {
     assert_eq!(client.next(), "DONE");
     assert!(client.success());
 }
+
+/// The `mqttv5` binary of mqttv5-cli.
+fn mqttv5() -> PathBuf {
+    let bin = cache().join("cargo/bin/mqttv5");
+    assert!(
+        bin.exists(),
+        "mqttv5-cli is not installed in {}: run ./build.sh test",
+        bin.display()
+    );
+    bin
+}
+
+const STRATEGIES: [&str; 3] = ["control-only", "per-topic", "per-publish"];
+
+/// `mqttv5 pub` and `mqttv5 sub` over QUIC with each stream strategy, exchanging messages
+/// with a TCP client.
+#[test]
+fn mqttv5_cli_publishes_and_subscribes_over_quic_with_each_stream_strategy() {
+    let broker = QuicBroker::start();
+    let url = format!("quic://127.0.0.1:{}", broker.quic.port());
+    let mut tcp = publisher(&broker, "tcp-peer");
+    tcp.subscribe(1, &[("cli/back/#", QoS::AtLeastOnce)]);
+    for (n, strategy) in STRATEGIES.into_iter().enumerate() {
+        let n = u16::try_from(n).expect("three strategies");
+        // A retained message is there when the subscriber arrives: no race with its SUBSCRIBE.
+        let topic = format!("cli/{strategy}");
+        let retained = format!("retained-{strategy}");
+        tcp.publish(&topic, retained.as_bytes(), QoS::AtLeastOnce, true, 60 + n);
+        let mut sub = Command::new(mqttv5());
+        sub.args(["sub", "--url", &url, "--insecure", "--non-interactive"])
+            .args([
+                "--quic-stream-strategy",
+                strategy,
+                "-t",
+                &topic,
+                "-q",
+                "1",
+                "-n",
+                "1",
+            ]);
+        let sub = Lines::spawn(sub, &format!("mqttv5 sub {strategy}"));
+        let lines = sub.until(&retained);
+        assert!(lines.len() < 10, "{lines:?}");
+        assert!(sub.success(), "mqttv5 sub {strategy} failed");
+
+        let message = format!("hello-{strategy}");
+        let mut publish = Command::new(mqttv5());
+        publish
+            .args(["pub", "--url", &url, "--insecure", "--non-interactive"])
+            .args(["--quic-stream-strategy", strategy])
+            .args([
+                "-t",
+                &format!("cli/back/{strategy}"),
+                "-m",
+                &message,
+                "-q",
+                "1",
+            ]);
+        let publish = Lines::spawn(publish, &format!("mqttv5 pub {strategy}"));
+        let received = tcp.recv_publish();
+        assert_eq!(received.topic, format!("cli/back/{strategy}"));
+        assert_eq!(&received.payload[..], message.as_bytes());
+        assert!(publish.success(), "mqttv5 pub {strategy} failed");
+    }
+}
