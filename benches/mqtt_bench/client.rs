@@ -6,6 +6,8 @@
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+
+use crate::stream::BenchStream;
 use std::num::NonZeroU16;
 use std::time::Duration;
 
@@ -22,8 +24,12 @@ pub const MAX_PACKET: usize = 1 << 20;
 pub const READ_BUFFER: usize = 64 * 1024;
 
 /// Opens a TCP connection with Nagle off and both socket timeouts set to `timeout`, so that
-/// no later read or write on it can block for longer.
-pub fn open(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
+/// no later read or write on it can block for longer; or, with `--quic`, a QUIC connection
+/// and its first bidirectional stream.
+pub fn open(addr: SocketAddr, timeout: Duration) -> Result<BenchStream, String> {
+    if crate::stream::quic() {
+        return crate::stream::connect_quic(addr, timeout);
+    }
     let stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     stream
@@ -31,7 +37,7 @@ pub fn open(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
         .and_then(|_| stream.set_read_timeout(Some(timeout)))
         .and_then(|_| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| format!("socket options: {e}"))?;
-    Ok(stream)
+    Ok(BenchStream::Tcp(stream))
 }
 
 /// Appends a clean-session CONNECT for `client_id`.
@@ -89,8 +95,8 @@ pub fn expect_connack<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), 
 /// A connected traffic client: the socket, and the buffered reader the reader thread takes
 /// over (it may already hold bytes that followed the handshake).
 pub struct Connection {
-    pub stream: TcpStream,
-    pub reader: BufReader<TcpStream>,
+    pub stream: BenchStream,
+    pub reader: BufReader<BenchStream>,
     buf: Vec<u8>,
 }
 

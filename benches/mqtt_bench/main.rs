@@ -31,6 +31,7 @@ mod reader;
 mod report;
 mod run;
 mod scenario;
+mod stream;
 mod tally;
 mod traffic;
 mod watch;
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
+    stream::set_quic(options.quic);
     let scenarios = match scenario::select(&options, &options.scenarios) {
         Ok(scenarios) => scenarios,
         Err(e) => {

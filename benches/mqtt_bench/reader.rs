@@ -7,7 +7,6 @@
 //! unexpected ends the thread with an error in its `ReaderEnd`.
 
 use std::io::BufReader;
-use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -16,6 +15,7 @@ use mqtt_broker::mqtt::{read_packet, Ack, DecodeError, Packet, PacketId, QoS};
 
 use crate::client::{describe, MAX_PACKET, VERSION};
 use crate::payload;
+use crate::stream::BenchStream;
 use crate::tally::Tally;
 use crate::traffic::{Backlog, Counters};
 use crate::writer::ToWriter;
@@ -28,7 +28,7 @@ pub struct ReaderEnd {
 }
 
 pub struct Reader {
-    pub input: BufReader<TcpStream>,
+    pub input: BufReader<BenchStream>,
     pub to_writer: Sender<ToWriter>,
     pub counters: Arc<Counters>,
     pub backlog: Arc<Backlog>,

@@ -7,7 +7,7 @@
 //! bound (every wait has a timeout, every write the socket's write timeout), or panic.
 
 use std::io::Write;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use mqtt_broker::mqtt::{encode_publish, PacketId, PublishProperties, PublishView
 
 use crate::client::{encode_disconnect, VERSION};
 use crate::payload::{self, Stamp};
+use crate::stream::BenchStream;
 use crate::tally::Bitmap;
 use crate::traffic::{Backlog, Counters};
 
@@ -68,7 +69,7 @@ pub struct WriterEnd {
 }
 
 pub struct Writer {
-    pub stream: TcpStream,
+    pub stream: BenchStream,
     pub inbox: Receiver<ToWriter>,
     pub publishing: Option<Publishing>,
     pub counters: Arc<Counters>,
