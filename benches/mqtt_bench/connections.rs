@@ -7,8 +7,8 @@
 //! Must not: open more sockets than this process's open-file limit allows, or wait on any
 //! socket without a timeout.
 
-use std::io::Write;
 use crate::stream::BenchStream;
+use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
 

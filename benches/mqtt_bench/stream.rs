@@ -146,7 +146,9 @@ fn client_config() -> quinn::ClientConfig {
 /// Opens a QUIC connection to `addr` and its first bidirectional stream.
 pub fn connect_quic(addr: SocketAddr, timeout: Duration) -> Result<BenchStream, String> {
     let client = client();
-    let n = client.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let n = client
+        .next
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let endpoint = client.endpoints[n % ENDPOINTS].clone();
     let opened = client.runtime.block_on(async move {
         tokio::time::timeout(timeout, async move {

@@ -65,10 +65,13 @@ pub(super) fn start(
     receiver.set_read_timeout(Some(TICK))?;
     let (datagrams_tx, datagrams) = crossbeam_channel::bounded(DATAGRAM_QUEUE);
     let (commands_tx, commands) = crossbeam_channel::unbounded();
-    let udp_stopping = Arc::clone(&stopping);
+    // The UDP thread runs until the endpoint has finished (it serves closing connections
+    // after the broker stops), not merely until the stop flag.
+    let done = Arc::new(AtomicBool::new(false));
+    let udp_done = Arc::clone(&done);
     let udp = std::thread::Builder::new()
         .name("quic-udp".into())
-        .spawn(move || receive(receiver, datagrams_tx, udp_stopping))?;
+        .spawn(move || receive(receiver, datagrams_tx, udp_done))?;
     let endpoint = Endpoint::new(
         Arc::new(EndpointConfig::default()),
         Some(Arc::clone(&settings.server)),
@@ -91,7 +94,8 @@ pub(super) fn start(
         .name("quic-endpoint".into())
         .spawn(move || {
             info!("listening on {local} (QUIC)");
-            state.run(datagrams, commands, stopping)
+            state.run(datagrams, commands, stopping);
+            done.store(true, Ordering::Release);
         })?;
     Ok(QuicListener {
         threads: vec![endpoint, udp],
@@ -99,13 +103,9 @@ pub(super) fn start(
 }
 
 /// The `quic-udp` thread: blocking receives, handed to the endpoint thread.
-fn receive(
-    socket: UdpSocket,
-    to_endpoint: Sender<(BytesMut, SocketAddr)>,
-    stopping: Arc<AtomicBool>,
-) {
+fn receive(socket: UdpSocket, to_endpoint: Sender<(BytesMut, SocketAddr)>, done: Arc<AtomicBool>) {
     let mut buf = vec![0u8; 65536];
-    while !stopping.load(Ordering::Acquire) {
+    while !done.load(Ordering::Acquire) {
         match socket.recv_from(&mut buf) {
             Ok((n, from)) => match to_endpoint.try_send((BytesMut::from(&buf[..n]), from)) {
                 Ok(()) | Err(TrySendError::Full(_)) => {}
