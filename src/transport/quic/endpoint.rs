@@ -34,6 +34,8 @@ use super::halves::{Command, Inbound, QuicLink, QuicRead, QuicWrite, Shared, Str
 use super::{QuicListener, QuicSettings, Spawner};
 use crate::transport::{Output, Transport};
 
+/// Kernel receive and send buffer asked for the UDP socket.
+const UDP_BUFFER: usize = 4 * 1024 * 1024;
 /// The longest the loop sleeps, so that it notices the broker stopping.
 const TICK: Duration = Duration::from_millis(100);
 /// Datagrams received and not yet handled; past it the UDP thread drops them, as a full
@@ -61,6 +63,12 @@ pub(super) fn start(
     stopping: Arc<AtomicBool>,
 ) -> io::Result<QuicListener> {
     let local = socket.local_addr()?;
+    // Bursts from many clients arrive while the endpoint thread is busy: a larger kernel
+    // buffer keeps them from being dropped (a drop costs a retransmit and a smaller
+    // congestion window). Best effort: the kernel caps it at net.core.rmem_max.
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER);
     let receiver = socket.try_clone()?;
     receiver.set_read_timeout(Some(TICK))?;
     let (datagrams_tx, datagrams) = crossbeam_channel::bounded(DATAGRAM_QUEUE);
@@ -486,6 +494,13 @@ impl State {
         }
         self.buf = buf;
         if client.conn.is_drained() {
+            let stats = client.conn.stats();
+            debug!(
+                "QUIC connection {id} drained: {} packets lost of {} sent, rtt {:?}",
+                stats.path.lost_packets,
+                stats.path.sent_packets,
+                stats.path.rtt
+            );
             client.lost();
             self.by_handle.remove(&client.handle);
             self.clients.remove(&id);
