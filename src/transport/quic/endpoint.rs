@@ -497,9 +497,7 @@ impl State {
             let stats = client.conn.stats();
             debug!(
                 "QUIC connection {id} drained: {} packets lost of {} sent, rtt {:?}",
-                stats.path.lost_packets,
-                stats.path.sent_packets,
-                stats.path.rtt
+                stats.path.lost_packets, stats.path.sent_packets, stats.path.rtt
             );
             client.lost();
             self.by_handle.remove(&client.handle);
