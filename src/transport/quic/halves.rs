@@ -314,7 +314,10 @@ impl QuicRead {
                 "packet type {packet_type} on a unidirectional stream"
             ));
         }
-        if matches!(packet_type, 1 | 14 | 15) {
+        // As EMQX's multi-stream design: a data stream carries PUBLISH, its acknowledgements,
+        // SUBSCRIBE and UNSUBSCRIBE; CONNECT, PINGREQ, DISCONNECT and AUTH belong on the
+        // control stream.
+        if !matches!(packet_type, 3..=8 | 10) {
             return Err(format!(
                 "packet type {packet_type} belongs on the control stream"
             ));
