@@ -474,3 +474,32 @@ impl WriteHalf for QuicWrite {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_waits_once_the_endpoint_holds_its_budget_and_resumes_when_released() {
+        let budget = Arc::new(Budget::default());
+        budget.take(WRITE_BUDGET, None).expect("room at first");
+        // Full: a write waits, and gives up at its timeout rather than buffer more.
+        let waited = budget.take(1, Some(Duration::from_millis(50)));
+        assert_eq!(waited.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        // Released from another thread (the endpoint handing bytes to quinn): it goes on.
+        let releaser = Arc::clone(&budget);
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            releaser.release(WRITE_BUDGET);
+        });
+        budget
+            .take(10, Some(Duration::from_secs(10)))
+            .expect("room after the release");
+        thread.join().expect("releaser");
+        // A closed connection fails the writer at once.
+        budget.take(WRITE_BUDGET, None).expect("room");
+        budget.close();
+        let closed = budget.take(1, Some(Duration::from_secs(10)));
+        assert_eq!(closed.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+}
