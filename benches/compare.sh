@@ -134,7 +134,7 @@ if [ "$MAPS" -lt 131072 ] && [ -w /proc/sys/vm/max_map_count ]; then
     fi
 fi
 
-if [ ! -x "$RUMQTTD" ]; then
+if [[ " ${BROKERS[*]} " == *" rumqttd "* ]] && [ ! -x "$RUMQTTD" ]; then
     log "installing rumqttd $RUMQTTD_VERSION into $CACHE/rumqttd (several minutes, once)"
     mkdir -p "$CACHE"
     if ! timeout 1800 cargo install rumqttd --version "$RUMQTTD_VERSION" --root "$CACHE/rumqttd" \
