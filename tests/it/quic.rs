@@ -108,9 +108,15 @@ impl Lines {
     }
 
     fn next(&self) -> String {
-        self.lines
-            .recv_timeout(LINE_WAIT)
-            .unwrap_or_else(|_| panic!("{}: no output line within {LINE_WAIT:?}", self.name))
+        match self.lines.recv_timeout(LINE_WAIT) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("{}: no output line within {LINE_WAIT:?}", self.name)
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("{}: ended before the expected output", self.name)
+            }
+        }
     }
 
     /// Reads lines until one equals `line`; returns those before it.

@@ -285,7 +285,7 @@ impl QuicRead {
                 if self.version.is_none() {
                     self.learn_version(packet, frame);
                 }
-            } else if let Err(why) = self.check_data_packet(packet, frame, kind) {
+            } else if let Err(why) = self.check_data_packet(packet, frame) {
                 self.reset(stream, &why);
                 return None;
             }
@@ -299,21 +299,13 @@ impl QuicRead {
 
     /// A packet on a data or unidirectional stream must decode on its own: a malformed one
     /// resets that stream only (the connection and its other streams go on).
-    fn check_data_packet(
-        &self,
-        packet: &[u8],
-        frame: streams::Frame,
-        kind: StreamKind,
-    ) -> Result<(), String> {
+    /// Unidirectional streams carry the same packets as data streams (mqttv5's per-topic
+    /// strategy sends SUBSCRIBE on them too); their answers go on the control stream.
+    fn check_data_packet(&self, packet: &[u8], frame: streams::Frame) -> Result<(), String> {
         let Some(version) = self.version else {
             return Err("a data stream before CONNECT".into());
         };
         let packet_type = frame.first >> 4;
-        if kind == StreamKind::Uni && packet_type != 3 {
-            return Err(format!(
-                "packet type {packet_type} on a unidirectional stream"
-            ));
-        }
         // As EMQX's multi-stream design: a data stream carries PUBLISH, its acknowledgements,
         // SUBSCRIBE and UNSUBSCRIBE; CONNECT, PINGREQ, DISCONNECT and AUTH belong on the
         // control stream.
