@@ -34,10 +34,14 @@ struct QuicBroker {
 
 impl QuicBroker {
     fn start() -> QuicBroker {
+        QuicBroker::start_with(Config::default())
+    }
+
+    fn start_with(config: Config) -> QuicBroker {
         let _ = env_logger::builder().is_test(true).try_init();
         let certs = Certs::new();
         let tcp = TcpListener::bind("127.0.0.1:0").expect("bind TCP");
-        let mut broker = Broker::new(tcp, Config::default()).expect("start the broker");
+        let mut broker = Broker::new(tcp, config).expect("start the broker");
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
         broker
             .add_quic_listener(udp, listener(Protocol::Quic, Some(certs.settings(false))))
@@ -387,4 +391,27 @@ fn mqttv5_cli_publishes_and_subscribes_over_quic_with_each_stream_strategy() {
         assert_eq!(&received.payload[..], message.as_bytes());
         assert!(publish.success(), "mqttv5 pub {strategy} failed");
     }
+}
+
+#[test]
+fn a_quic_client_that_reads_nothing_is_held_by_flow_control_then_closed() {
+    let config = crate::support::config_with(|c| c.write_timeout = Duration::from_secs(2));
+    let broker = QuicBroker::start_with(config);
+    let mut tcp = publisher(&broker, "tcp-flooder");
+    // The client never raises its control stream's 32 KiB window.
+    let client = aioquic(broker.quic.port(), "stall-control", 0);
+    assert_eq!(client.until("READY"), ["SUBACK control"]);
+    // 8 MiB for a client that takes 32 KiB: QUIC flow control stops the broker's sending, the
+    // writer waits on its byte budget, and after the write timeout the broker closes it.
+    let payload = vec![b'f'; 16 * 1024];
+    for _ in 0..512 {
+        tcp.publish("flood/x", &payload, QoS::AtMostOnce, false, 0);
+    }
+    let started = Instant::now();
+    let rest = client.until("DONE");
+    assert!(rest.iter().any(|l| l.starts_with("CLOSED")), "{rest:?}");
+    assert!(started.elapsed() < Duration::from_secs(40));
+    // The publisher was never held up for good: it is still served.
+    tcp.ping();
+    assert!(client.success());
 }

@@ -244,8 +244,9 @@ def main():
     port = int(sys.argv[1])
     scenario = sys.argv[2]
     count = int(sys.argv[3]) if len(sys.argv) > 3 else 1
-    v5 = scenario != "single"
-    client = Client(port, stream_window=32 * 1024 if scenario == "stall" else None)
+    v5 = scenario not in ("single", "stall-control")
+    stalls = scenario in ("stall", "stall-control")
+    client = Client(port, stream_window=32 * 1024 if stalls else None)
     control = client.open("control")
     client.send(control, connect(f"aioquic-{scenario}-{os.getpid()}", v5))
     client.wait(2, control)
@@ -287,6 +288,19 @@ def main():
             say("PUBACK", client.label(sid))
         say("READY")
         receive_messages(client, v5, count)
+
+    elif scenario == "stall-control":
+        # Never raise the control stream's window: the client stops reading everything.
+        StallingConnection.stalled = {control}
+        client.send(control, subscribe(1, "flood/#", 0, v5))
+        sid, _, _ = client.wait(9, control)
+        say("SUBACK", client.label(sid))
+        say("READY")
+        deadline = time.time() + 60
+        while client.closed is None and time.time() < deadline:
+            client.step()
+        if client.closed is None:
+            raise SystemExit("the broker kept a client that reads nothing")
 
     elif scenario == "malformed":
         b = client.open("B")
