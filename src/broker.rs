@@ -190,11 +190,12 @@ impl Broker {
         mut settings: Listener,
     ) -> io::Result<()> {
         settings.addr = socket.local_addr()?;
-        let quic = transport::quic::QuicSettings::new(
+        let mut quic = transport::quic::QuicSettings::new(
             &settings,
             self.base.max_packet_size,
             self.base.max_keep_alive,
         )?;
+        quic.control_deadline = self.base.connect_timeout;
         let authorizer = self.authorizer_for(&settings)?;
         let mut config = self.base.clone();
         config.authorizer = authorizer;

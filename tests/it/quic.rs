@@ -415,3 +415,20 @@ fn a_quic_client_that_reads_nothing_is_held_by_flow_control_then_closed() {
     tcp.ping();
     assert!(client.success());
 }
+
+#[test]
+fn a_connection_that_opens_no_stream_is_closed_at_the_connect_deadline() {
+    let config = crate::support::config_with(|c| c.connect_timeout = Duration::from_secs(1));
+    let broker = QuicBroker::start_with(config);
+    let started = Instant::now();
+    let client = aioquic(broker.quic.port(), "no-stream", 0);
+    let lines = client.until("DONE");
+    assert!(lines.iter().any(|l| l.starts_with("CLOSED")), "{lines:?}");
+    // Closed by the broker's deadline, not by an idle timeout (the broker's is minutes).
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(client.success());
+}

@@ -247,6 +247,13 @@ def main():
     v5 = scenario not in ("single", "stall-control")
     stalls = scenario in ("stall", "stall-control")
     client = Client(port, stream_window=32 * 1024 if stalls else None)
+    if scenario == "no-stream":
+        # The handshake only: no stream, no CONNECT.
+        deadline = time.time() + 30
+        while client.closed is None and time.time() < deadline:
+            client.step()
+        say("DONE" if client.closed is not None else "STILL-OPEN")
+        return
     control = client.open("control")
     client.send(control, connect(f"aioquic-{scenario}-{os.getpid()}", v5))
     client.wait(2, control)

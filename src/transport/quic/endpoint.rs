@@ -167,6 +167,8 @@ struct Client {
     /// A graceful close waits until then for the client to acknowledge what was written.
     closing: Option<Instant>,
     handshaking: bool,
+    /// Closed unless its control stream opens by then.
+    control_by: Instant,
 }
 
 impl State {
@@ -329,6 +331,7 @@ impl State {
                         timer: None,
                         closing: None,
                         handshaking: true,
+                        control_by: now + self.settings.control_deadline,
                     },
                 );
                 self.drive(id);
@@ -471,6 +474,10 @@ impl State {
                 Event::DatagramReceived | Event::DatagramsUnblocked => {}
             }
         }
+        if client.shared.is_none() && now >= client.control_by && !client.conn.is_closed() {
+            debug!("QUIC connection {id}: no control stream in time, closed");
+            client.conn.close(now, VarInt::from_u32(0), Bytes::new());
+        }
         if let Some(closing) = client.closing {
             let delivered = client.pending.values().all(|q| q.is_empty())
                 && client.conn.streams().send_streams() == 0;
@@ -504,7 +511,10 @@ impl State {
             self.clients.remove(&id);
             return;
         }
-        let timer = client.conn.poll_timeout();
+        let mut timer = client.conn.poll_timeout();
+        if client.shared.is_none() && !client.conn.is_closed() {
+            timer = Some(timer.map_or(client.control_by, |t| t.min(client.control_by)));
+        }
         if timer != client.timer {
             client.timer = timer;
             if let Some(at) = timer {

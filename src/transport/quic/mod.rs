@@ -59,6 +59,9 @@ pub struct QuicSettings {
     server: Arc<ServerConfig>,
     max_packet_size: usize,
     max_connections: Option<usize>,
+    /// How long a connection may go without opening its control stream (the broker's
+    /// CONNECT deadline): a client that only handshakes is closed after it.
+    pub control_deadline: Duration,
 }
 
 impl QuicSettings {
@@ -90,6 +93,7 @@ impl QuicSettings {
             server: Arc::new(server),
             max_packet_size,
             max_connections: listener.max_connections,
+            control_deadline: Duration::from_secs(10),
         })
     }
 }
