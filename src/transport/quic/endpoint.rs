@@ -460,6 +460,15 @@ impl State {
                             // Streams accepted after the control stream in the same burst.
                             while let Some(stream) = client.conn.streams().accept(dir) {
                                 client.kinds.insert(stream, StreamKind::Data);
+                            }
+                            // And unidirectional ones opened before it: read them all now.
+                            let others: Vec<StreamId> = client
+                                .kinds
+                                .keys()
+                                .copied()
+                                .filter(|s| Some(*s) != client.control)
+                                .collect();
+                            for stream in others {
                                 client.read(stream);
                             }
                         }
