@@ -432,3 +432,42 @@ fn a_connection_that_opens_no_stream_is_closed_at_the_connect_deadline() {
     );
     assert!(client.success());
 }
+
+/// With the Retry threshold at 0 every new client must prove its address first; aioquic
+/// (which follows Retry) still connects, and the connection is served.
+#[test]
+fn retry_makes_a_client_prove_its_address_before_the_handshake() {
+    use mqtt_broker::transport::quic::{start, QuicSettings, Spawner};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let certs = Certs::new();
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+    let port = socket.local_addr().expect("address").port();
+    let mut settings = QuicSettings::new(
+        &listener(Protocol::Quic, Some(certs.settings(false))),
+        1 << 20,
+        60,
+    )
+    .expect("QUIC settings");
+    settings.retry_above = 0;
+    settings.control_deadline = Duration::from_secs(1);
+    let spawned = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&spawned);
+    let spawn: Spawner = Arc::new(move |_transport, _peer| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    });
+    let stopping = Arc::new(AtomicBool::new(false));
+    let listener = start(socket, settings, spawn, Arc::clone(&stopping)).expect("start");
+    let client = aioquic(port, "no-stream", 0);
+    let lines = client.until("DONE");
+    assert!(lines.contains(&"RETRIED".to_string()), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("CLOSED")), "{lines:?}");
+    assert!(client.success());
+    // It opened no stream: no client threads were asked for.
+    assert_eq!(spawned.load(Ordering::Relaxed), 0);
+    stopping.store(true, Ordering::Release);
+    for thread in listener.threads {
+        thread.join().expect("QUIC threads end");
+    }
+}

@@ -252,6 +252,8 @@ def main():
         deadline = time.time() + 30
         while client.closed is None and time.time() < deadline:
             client.step()
+        if client.conn._retry_count:
+            say("RETRIED")
         say("DONE" if client.closed is not None else "STILL-OPEN")
         return
     control = client.open("control")

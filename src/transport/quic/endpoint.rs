@@ -45,8 +45,6 @@ const DATAGRAM_QUEUE: usize = 4096;
 const READER_QUEUE: usize = 16;
 /// The largest chunk handed over at a time.
 const CHUNK: usize = 64 * 1024;
-/// Handshakes in progress beyond which a client must prove its address (Retry) first.
-const RETRY_ABOVE: usize = 64;
 /// How long a graceful close waits for the client to acknowledge what was written.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long the endpoint keeps serving its connections once the broker stops, so that
@@ -298,7 +296,7 @@ impl State {
         }
         let handshaking = self.clients.values().filter(|c| c.handshaking).count();
         if !incoming.remote_address_validated()
-            && handshaking >= RETRY_ABOVE
+            && handshaking >= self.settings.retry_above
             && incoming.may_retry()
         {
             match self.endpoint.retry(incoming, buf) {

@@ -62,6 +62,9 @@ pub struct QuicSettings {
     /// How long a connection may go without opening its control stream (the broker's
     /// CONNECT deadline): a client that only handshakes is closed after it.
     pub control_deadline: Duration,
+    /// Handshakes in progress beyond which a client that has not proven its address gets a
+    /// Retry first (a stateless round trip: a flood of spoofed Initials then costs no state).
+    pub retry_above: usize,
 }
 
 impl QuicSettings {
@@ -94,6 +97,7 @@ impl QuicSettings {
             max_packet_size,
             max_connections: listener.max_connections,
             control_deadline: Duration::from_secs(10),
+            retry_above: 64,
         })
     }
 }
