@@ -196,6 +196,9 @@ impl Broker {
             self.base.max_keep_alive,
         )?;
         quic.control_deadline = self.base.connect_timeout;
+        self.reloader
+            .tls
+            .add_quic(quic.reloader(&settings, self.base.max_keep_alive));
         let authorizer = self.authorizer_for(&settings)?;
         let mut config = self.base.clone();
         config.authorizer = authorizer;

@@ -27,9 +27,10 @@ const LINE_WAIT: Duration = Duration::from_secs(20);
 struct QuicBroker {
     tcp: SocketAddr,
     quic: SocketAddr,
+    reloader: mqtt_broker::broker::Reloader,
     stopper: Stopper,
     thread: Option<JoinHandle<()>>,
-    _certs: Certs,
+    certs: Certs,
 }
 
 impl QuicBroker {
@@ -49,13 +50,15 @@ impl QuicBroker {
         let tcp = broker.local_addr().expect("TCP address");
         let quic = broker.quic_addrs().expect("QUIC address")[0];
         let stopper = broker.stopper();
+        let reloader = broker.reloader();
         let thread = thread::spawn(move || broker.run());
         QuicBroker {
             tcp,
             quic,
+            reloader,
             stopper,
             thread: Some(thread),
-            _certs: certs,
+            certs,
         }
     }
 }
@@ -470,4 +473,29 @@ fn retry_makes_a_client_prove_its_address_before_the_handshake() {
     for thread in listener.threads {
         thread.join().expect("QUIC threads end");
     }
+}
+
+#[test]
+fn the_certificate_is_reloaded_for_new_connections() {
+    let config = crate::support::config_with(|c| c.connect_timeout = Duration::from_secs(1));
+    let broker = QuicBroker::start_with(config);
+    let serial = || {
+        let client = aioquic(broker.quic.port(), "no-stream", 0);
+        let lines = client.until("DONE");
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix("SERIAL ").map(str::to_owned))
+            .unwrap_or_else(|| panic!("no certificate seen: {lines:?}"))
+    };
+    // Certs::new signs the server certificate with serial 2.
+    assert_eq!(serial(), "2");
+    let other = crate::transports::Authority::new("renewed CA");
+    broker.certs.write_pair(
+        "server",
+        other.sign("localhost", &["localhost", "127.0.0.1"], 77),
+    );
+    broker.reloader.reload().expect("the new files load");
+    // The endpoint takes the new configuration within its 100 ms tick.
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(serial(), "77");
 }

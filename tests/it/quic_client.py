@@ -254,6 +254,9 @@ def main():
             client.step()
         if client.conn._retry_count:
             say("RETRIED")
+        certificate = client.conn.tls._peer_certificate
+        if certificate is not None:
+            say("SERIAL", certificate.serial_number)
         say("DONE" if client.closed is not None else "STILL-OPEN")
         return
     control = client.open("control")

@@ -178,6 +178,9 @@ impl State {
     ) {
         let mut stop_at: Option<Instant> = None;
         loop {
+            if let Some(server) = self.settings.take_reloaded() {
+                self.endpoint.set_server_config(Some(server));
+            }
             let now = Instant::now();
             if stop_at.is_none() && stopping.load(Ordering::Acquire) {
                 stop_at = Some(now + STOP_GRACE);

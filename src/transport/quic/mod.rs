@@ -65,6 +65,27 @@ pub struct QuicSettings {
     /// Handshakes in progress beyond which a client that has not proven its address gets a
     /// Retry first (a stateless round trip: a flood of spoofed Initials then costs no state).
     pub retry_above: usize,
+    /// A new server configuration from `QuicReloader::reload`, taken by the endpoint thread.
+    reloaded: Arc<parking_lot::Mutex<Option<Arc<ServerConfig>>>>,
+}
+
+/// Loads a QUIC listener's certificate and key again (SIGHUP): new connections get the new
+/// files, open ones carry on; if they do not load, the old ones stay. Cheap to clone.
+#[derive(Clone)]
+pub struct QuicReloader {
+    listener: Listener,
+    max_packet_size: usize,
+    max_keep_alive: u16,
+    reloaded: Arc<parking_lot::Mutex<Option<Arc<ServerConfig>>>>,
+}
+
+impl QuicReloader {
+    pub fn reload(&self) -> io::Result<()> {
+        let fresh = QuicSettings::new(&self.listener, self.max_packet_size, self.max_keep_alive)?;
+        *self.reloaded.lock() = Some(fresh.server);
+        log::info!("QUIC listener {}: certificate reloaded", self.listener.addr);
+        Ok(())
+    }
 }
 
 impl QuicSettings {
@@ -98,7 +119,25 @@ impl QuicSettings {
             max_connections: listener.max_connections,
             control_deadline: Duration::from_secs(10),
             retry_above: 64,
+            reloaded: Arc::default(),
         })
+    }
+}
+
+impl QuicSettings {
+    /// The handle that reloads this listener's files (`listener` as given to `new`).
+    pub fn reloader(&self, listener: &Listener, max_keep_alive: u16) -> QuicReloader {
+        QuicReloader {
+            listener: listener.clone(),
+            max_packet_size: self.max_packet_size,
+            max_keep_alive,
+            reloaded: Arc::clone(&self.reloaded),
+        }
+    }
+
+    /// A configuration reloaded since the last call, if any.
+    fn take_reloaded(&self) -> Option<Arc<ServerConfig>> {
+        self.reloaded.lock().take()
     }
 }
 
