@@ -16,6 +16,9 @@
 #   --tls         every client speaks TLS: ours and mosquitto with the same certificate (made
 #                 here with openssl, valid two days); default scenarios one2one-q0/q1 and
 #                 fanout-q0/q1. Ours takes the listener from `-c FILE` (mosquitto.conf syntax)
+#   --brokers     any of ours, mosquitto, rumqttd, and ours-quic: our broker with mqtt-bench
+#                 connecting over QUIC (a `protocol quic` listener, a throwaway certificate
+#                 made with openssl); not in the default list
 #   SCENARIO      names or groups as mqtt-bench takes them (default: all)
 # environment:
 #   BENCH_PORT_BASE   first of four loopback ports used (default: a free base from 20000-29990)
@@ -167,7 +170,9 @@ if ! BASE=$(pick_ports); then
     echo "compare.sh: no four free ports from ${BENCH_PORT_BASE:-a random base}; set BENCH_PORT_BASE" >&2
     exit 1
 fi
-declare -A PORT=([ours]=$BASE [mosquitto]=$((BASE + 1)) [rumqttd]=$((BASE + 2)))
+# ours-quic serves QUIC on UDP port BASE and TCP on BASE (for the readiness check); it never
+# runs at the same time as ours.
+declare -A PORT=([ours]=$BASE [ours-quic]=$BASE [mosquitto]=$((BASE + 1)) [rumqttd]=$((BASE + 2)))
 RUMQTTD_V5_PORT=$((BASE + 3))
 
 # --- configurations ---------------------------------------------------------------------------
@@ -194,6 +199,22 @@ if [ -n "$TLS" ]; then
 keyfile $T/server.key"
     EXTRA+=(--tls-ca "$T/ca.pem")
     printf 'listener %s 127.0.0.1\n%s\n' "${PORT[ours]}" "$TLS_CONF" >"$WORK/ours.conf"
+fi
+
+if [[ " ${BROKERS[*]} " == *" ours-quic "* ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$WORK/quic-key.pem" -out "$WORK/quic-cert.pem" -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null ||
+        { echo "compare.sh: openssl could not make the QUIC certificate" >&2; exit 1; }
+    cat >"$WORK/ours-quic.conf" <<EOF
+listener ${PORT[ours]} 127.0.0.1
+allow_anonymous true
+listener ${PORT[ours]} 127.0.0.1
+protocol quic
+certfile $WORK/quic-cert.pem
+keyfile $WORK/quic-key.pem
+allow_anonymous true
+EOF
 fi
 
 cat >"$WORK/mosquitto.conf" <<EOF
@@ -256,6 +277,8 @@ start_broker() {
                   env SOCKET_ADDR="127.0.0.1:$port" RUST_LOG="${OURS_LOG:-info}" $OURS_ENV "$OURS" \
                       >>"$WORK/ours.log" 2>&1 &
               fi ;;
+        ours-quic) env RUST_LOG="${OURS_LOG:-info}" $OURS_ENV "$OURS" -c "$WORK/ours-quic.conf" \
+                >>"$WORK/ours-quic.log" 2>&1 & ;;
         mosquitto) "$MOSQUITTO" -c "$WORK/mosquitto.conf" >>"$WORK/mosquitto.log" 2>&1 & ;;
         rumqttd) "$RUMQTTD" -q -c "$WORK/rumqttd.toml" >>"$WORK/rumqttd.log" 2>&1 & ;;
     esac
@@ -309,8 +332,10 @@ for scenario in "${NAMES[@]}"; do
             continue
         fi
         log "$scenario on $broker (pid $BROKER_PID)"
+        transport=()
+        [ "$broker" = ours-quic ] && transport=(--quic)
         line=$(timeout --kill-after=5 "$(limit_for "$scenario")" "$BENCH" --addr "127.0.0.1:${PORT[$broker]}" \
-            --pid "$BROKER_PID" --label "$broker" --kv "${QUICK[@]}" "${EXTRA[@]}" "$scenario" \
+            "${transport[@]}" --pid "$BROKER_PID" --label "$broker" --kv "${QUICK[@]}" "${EXTRA[@]}" "$scenario" \
             2>>"$WORK/bench.err" | grep '^RESULT' | tail -1) || true
         hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$BROKER_PID/status" 2>/dev/null || true)
         stop_broker

@@ -12,7 +12,8 @@
 //! - [`client`]: one connection: `reader` (handshake, keepalive, packets in) and `writer`
 //!   (the only code writing the socket), joined by `ClientHandle`.
 //! - [`transport`]: what the client threads read and write through: plain TCP, TLS (rustls),
-//!   WebSocket (tungstenite), made from an accepted socket by a listener's `Acceptor`.
+//!   WebSocket (tungstenite), made from an accepted socket by a listener's `Acceptor`; and
+//!   QUIC (`transport::quic`, quinn-proto on its own endpoint thread, single and multi-stream).
 //! - [`queue`]: the router actor (`QueueHandle` / `QueueActor`): sessions, subscriptions,
 //!   retained messages, in-flight windows, session queues bounded in messages and bytes, and
 //!   the flow control that keeps one slow client from holding up the others.

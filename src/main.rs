@@ -4,15 +4,14 @@
 //! subcommand.
 
 use std::fs::OpenOptions;
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use log::{error, info, warn, LevelFilter};
 use mqtt_broker::auth::passwd_tool;
-use mqtt_broker::broker::check_transport;
 use mqtt_broker::config::mosquitto_conf::Parsed;
-use mqtt_broker::config::{file, Listener, LogDest};
+use mqtt_broker::config::{file, Listener, LogDest, Protocol};
 use mqtt_broker::{Broker, Config};
 
 const USAGE: &str = "usage: mqtt-broker [-c mosquitto.conf]\n       mqtt-broker passwd ...";
@@ -121,8 +120,17 @@ fn start(config: Config) -> Result<Broker, String> {
     if settings.is_empty() {
         settings.push(Listener::mqtt(config.socket_addr));
     }
-    for listener in &settings {
-        check_transport(listener).map_err(|e| e.to_string())?;
+    // QUIC listeners bind UDP and are added after the TCP ones; the broker needs one TCP
+    // listener first, the default one if the file names QUIC listeners only.
+    let (quic, mut settings): (Vec<Listener>, Vec<Listener>) = settings
+        .into_iter()
+        .partition(|l| l.protocol == Protocol::Quic);
+    if settings.is_empty() {
+        settings.push(Listener::mqtt(config.socket_addr));
+    }
+    let mut config = config;
+    if !config.listeners.is_empty() {
+        config.listeners.clone_from(&settings);
     }
     let mut sockets = Vec::new();
     for listener in &settings {
@@ -130,12 +138,23 @@ fn start(config: Config) -> Result<Broker, String> {
             .map_err(|e| format!("cannot listen on {}: {e}", listener.addr))?;
         sockets.push(socket);
     }
+    let mut quic_sockets = Vec::new();
+    for listener in &quic {
+        let socket = UdpSocket::bind(listener.addr)
+            .map_err(|e| format!("cannot listen on {} (UDP): {e}", listener.addr))?;
+        quic_sockets.push(socket);
+    }
     let mut sockets = sockets.into_iter();
     let first = sockets.next().expect("one listener at least");
     let mut broker = Broker::new(first, config).map_err(|e| format!("cannot start: {e}"))?;
     for (socket, listener) in sockets.zip(settings.into_iter().skip(1)) {
         broker
             .add_listener(socket, listener)
+            .map_err(|e| format!("cannot start: {e}"))?;
+    }
+    for (socket, listener) in quic_sockets.into_iter().zip(quic) {
+        broker
+            .add_quic_listener(socket, listener)
             .map_err(|e| format!("cannot start: {e}"))?;
     }
     Ok(broker)

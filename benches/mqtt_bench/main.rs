@@ -33,6 +33,7 @@ mod reader;
 mod report;
 mod run;
 mod scenario;
+mod stream;
 mod tally;
 mod traffic;
 mod watch;
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    stream::set_quic(options.quic);
     let scenarios = match scenario::select(&options, &options.scenarios) {
         Ok(scenarios) => scenarios,
         Err(e) => {

@@ -17,6 +17,8 @@ churn) or all (the default); --list shows the names.
 
 options:
   --addr HOST:PORT   broker address, loopback only       (127.0.0.1:1883)
+  --quic             connect over QUIC (UDP port of --addr, ALPN mqtt, one
+                     stream per connection; the certificate is not checked)
   --pid PID          the broker's process: its RSS and threads are sampled from /proc
   --duration SECS    publishing time of each flood or rate scenario, and of churn  (5)
   --messages N       messages of qos1-1m                             (1000000)
@@ -52,6 +54,8 @@ pub enum Format {
 pub struct Options {
     pub addr: SocketAddr,
     pub pid: Option<u32>,
+    /// Connect over QUIC instead of TCP.
+    pub quic: bool,
     pub duration: Duration,
     pub messages: u64,
     pub clients: usize,
@@ -77,6 +81,7 @@ impl Default for Options {
         Options {
             addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
             pid: None,
+            quic: false,
             duration: Duration::from_secs(5),
             messages: 1_000_000,
             clients: 10_000,
@@ -112,6 +117,7 @@ impl Options {
             let mut value = |name: &str| rest.next().ok_or_else(|| format!("{name} needs a value"));
             match arg.as_str() {
                 "--quick" => {}
+                "--quic" => options.quic = true,
                 "--addr" => options.addr = loopback(&value("--addr")?)?,
                 "--pid" => options.pid = Some(number(&value("--pid")?, "--pid")?),
                 "--duration" => options.duration = seconds(&value("--duration")?, "--duration")?,

@@ -18,6 +18,7 @@ mod metrics;
 mod mosquitto;
 mod pubsub;
 mod qos;
+mod quic;
 mod retain;
 mod robustness;
 mod session;
