@@ -10,6 +10,8 @@
 //! - [`queue`]: the router actor (`QueueHandle` / `QueueActor`): sessions, subscriptions,
 //!   retained messages, in-flight windows and offline queues.
 //! - [`mqtt`]: the packet model and codec for all three protocol versions, and topics.
+//! - [`storage`]: the storage actor (redb): sessions, queues and retained messages that
+//!   survive a crash, when `persistence_dir` is set.
 //!
 //! See ARCHITECTURE.md for the threads, channels and invariants.
 
@@ -19,6 +21,7 @@ pub mod config;
 pub mod limits;
 pub mod mqtt;
 pub mod queue;
+pub mod storage;
 
 pub use broker::{Broker, Stopper};
 pub use config::Config;

@@ -9,13 +9,20 @@ use mqtt_broker::{Broker, Config};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = match Config::from_env() {
+    let mut config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
             error!("{e}");
             return ExitCode::FAILURE;
         }
     };
+    // A damaged store is moved aside and the broker starts empty (see README, Persistence).
+    if std::env::args()
+        .skip(1)
+        .any(|arg| arg == "--reset-corrupt-store")
+    {
+        config.reset_corrupt_store = true;
+    }
     let listener = match TcpListener::bind(config.socket_addr) {
         Ok(listener) => listener,
         Err(e) => {

@@ -4,6 +4,7 @@
 
 use std::env;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod listener;
@@ -57,6 +58,19 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Stack size of each client thread; two per client, so keep it small.
     pub client_stack_size: usize,
+    /// Where sessions, queued messages and retained messages are stored (`PERSISTENCE_DIR`);
+    /// `None`, the default, keeps everything in memory only, as mosquitto does by default.
+    pub persistence_dir: Option<PathBuf>,
+    /// fsync each commit before the acknowledgements that wait for it
+    /// (`PERSISTENCE_SYNC`, default true). Off: a commit reaches the disk up to a second later,
+    /// and a crash or power cut loses what was acknowledged in that second.
+    pub persistence_sync: bool,
+    /// A store that cannot be read at start is moved aside and the broker starts empty
+    /// (`--reset-corrupt-store` or `RESET_CORRUPT_STORE=true`; default false: refuse to start).
+    pub reset_corrupt_store: bool,
+    /// MQTT 3.1/3.1.1 sessions that would never expire are removed after this long offline
+    /// (`PERSISTENT_CLIENT_EXPIRATION`, in seconds; default: never, as mosquitto).
+    pub persistent_client_expiration: Option<Duration>,
 }
 
 impl Default for Config {
@@ -76,6 +90,10 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             client_stack_size: 128 * 1024,
+            persistence_dir: None,
+            persistence_sync: true,
+            reset_corrupt_store: false,
+            persistent_client_expiration: None,
         }
     }
 }
@@ -110,6 +128,19 @@ impl Config {
         }
         if let Some(n) = var::<u16>("MAX_KEEPALIVE")? {
             config.max_keep_alive = n.max(1);
+        }
+        if let Some(dir) = var::<PathBuf>("PERSISTENCE_DIR")? {
+            config.persistence_dir = Some(dir).filter(|d| !d.as_os_str().is_empty());
+        }
+        if let Some(sync) = var("PERSISTENCE_SYNC")? {
+            config.persistence_sync = sync;
+        }
+        if let Some(reset) = var("RESET_CORRUPT_STORE")? {
+            config.reset_corrupt_store = reset;
+        }
+        if let Some(secs) = var::<u64>("PERSISTENT_CLIENT_EXPIRATION")? {
+            config.persistent_client_expiration =
+                Some(Duration::from_secs(secs)).filter(|d| !d.is_zero());
         }
         Ok(config)
     }

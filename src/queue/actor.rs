@@ -9,6 +9,7 @@
 //! `ClientHandle` methods) or do socket I/O.
 
 mod lifecycle;
+mod recovery;
 mod routing;
 mod subscribing;
 
@@ -20,6 +21,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, warn};
 
 use super::message::{Delivery, Message, SubscriptionIds};
+use super::persist::Persistence;
 use super::retained::RetainedStore;
 use super::session::{AckOutcome, Enqueued, Held, Online, QueueLimits, Session, Subscription};
 use super::shared::SharedGroups;
@@ -77,6 +79,11 @@ pub struct QueueActor {
     dirty: Vec<u32>,
     /// Messages handled since the last flush.
     unflushed: usize,
+    /// The store, when persistence is on.
+    persist: Persistence,
+    /// How long an MQTT 3.1/3.1.1 session that never expires is kept after all
+    /// (`persistent_client_expiration`).
+    persistent_client_expiration: Option<u32>,
 }
 
 /// The most messages the router handles before it pumps the sessions they were queued for.
@@ -106,6 +113,10 @@ impl QueueActor {
             next_held_seq: 0,
             dirty: Vec::new(),
             unflushed: 0,
+            persist: Persistence::default(),
+            persistent_client_expiration: config
+                .persistent_client_expiration
+                .map(|d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX - 1)),
         }
     }
 
@@ -136,6 +147,10 @@ impl QueueActor {
             }
         }
         self.flush();
+        // The sessions' journals hold storage handles: the storage actor stops once they and
+        // ours are gone, after committing what it was sent.
+        self.sessions.clear();
+        self.persist.close();
         debug!("router stopped");
     }
 
@@ -224,6 +239,22 @@ fn ack_reason(v5: bool, matched: usize) -> ReasonCode {
         ReasonCode::NoMatchingSubscribers
     } else {
         ReasonCode::Success
+    }
+}
+
+/// Sends PUBACK or PUBREC for a received PUBLISH once what routing it stored is committed.
+fn ack_when_stored(
+    persist: &Persistence,
+    writer: &ClientHandle,
+    kind: AckKind,
+    packet_id: PacketId,
+    reason: ReasonCode,
+) {
+    if persist.is_on() {
+        let writer = writer.clone();
+        persist.when_stored(move || send_ack(&writer, kind, packet_id, reason));
+    } else {
+        send_ack(writer, kind, packet_id, reason);
     }
 }
 

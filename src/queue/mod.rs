@@ -6,6 +6,7 @@
 mod actor;
 mod flow;
 pub mod message;
+mod persist;
 mod retained;
 mod session;
 mod shared;
@@ -122,7 +123,9 @@ impl QueueHandle {
     pub fn start(config: &Config) -> std::io::Result<(QueueHandle, JoinHandle<()>)> {
         let (tx, rx): (Sender<Msg>, Receiver<Msg>) =
             crossbeam_channel::bounded(config.router_queue_capacity);
-        let actor = QueueActor::new(rx, config);
+        let mut actor = QueueActor::new(rx, config);
+        let (persistence, recovered) = persist::Persistence::start(config)?;
+        actor.restore(persistence, recovered);
         let thread = thread::Builder::new()
             .name("queue".into())
             .spawn(move || actor.run())?;

@@ -14,6 +14,7 @@ use log::debug;
 
 use super::flow::HeldAcks;
 use super::message::Delivery;
+use super::persist::Journal;
 use crate::client::{AckKind, ClientHandle, Outbound};
 use crate::mqtt::{PacketId, ProtocolVersion, PublishView, QoS, SubscriptionOptions, Will};
 
@@ -182,6 +183,8 @@ pub(super) struct Outbox {
     hard_limit: usize,
     /// Messages dropped because the queue was full, since the session began.
     pub dropped: u64,
+    /// The store's copy of this queue, for a kept session with persistence on.
+    pub journal: Option<Journal>,
 }
 
 /// What an acknowledgement from the client did.
@@ -210,6 +213,7 @@ impl Outbox {
             max_queued,
             hard_limit,
             dropped: 0,
+            journal: None,
         }
     }
 
@@ -224,7 +228,7 @@ impl Outbox {
     /// publishers (holding QoS 1/2 acknowledgements, or the reader of a QoS 0 publisher), up to
     /// a hard limit (`QueueLimits::hard_limit`) that only publishers ignoring flow control
     /// reach.
-    fn enqueue(&mut self, delivery: Delivery, online: bool) -> bool {
+    fn enqueue(&mut self, mut delivery: Delivery, online: bool) -> bool {
         let qos0 = delivery.qos == QoS::AtMostOnce;
         let limit = match (online, qos0) {
             (false, true) => return false,
@@ -234,6 +238,9 @@ impl Outbox {
         if self.queued.len() >= limit {
             self.dropped += 1;
             return false;
+        }
+        if let Some(journal) = &self.journal {
+            journal.queued(&mut delivery);
         }
         self.queued.push_back(delivery);
         true
@@ -262,6 +269,7 @@ impl Outbox {
             }
             let delivery = self.queued.pop_front().expect("front() was Some");
             if delivery.may_expire && delivery.message.is_expired() {
+                self.forget(&delivery);
                 continue;
             }
             if let Some(max) = online.max_packet_size {
@@ -269,6 +277,7 @@ impl Outbox {
                 let size = delivery_size(&delivery, online.version);
                 if size > max as usize {
                     debug!("message of {size} bytes exceeds the client's maximum of {max}");
+                    self.forget(&delivery);
                     continue;
                 }
             }
@@ -282,6 +291,9 @@ impl Outbox {
                     delivery: delivery.clone(),
                     stage: Stage::Published,
                 });
+                if let Some(journal) = &self.journal {
+                    journal.sent(&delivery, packet_id);
+                }
                 Some(packet_id)
             };
             batch.push(Outbound::Publish {
@@ -330,10 +342,15 @@ impl Outbox {
         match (kind, flight.delivery.qos, flight.stage) {
             (AckKind::PubAck, QoS::AtLeastOnce, Stage::Published)
             | (AckKind::PubComp, QoS::ExactlyOnce, Stage::Released) => {
-                self.inflight.remove(index);
+                if let Some(done) = self.inflight.remove(index) {
+                    self.forget(&done.delivery);
+                }
             }
             (AckKind::PubRec, QoS::ExactlyOnce, Stage::Published) => {
                 flight.stage = Stage::Released;
+                if let Some(journal) = &self.journal {
+                    journal.released(&flight.delivery, packet_id);
+                }
                 if let Some(writer) = writer {
                     let _ = writer.send(Outbound::Ack(AckKind::PubRel, packet_id));
                 }
@@ -347,6 +364,35 @@ impl Outbox {
             _ => return AckOutcome::Unknown,
         }
         AckOutcome::Matched
+    }
+
+    /// A message leaves the session for good: its stored copy goes too.
+    fn forget(&self, delivery: &Delivery) {
+        if let Some(journal) = &self.journal {
+            journal.done(delivery);
+        }
+    }
+
+    /// Puts back a message recovered from the store: in flight with the packet id it went out
+    /// with (`released`: its PUBREL too), or queued. Call in the order they were queued.
+    pub fn restore(&mut self, delivery: Delivery, packet_id: Option<PacketId>, released: bool) {
+        match packet_id {
+            Some(packet_id) => {
+                self.inflight.push_back(InFlight {
+                    packet_id,
+                    serial: self.id_serial,
+                    delivery,
+                    stage: if released {
+                        Stage::Released
+                    } else {
+                        Stage::Published
+                    },
+                });
+                self.id_serial += 1;
+                self.next_packet_id = packet_id.get().checked_add(1).unwrap_or(1);
+            }
+            None => self.queued.push_back(delivery),
+        }
     }
 
     #[cfg(test)]

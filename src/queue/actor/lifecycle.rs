@@ -73,8 +73,14 @@ impl QueueActor {
         let session = self.sessions[slot as usize]
             .as_mut()
             .expect("slot was just filled or resumed");
-        session.expiry = request.session_expiry;
+        session.expiry = match self.persistent_client_expiration {
+            // mosquitto's persistent_client_expiration: a 3.1/3.1.1 session that would never
+            // expire is dropped after this long offline.
+            Some(limit) if !version.is_v5() && request.session_expiry == u32::MAX => limit,
+            _ => request.session_expiry,
+        };
         session.last_connection = request.connection_id;
+        persist_connected(&self.persist, session, version, request.will.as_ref());
         // Acknowledgements held for the previous connection are gone with it: the client
         // resends those PUBLISH packets.
         session.held_acks.clear();
@@ -148,6 +154,9 @@ impl QueueActor {
                 session.client_id, session.outbox.dropped
             );
         }
+        if let Some(journal) = session.outbox.journal.take() {
+            journal.delete();
+        }
         self.by_client_id.remove(&session.client_id);
         self.free_slots.push(slot);
         debug!("session of client {} ended", session.client_id);
@@ -175,6 +184,9 @@ impl QueueActor {
                 disconnect.reason == ReasonCode::DisconnectWithWillMessage
             }
         };
+        if let Some(journal) = &session.outbox.journal {
+            journal.save(session.expiry, true, None);
+        }
         drop(online.writer);
         session.held_acks.clear();
         self.release_held(from.slot, true);
@@ -293,4 +305,22 @@ impl QueueActor {
         }
         info!("router closed every connection");
     }
+}
+
+/// Gives a session that outlives its connection a journal and writes its record; a session
+/// that no longer does (resumed with expiry 0) is removed from the store.
+fn persist_connected(
+    persist: &Persistence,
+    session: &mut Session,
+    version: crate::mqtt::ProtocolVersion,
+    will: Option<&Will>,
+) {
+    let journal = persist.journal(&session.client_id, session.expiry, version);
+    if let (None, Some(old)) = (&journal, &session.outbox.journal) {
+        old.delete();
+    }
+    if let Some(journal) = &journal {
+        journal.save(session.expiry, false, will);
+    }
+    session.outbox.journal = journal;
 }

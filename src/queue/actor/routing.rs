@@ -52,6 +52,9 @@ impl QueueActor {
                 // only acknowledged again.
                 let matched = if first {
                     session.incoming_qos2.insert(packet_id);
+                    if let Some(journal) = &session.outbox.journal {
+                        journal.inbound_qos2(packet_id, true);
+                    }
                     self.route(from.slot, message)
                 } else {
                     1
@@ -68,6 +71,7 @@ impl QueueActor {
     pub(super) fn route(&mut self, publisher: u32, message: Arc<Message>) -> usize {
         if message.publish.retain {
             self.retained.update(&message);
+            self.persist.retain(&message);
         }
 
         self.congested.clear();
@@ -176,7 +180,7 @@ impl QueueActor {
         if let Some(session) = self.sessions[publisher as usize].as_mut() {
             if congested.is_empty() && session.held_acks.is_empty() {
                 if let Some(online) = &session.online {
-                    send_ack(&online.writer, kind, packet_id, reason);
+                    ack_when_stored(&self.persist, &online.writer, kind, packet_id, reason);
                 }
             } else {
                 self.next_held_seq += 1;
@@ -238,7 +242,8 @@ impl QueueActor {
             match held {
                 Held::Ack(seq) => {
                     for ack in publisher.held_acks.release(seq) {
-                        send_ack(&online.writer, ack.kind, ack.packet_id, ack.reason);
+                        let (kind, id, reason) = (ack.kind, ack.packet_id, ack.reason);
+                        ack_when_stored(&self.persist, &online.writer, kind, id, reason);
                     }
                 }
                 // A reader held for an earlier connection has gone with it.
@@ -265,6 +270,9 @@ impl QueueActor {
         if kind == AckKind::PubRel {
             for &packet_id in packet_ids {
                 let known = session.incoming_qos2.remove(&packet_id);
+                if let (true, Some(journal)) = (known, &session.outbox.journal) {
+                    journal.inbound_qos2(packet_id, false);
+                }
                 let _ = if known || !online.version.is_v5() {
                     online
                         .writer

@@ -1,0 +1,350 @@
+//! The storage thread: group commit of whatever the router sent, then the acknowledgements
+//! that waited for it.
+//!
+//! Owns: the database while the broker runs, the batch loop, the sync policy and what happens
+//! when a commit fails. Must not: be waited for by the router (the router only sends), or run
+//! an `after_commit` callback before the changes sent ahead of it are committed.
+//!
+//! One round: block for the first operation, take every other one waiting (up to `MAX_BATCH`),
+//! apply them in one write transaction, commit once (one fsync with sync on), then run the
+//! callbacks in order. Under load batches grow by themselves; no timer is involved. A delivery
+//! queued and removed within one batch (sent and acknowledged while the previous commit was
+//! syncing) cancels out in memory and never reaches the file; nor does its message if no other
+//! session holds it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use log::{debug, error, info, warn};
+use redb::{Database, Durability, ReadableTable};
+
+use super::rows::{DbResult, Tables};
+use super::schema::{
+    encode_message, encode_subscription, QueueEntry, ENTRY_PACKET_ID, ENTRY_STAGE,
+};
+use super::{AfterCommit, Op};
+use crate::queue::message::Message;
+
+/// The most operations applied in one transaction.
+const MAX_BATCH: usize = 16 * 1024;
+/// With sync off, how long a commit may stay unsynced.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// How long to wait before retrying a failed commit.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+pub(super) struct StorageActor {
+    rx: Receiver<Op>,
+    db: Option<Database>,
+    path: PathBuf,
+    sync: bool,
+}
+
+impl StorageActor {
+    pub fn new(rx: Receiver<Op>, db: Database, path: PathBuf, sync: bool) -> Self {
+        StorageActor {
+            rx,
+            db: Some(db),
+            path,
+            sync,
+        }
+    }
+
+    pub fn run(mut self) {
+        let mut unsynced_since: Option<Instant> = None;
+        let mut ops = Vec::new();
+        loop {
+            let first = match unsynced_since {
+                Some(since) => match self.rx.recv_deadline(since + SYNC_EVERY) {
+                    Ok(op) => op,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.sync_now();
+                        unsynced_since = None;
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match self.rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                },
+            };
+            ops.push(first);
+            while ops.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let wrote = self.commit(&mut ops);
+            if wrote && !self.sync && unsynced_since.is_none() {
+                unsynced_since = Some(Instant::now());
+            }
+            if let Some(since) = unsynced_since {
+                if since.elapsed() >= SYNC_EVERY {
+                    self.sync_now();
+                    unsynced_since = None;
+                }
+            }
+        }
+        if unsynced_since.is_some() {
+            self.sync_now();
+        }
+        debug!("storage stopped");
+    }
+
+    /// Commits the changes in `ops`, retrying until the disk takes them, then runs the
+    /// callbacks. Returns whether anything was written.
+    fn commit(&mut self, ops: &mut Vec<Op>) -> bool {
+        let mut callbacks: Vec<AfterCommit> = Vec::new();
+        let mut writes = Vec::with_capacity(ops.len());
+        for op in ops.drain(..) {
+            match op {
+                Op::AfterCommit(f) => callbacks.push(f),
+                write => writes.push(write),
+            }
+        }
+        let wrote = !writes.is_empty();
+        if wrote {
+            let mut failures = 0u32;
+            loop {
+                match self.apply(&writes) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        failures += 1;
+                        // Nothing in this batch is acknowledged until it is stored: the
+                        // publishers wait, the channel fills, and the router (then the
+                        // readers) push back.
+                        if failures == 1 || failures.is_multiple_of(60) {
+                            error!(
+                                "STORAGE COMMIT FAILED for {} ({e}): acknowledgements are held \
+                                 until it succeeds; retrying every second (failure {failures})",
+                                self.path.display()
+                            );
+                        }
+                        std::thread::sleep(RETRY_EVERY);
+                        self.reopen_after_failure();
+                    }
+                }
+            }
+            if failures > 0 {
+                info!(
+                    "storage commit to {} succeeded again after {failures} failures",
+                    self.path.display()
+                );
+            }
+        }
+        for f in callbacks {
+            f();
+        }
+        wrote
+    }
+
+    /// After a failed commit redb may refuse further transactions until reopened.
+    fn reopen_after_failure(&mut self) {
+        self.db = None;
+        match Database::create(&self.path) {
+            Ok(db) => self.db = Some(db),
+            Err(e) => warn!("cannot reopen the store {}: {e}", self.path.display()),
+        }
+    }
+
+    fn sync_now(&mut self) {
+        let Some(db) = &self.db else {
+            return;
+        };
+        let result = db
+            .begin_write()
+            .map_err(redb::Error::from)
+            .and_then(|mut txn| {
+                txn.set_durability(Durability::Immediate)
+                    .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+                txn.commit().map_err(redb::Error::from)
+            });
+        if let Err(e) = result {
+            error!("storage sync of {} failed: {e}", self.path.display());
+        }
+    }
+
+    fn apply(&mut self, writes: &[Op]) -> DbResult<()> {
+        let Some(db) = &self.db else {
+            return Err(redb::Error::Corrupted("the store is not open".into()));
+        };
+        let mut txn = db.begin_write()?;
+        let durability = if self.sync {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability)
+            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+        {
+            let mut tables = Tables::open(&txn)?;
+            let mut batch = Batch::default();
+            for op in writes {
+                batch.apply(&mut tables, op)?;
+            }
+            batch.finish(&mut tables)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// One transaction's queue rows and reference changes, kept in memory until the end of the
+/// batch so that a row added and removed within it never reaches the file (nor its message,
+/// when no other row holds it).
+#[derive(Default)]
+struct Batch {
+    /// Reference changes per message, with the message when a row added in this batch holds
+    /// it (to be written if the file does not have it yet).
+    refs: HashMap<u64, (Option<Arc<Message>>, i64)>,
+    entries: HashMap<(Arc<str>, u64), QueueEntry>,
+    /// Reference changes counted by `Tables::delete_session`.
+    deltas: HashMap<u64, i64>,
+}
+
+impl Batch {
+    fn unref(&mut self, message: u64) {
+        self.refs.entry(message).or_insert((None, 0)).1 -= 1;
+    }
+
+    fn apply(&mut self, t: &mut Tables<'_>, op: &Op) -> DbResult<()> {
+        match op {
+            Op::SaveSession(record) => {
+                t.sessions
+                    .insert(&*record.client_id, record.encode().as_slice())?;
+            }
+            Op::DeleteSession(client_id) => {
+                let gone: Vec<(Arc<str>, u64)> = self
+                    .entries
+                    .keys()
+                    .filter(|(c, _)| c == client_id)
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    if let Some(entry) = self.entries.remove(&key) {
+                        self.unref(entry.message_id);
+                    }
+                }
+                t.delete_session(client_id, &mut self.deltas)?;
+            }
+            Op::SaveSubscription {
+                client_id,
+                filter,
+                options,
+                identifier,
+            } => {
+                let value = encode_subscription(*options, *identifier);
+                t.subscriptions
+                    .insert((&**client_id, filter.as_str()), value.as_slice())?;
+            }
+            Op::DeleteSubscription { client_id, filter } => {
+                t.subscriptions.remove((&**client_id, filter.as_str()))?;
+            }
+            Op::Enqueue {
+                client_id,
+                id,
+                entry,
+                message,
+            } => {
+                let counted = self.refs.entry(entry.message_id).or_insert((None, 0));
+                counted.0 = Some(Arc::clone(message));
+                counted.1 += 1;
+                self.entries
+                    .insert((Arc::clone(client_id), *id), entry.clone());
+            }
+            Op::SetInflight {
+                client_id,
+                id,
+                packet_id,
+                released,
+            } => {
+                let key = (Arc::clone(client_id), *id);
+                if let Some(entry) = self.entries.get_mut(&key) {
+                    entry.packet_id = Some(*packet_id);
+                    entry.released = *released;
+                } else {
+                    let row = t
+                        .queue
+                        .get((&**client_id, *id))?
+                        .map(|v| v.value().to_vec());
+                    if let Some(mut bytes) = row {
+                        if bytes.len() > ENTRY_STAGE {
+                            bytes[ENTRY_PACKET_ID..ENTRY_PACKET_ID + 2]
+                                .copy_from_slice(&packet_id.get().to_le_bytes());
+                            bytes[ENTRY_STAGE] = u8::from(*released);
+                            t.queue.insert((&**client_id, *id), bytes.as_slice())?;
+                        }
+                    }
+                }
+            }
+            Op::Dequeue { client_id, id } => {
+                let key = (Arc::clone(client_id), *id);
+                if let Some(entry) = self.entries.remove(&key) {
+                    self.unref(entry.message_id);
+                } else if let Some(message) = t.dequeue(client_id, *id)? {
+                    self.unref(message);
+                }
+            }
+            Op::Retain { topic, message } => match message {
+                Some(message) => {
+                    t.retained
+                        .insert(topic.as_str(), encode_message(message).as_slice())?;
+                }
+                None => {
+                    t.retained.remove(topic.as_str())?;
+                }
+            },
+            Op::InboundQos2 {
+                client_id,
+                packet_id,
+                present,
+            } => {
+                if *present {
+                    t.inbound_qos2.insert((&**client_id, packet_id.get()), ())?;
+                } else {
+                    t.inbound_qos2.remove((&**client_id, packet_id.get()))?;
+                }
+            }
+            Op::AfterCommit(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Writes the rows still live at the end of the batch, and the messages and reference
+    /// counts they change.
+    fn finish(mut self, t: &mut Tables<'_>) -> DbResult<()> {
+        for ((client_id, id), entry) in &self.entries {
+            t.queue
+                .insert((&**client_id, *id), entry.encode().as_slice())?;
+        }
+        for (message, delta) in std::mem::take(&mut self.deltas) {
+            self.refs.entry(message).or_insert((None, 0)).1 += delta;
+        }
+        for (id, (message, delta)) in self.refs {
+            if delta == 0 {
+                continue;
+            }
+            let in_file = t.refs.get(id)?.map_or(0, |v| i64::from(v.value()));
+            let now = in_file + delta;
+            if now <= 0 {
+                if in_file > 0 {
+                    t.refs.remove(id)?;
+                    t.messages.remove(id)?;
+                }
+                continue;
+            }
+            if in_file == 0 {
+                let Some(message) = message else {
+                    continue;
+                };
+                t.messages.insert(id, encode_message(&message).as_slice())?;
+            }
+            t.refs.insert(id, u32::try_from(now).unwrap_or(u32::MAX))?;
+        }
+        Ok(())
+    }
+}
