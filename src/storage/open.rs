@@ -139,6 +139,25 @@ impl OpenError {
 }
 
 fn open_and_recover(path: &Path) -> Result<(Database, Recovered), OpenError> {
+    // Belt and braces: whatever a damaged file makes the database code do, start-up ends with
+    // the error that names the file, not a panic.
+    // This runs at start-up, before any other thread of ours: the default hook, which would
+    // print a backtrace as if the broker had crashed, is silenced meanwhile.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(|| open_and_recover_inner(path));
+    std::panic::set_hook(hook);
+    result.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown failure");
+        Err(OpenError::Damaged(format!("reading it failed: {what}")))
+    })
+}
+
+fn open_and_recover_inner(path: &Path) -> Result<(Database, Recovered), OpenError> {
     // redb checks its own structures (checksums, a torn last commit) and repairs what a crash
     // left; it reports what it cannot repair as an error, which we turn into the message above.
     let mut db = match Database::create(path) {

@@ -1,8 +1,10 @@
 //! The integration tests: one crate, one binary. Each test starts the real broker in-process
 //! on an ephemeral port and talks to it over TCP, with raw packets or the mosquitto clients.
 
+mod child_broker;
 mod cli;
 mod connect;
+mod durability;
 mod keepalive;
 mod mosquitto;
 mod pubsub;

@@ -1,0 +1,446 @@
+//! Persistence (`PERSISTENCE_DIR`): the real broker binary is killed with SIGKILL and started
+//! again on the same directory; what it acknowledged must still be there.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mqtt_broker::mqtt::{
+    read_packet, Ack, Packet, ProtocolVersion, Publish, QoS, SubAck, Subscribe,
+    SubscribeProperties, SubscriptionOptions,
+};
+
+use crate::child_broker::{free_port, start_expecting_failure, ChildBroker, TempDir};
+use crate::support::{connect_packet, pid, publish_packet, RawClient};
+
+/// Offline queues in these tests hold more than the default 1000 messages.
+const BIG_QUEUES: &[(&str, &str)] = &[("MAX_QUEUED_MESSAGES", "1000000")];
+
+/// Reads PUBLISH packets as a subscriber, acknowledging each (the whole QoS 2 flow), until
+/// nothing arrives for `quiet` or `until` returns true.
+fn receive_all(
+    client: &mut RawClient,
+    quiet: Duration,
+    mut until: impl FnMut(&[Publish]) -> bool,
+) -> Vec<Publish> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline && !until(&got) {
+        match client.try_recv(quiet) {
+            Ok(Packet::Publish(publish)) => {
+                if let Some(id) = publish.packet_id {
+                    match publish.qos {
+                        QoS::AtLeastOnce => client.send(&Packet::PubAck(Ack::new(id))),
+                        QoS::ExactlyOnce => client.send(&Packet::PubRec(Ack::new(id))),
+                        QoS::AtMostOnce => {}
+                    }
+                }
+                got.push(publish);
+            }
+            Ok(Packet::PubRel(ack)) => client.send(&Packet::PubComp(Ack::new(ack.packet_id))),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+fn subscribe_v5(client: &mut RawClient, filter: &str, identifier: u32) {
+    client.send(&Packet::Subscribe(Subscribe {
+        packet_id: pid(1),
+        filters: vec![(
+            filter.into(),
+            SubscriptionOptions {
+                qos: QoS::ExactlyOnce,
+                retain_as_published: true,
+                ..Default::default()
+            },
+        )],
+        properties: SubscribeProperties {
+            subscription_identifier: Some(identifier),
+            ..Default::default()
+        },
+    }));
+    match client.recv() {
+        Packet::SubAck(SubAck { reasons, .. }) => assert_eq!(reasons.len(), 1),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+#[test]
+fn sessions_queues_and_retained_messages_survive_sigkill() {
+    let dir = TempDir::new("survive");
+    let port = free_port();
+    let broker = ChildBroker::start(dir.path(), port, &[]);
+
+    // A v5 session with an identifier and Retain As Published, and a 3.1.1 one.
+    let mut connect = connect_packet("v5-sub", ProtocolVersion::V5, true);
+    connect.properties.session_expiry_interval = Some(3600);
+    let (mut v5, _) = RawClient::connect_with(broker.addr, connect.clone());
+    subscribe_v5(&mut v5, "t/#", 7);
+    v5.disconnect();
+    let (mut v3, _) = RawClient::connect(broker.addr, "v3-sub", ProtocolVersion::V3_1_1, false);
+    v3.subscribe(1, &[("t/#", QoS::AtLeastOnce)]);
+    v3.disconnect();
+
+    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V3_1_1, true);
+    publisher.publish("t/1", b"one", QoS::AtLeastOnce, false, 1);
+    publisher.publish("t/2", b"two", QoS::ExactlyOnce, true, 2);
+    publisher.publish("t/3", b"three", QoS::AtLeastOnce, false, 3);
+    broker.kill();
+
+    let broker = ChildBroker::start(dir.path(), port, &[]);
+    connect.clean_start = false;
+    let (mut v5, connack) = RawClient::connect_with(broker.addr, connect);
+    assert!(connack.session_present, "the v5 session came back");
+    let got = receive_all(&mut v5, Duration::from_secs(3), |got| got.len() == 3);
+    let summary: Vec<_> = got
+        .iter()
+        .map(|p| {
+            (
+                p.topic.as_str(),
+                p.qos,
+                p.retain,
+                p.properties.subscription_identifiers.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("t/1", QoS::AtLeastOnce, false, vec![7]),
+            ("t/2", QoS::ExactlyOnce, true, vec![7]),
+            ("t/3", QoS::AtLeastOnce, false, vec![7]),
+        ]
+    );
+    let (mut v3, connack) =
+        RawClient::connect(broker.addr, "v3-sub", ProtocolVersion::V3_1_1, false);
+    assert!(connack.session_present, "the 3.1.1 session came back");
+    let got = receive_all(&mut v3, Duration::from_secs(3), |got| got.len() == 3);
+    let payloads: Vec<_> = got.iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(payloads, [&b"one"[..], b"two", b"three"]);
+    assert!(got.iter().all(|p| p.qos == QoS::AtLeastOnce));
+
+    // Subscriptions are live again: a new message reaches the 3.1.1 session.
+    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V3_1_1, true);
+    publisher.publish("t/4", b"four", QoS::AtLeastOnce, false, 1);
+    assert_eq!(v3.recv_publish().payload[..], b"four"[..]);
+
+    // The retained message is there for a new subscriber.
+    let (mut fresh, _) = RawClient::connect(broker.addr, "fresh", ProtocolVersion::V3_1_1, true);
+    fresh.subscribe(1, &[("t/#", QoS::AtLeastOnce)]);
+    let retained = fresh.recv_publish();
+    assert_eq!((retained.topic.as_str(), retained.retain), ("t/2", true));
+    fresh.expect_nothing(Duration::from_millis(300));
+}
+
+#[test]
+fn in_flight_messages_are_resent_after_a_restart_pubrel_first() {
+    let dir = TempDir::new("inflight");
+    let port = free_port();
+    let broker = ChildBroker::start(dir.path(), port, &[]);
+    let (mut sub, _) = RawClient::connect(broker.addr, "sub", ProtocolVersion::V3_1_1, false);
+    sub.subscribe(1, &[("f/#", QoS::ExactlyOnce)]);
+    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V3_1_1, true);
+    publisher.publish("f/2", b"two", QoS::ExactlyOnce, false, 1);
+    publisher.publish("f/1", b"one", QoS::AtLeastOnce, false, 2);
+    let first = sub.recv_publish();
+    let second = sub.recv_publish();
+    assert_eq!(first.payload[..], b"two"[..]);
+    let (two_id, one_id) = (
+        first.packet_id.expect("QoS 2"),
+        second.packet_id.expect("QoS 1"),
+    );
+    // PUBREC for the QoS 2 message; the QoS 1 one stays unacknowledged.
+    sub.send(&Packet::PubRec(Ack::new(two_id)));
+    match sub.recv() {
+        Packet::PubRel(ack) => assert_eq!(ack.packet_id, two_id),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    // One more acknowledged PUBLISH: its PUBACK follows the commit of everything before it.
+    publisher.publish("other", b"x", QoS::AtLeastOnce, false, 3);
+    broker.kill();
+
+    let broker = ChildBroker::start(dir.path(), port, &[]);
+    let (mut sub, connack) = RawClient::connect(broker.addr, "sub", ProtocolVersion::V3_1_1, false);
+    assert!(connack.session_present);
+    match sub.recv() {
+        Packet::PubRel(ack) => assert_eq!(ack.packet_id, two_id, "PUBREL comes first"),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    let again = sub.recv_publish();
+    assert!(again.dup, "resent with DUP");
+    assert_eq!(again.packet_id, Some(one_id), "with the same packet id");
+    assert_eq!(again.payload[..], b"one"[..]);
+    sub.send(&Packet::PubComp(Ack::new(two_id)));
+    sub.send(&Packet::PubAck(Ack::new(one_id)));
+    sub.expect_nothing(Duration::from_millis(300));
+}
+
+/// A publisher that survives broker restarts: it sends `total` messages numbered from 0 (even:
+/// QoS 1, odd: QoS 2), 20 at a time, and records each one acknowledged (PUBACK or PUBREC).
+/// Messages not acknowledged when the connection breaks are not sent again.
+fn crash_publisher(
+    addr: SocketAddr,
+    total: u32,
+    acked: Arc<Mutex<Vec<u32>>>,
+    progress: Arc<AtomicUsize>,
+    done: Arc<AtomicBool>,
+) {
+    let mut next = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(50);
+    while next < total && Instant::now() < deadline {
+        let Ok(stream) = TcpStream::connect(addr) else {
+            thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let Ok(reader) = stream.try_clone() else {
+            continue;
+        };
+        let mut reader = BufReader::new(reader);
+        let mut writer = stream;
+        let mut body = Vec::new();
+        let send = |writer: &mut TcpStream, packet: &Packet| {
+            let mut bytes = Vec::new();
+            packet.encode(ProtocolVersion::V3_1_1, &mut bytes);
+            writer.write_all(&bytes).is_ok()
+        };
+        let connect = connect_packet("crash-pub", ProtocolVersion::V3_1_1, true);
+        if !send(&mut writer, &Packet::Connect(Box::new(connect))) {
+            continue;
+        }
+        match read_packet(&mut reader, ProtocolVersion::V3_1_1, 1 << 20, &mut body) {
+            Ok(Packet::ConnAck(_)) => {}
+            _ => continue,
+        }
+        'chunks: while next < total {
+            let end = (next + 20).min(total);
+            let mut waiting: HashMap<u16, u32> = HashMap::new();
+            let mut pubcomps = 0;
+            for n in next..end {
+                let qos = if n % 2 == 0 {
+                    QoS::AtLeastOnce
+                } else {
+                    QoS::ExactlyOnce
+                };
+                let id = (n % 60_000) as u16 + 1;
+                waiting.insert(id, n);
+                let packet = publish_packet("crash/seq", &n.to_be_bytes(), qos, false, id);
+                if !send(&mut writer, &packet) {
+                    next = end;
+                    break 'chunks;
+                }
+            }
+            next = end;
+            while !waiting.is_empty() || pubcomps > 0 {
+                let packet =
+                    match read_packet(&mut reader, ProtocolVersion::V3_1_1, 1 << 20, &mut body) {
+                        Ok(packet) => packet,
+                        Err(_) => break 'chunks,
+                    };
+                match packet {
+                    Packet::PubAck(ack) => {
+                        if let Some(n) = waiting.remove(&ack.packet_id.get()) {
+                            acked.lock().expect("lock").push(n);
+                        }
+                    }
+                    Packet::PubRec(ack) => {
+                        if let Some(n) = waiting.remove(&ack.packet_id.get()) {
+                            acked.lock().expect("lock").push(n);
+                            pubcomps += 1;
+                            if !send(&mut writer, &Packet::PubRel(Ack::new(ack.packet_id))) {
+                                break 'chunks;
+                            }
+                        }
+                    }
+                    Packet::PubComp(_) => pubcomps -= 1,
+                    _ => {}
+                }
+                progress.store(acked.lock().expect("lock").len(), Ordering::Relaxed);
+            }
+        }
+    }
+    done.store(true, Ordering::Release);
+}
+
+#[test]
+fn every_acknowledged_message_survives_repeated_sigkill() {
+    const TOTAL: u32 = 4000;
+    const KILLS: usize = 4;
+    let dir = TempDir::new("crash");
+    let port = free_port();
+    let mut broker = ChildBroker::start(dir.path(), port, BIG_QUEUES);
+
+    let (mut sub, _) = RawClient::connect(broker.addr, "crash-sub", ProtocolVersion::V3_1_1, false);
+    sub.subscribe(1, &[("crash/#", QoS::ExactlyOnce)]);
+    sub.disconnect();
+    let (mut keeper, _) = RawClient::connect(broker.addr, "keeper", ProtocolVersion::V3_1_1, true);
+    keeper.publish("keep/me", b"retained", QoS::AtLeastOnce, true, 1);
+    drop(keeper);
+
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let progress = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (acked, progress, done) = (acked.clone(), progress.clone(), done.clone());
+        let addr = broker.addr;
+        thread::spawn(move || crash_publisher(addr, TOTAL, acked, progress, done))
+    };
+    // Kill points spread over the run, at pseudo-random message counts.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.subsec_nanos() as usize | 1);
+    let mut points: Vec<usize> = (0..KILLS)
+        .map(|k| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let span = TOTAL as usize / (KILLS + 1);
+            span * k + span / 2 + (seed >> 33) % span
+        })
+        .collect();
+    points.sort_unstable();
+    let mut kills = 0;
+    for point in points {
+        while progress.load(Ordering::Relaxed) < point && !done.load(Ordering::Acquire) {
+            thread::sleep(Duration::from_millis(2));
+        }
+        if done.load(Ordering::Acquire) {
+            break;
+        }
+        broker.kill();
+        kills += 1;
+        thread::sleep(Duration::from_millis(50));
+        broker = ChildBroker::start(dir.path(), port, BIG_QUEUES);
+    }
+    publisher.join().expect("publisher thread");
+    assert!(
+        kills >= 2,
+        "the broker was killed mid-stream ({kills} times)"
+    );
+    let acked = acked.lock().expect("lock").clone();
+    assert!(
+        acked.len() > TOTAL as usize / 2,
+        "most messages were acknowledged ({})",
+        acked.len()
+    );
+
+    // One more kill after the last acknowledgement, then the subscriber returns.
+    broker.kill();
+    let broker = ChildBroker::start(dir.path(), port, BIG_QUEUES);
+    let (mut sub, connack) =
+        RawClient::connect(broker.addr, "crash-sub", ProtocolVersion::V3_1_1, false);
+    assert!(connack.session_present, "the subscription survived");
+    let wanted = acked.len();
+    let got = receive_all(&mut sub, Duration::from_secs(3), |got| {
+        got.len() >= TOTAL as usize
+    });
+    let seqs: Vec<u32> = got
+        .iter()
+        .map(|p| u32::from_be_bytes(p.payload[..4].try_into().expect("4-byte payload")))
+        .collect();
+    // In order, and nothing twice (this publisher never resends, so QoS 1 has no duplicate
+    // either); QoS 2 ones arrive as QoS 2.
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "messages in publish order, none twice"
+    );
+    for (publish, seq) in got.iter().zip(&seqs) {
+        let qos = if seq % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        assert_eq!(publish.qos, qos, "message {seq}");
+    }
+    eprintln!(
+        "crash test: {kills} kills, {wanted} of {TOTAL} acknowledged, {} received",
+        seqs.len()
+    );
+    let received: std::collections::HashSet<u32> = seqs.iter().copied().collect();
+    let lost: Vec<u32> = acked
+        .iter()
+        .copied()
+        .filter(|n| !received.contains(n))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {wanted} acknowledged messages lost after {kills} kills, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+
+    // The retained message is intact.
+    let (mut fresh, _) = RawClient::connect(broker.addr, "fresh", ProtocolVersion::V3_1_1, true);
+    fresh.subscribe(1, &[("keep/#", QoS::AtLeastOnce)]);
+    assert_eq!(fresh.recv_publish().payload[..], b"retained"[..]);
+}
+
+#[test]
+fn a_damaged_store_is_refused_with_a_clear_error_and_can_be_reset() {
+    let dir = TempDir::new("corrupt");
+    let port = free_port();
+    let broker = ChildBroker::start(dir.path(), port, &[]);
+    let (mut sub, _) = RawClient::connect(broker.addr, "sub", ProtocolVersion::V3_1_1, false);
+    sub.subscribe(1, &[("c/#", QoS::AtLeastOnce)]);
+    sub.disconnect();
+    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V3_1_1, true);
+    for n in 0..50u16 {
+        publisher.publish("c/x", &[7; 100], QoS::AtLeastOnce, true, n + 1);
+    }
+    assert_eq!(broker.terminate().code(), Some(0), "clean stop on SIGTERM");
+
+    let file = dir.path().join("mqtt-broker.redb");
+    for damage in ["garbage", "truncated"] {
+        let bytes = std::fs::read(&file).expect("the store file");
+        let damaged = match damage {
+            // Every byte after the first page overwritten: headers intact, trees not.
+            "garbage" => {
+                let mut bytes = bytes;
+                for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+                    *b = (i as u8).wrapping_mul(31) ^ 0x5A;
+                }
+                bytes
+            }
+            _ => bytes[..bytes.len() / 3].to_vec(),
+        };
+        std::fs::write(&file, &damaged).expect("damage the store");
+        let (status, log) = start_expecting_failure(dir.path(), &[], &[]);
+        assert!(!status.success(), "{damage}: refused to start");
+        assert!(!log.contains("panicked"), "{damage}: no panic: {log}");
+        assert!(
+            log.contains("mqtt-broker.redb"),
+            "{damage}: names the file: {log}"
+        );
+        assert!(
+            log.contains("--reset-corrupt-store"),
+            "{damage}: says what to do: {log}"
+        );
+
+        let broker =
+            ChildBroker::start_with_args(dir.path(), free_port(), &[], &["--reset-corrupt-store"]);
+        let (mut sub, connack) =
+            RawClient::connect(broker.addr, "sub", ProtocolVersion::V3_1_1, false);
+        assert!(!connack.session_present, "{damage}: started empty");
+        sub.ping();
+        assert!(broker.log().iter().any(|l| l.contains("moved it to")));
+        assert_eq!(broker.terminate().code(), Some(0));
+        let aside = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .count();
+        assert!(aside >= 1, "{damage}: the damaged file was kept aside");
+        // Leave a valid store with data for the next kind of damage.
+        let broker = ChildBroker::start(dir.path(), port, &[]);
+        let (mut publisher, _) =
+            RawClient::connect(broker.addr, "pub", ProtocolVersion::V3_1_1, true);
+        for n in 0..50u16 {
+            publisher.publish("c/y", &[9; 100], QoS::AtLeastOnce, true, n + 1);
+        }
+        let _ = broker.terminate();
+    }
+}
