@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
+    client::PERSISTENT.store(options.persistent, std::sync::atomic::Ordering::Relaxed);
     let scenarios = match scenario::select(&options, &options.scenarios) {
         Ok(scenarios) => scenarios,
         Err(e) => {

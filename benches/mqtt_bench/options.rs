@@ -30,6 +30,7 @@ options:
   --timeout SECS     hard limit of one scenario   (duration + 60, or 300 for counts)
   --quick            short runs for a smoke test: 1 s, 100000 messages, 500 clients
   --label NAME       broker name written into each result line
+  --persistent       connect every client with clean session 0 (a persistent session)
   --json             one JSON object per result line
   --kv               one key=value line per result (for scripts)
   --list             list the scenarios selected (all by default) and exit
@@ -61,6 +62,8 @@ pub struct Options {
     /// `None`: derived from the scenario.
     pub timeout: Option<Duration>,
     pub label: String,
+    /// Clients connect with clean session 0, so their sessions are kept (and stored).
+    pub persistent: bool,
     pub format: Format,
     pub list: bool,
     pub help: bool,
@@ -82,6 +85,7 @@ impl Default for Options {
             stall: Duration::from_secs(5),
             timeout: None,
             label: String::new(),
+            persistent: false,
             format: Format::Text,
             list: false,
             help: false,
@@ -118,6 +122,7 @@ impl Options {
                 "--stall" => options.stall = seconds(&value("--stall")?, "--stall")?,
                 "--timeout" => options.timeout = Some(seconds(&value("--timeout")?, "--timeout")?),
                 "--label" => options.label = value("--label")?,
+                "--persistent" => options.persistent = true,
                 "--json" => options.format = Format::Json,
                 "--kv" => options.format = Format::Kv,
                 "--list" => options.list = true,
