@@ -139,7 +139,8 @@ impl Journal {
         }
         let message = &delivery.message;
         let mut message_id = message.stored.load(Ordering::Relaxed);
-        if message_id == 0 {
+        let new_message = message_id == 0;
+        if new_message {
             message_id = self.storage.next_id();
             message.stored.store(message_id, Ordering::Relaxed);
         }
@@ -157,6 +158,7 @@ impl Journal {
             delivery.stored,
             entry,
             Arc::clone(message),
+            new_message,
         );
     }
 

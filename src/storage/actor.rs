@@ -180,15 +180,21 @@ impl StorageActor {
         };
         txn.set_durability(durability)
             .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-        {
+        let wrote = {
             let mut tables = Tables::open(&txn)?;
             let mut batch = Batch::default();
             for op in writes {
                 batch.apply(&mut tables, op)?;
             }
-            batch.finish(&mut tables)?;
+            batch.finish(&mut tables)?
+        };
+        if wrote {
+            txn.commit()?;
+        } else {
+            // Everything cancelled out (queued and acknowledged within the batch): no commit,
+            // no fsync.
+            txn.abort()?;
         }
-        txn.commit()?;
         Ok(())
     }
 }
@@ -200,32 +206,50 @@ impl StorageActor {
 struct Batch {
     /// Reference changes per message, with the message when a row added in this batch holds
     /// it (to be written if the file does not have it yet).
-    refs: HashMap<u64, (Option<Arc<Message>>, i64)>,
-    entries: HashMap<(Arc<str>, u64), QueueEntry>,
+    refs: HashMap<u64, Counted>,
+    /// Rows added in this batch, by delivery id (unique across sessions).
+    entries: HashMap<u64, (Arc<str>, QueueEntry)>,
     /// Reference changes counted by `Tables::delete_session`.
     deltas: HashMap<u64, i64>,
+    /// Something was written to a table: the transaction must be committed.
+    wrote: bool,
+}
+
+/// One message's reference changes within a batch.
+#[derive(Default)]
+struct Counted {
+    delta: i64,
+    /// Its content, when a row added in this batch holds it.
+    message: Option<Arc<Message>>,
+    /// Never stored before this batch.
+    new: bool,
 }
 
 impl Batch {
     fn unref(&mut self, message: u64) {
-        self.refs.entry(message).or_insert((None, 0)).1 -= 1;
+        self.refs.entry(message).or_default().delta -= 1;
     }
 
     fn apply(&mut self, t: &mut Tables<'_>, op: &Op) -> DbResult<()> {
+        match op {
+            Op::Enqueue { .. } | Op::SetInflight { .. } | Op::Dequeue { .. } => {}
+            Op::AfterCommit(_) => {}
+            _ => self.wrote = true,
+        }
         match op {
             Op::SaveSession(record) => {
                 t.sessions
                     .insert(&*record.client_id, record.encode().as_slice())?;
             }
             Op::DeleteSession(client_id) => {
-                let gone: Vec<(Arc<str>, u64)> = self
+                let gone: Vec<u64> = self
                     .entries
-                    .keys()
-                    .filter(|(c, _)| c == client_id)
-                    .cloned()
+                    .iter()
+                    .filter(|(_, (c, _))| c == client_id)
+                    .map(|(id, _)| *id)
                     .collect();
-                for key in gone {
-                    if let Some(entry) = self.entries.remove(&key) {
+                for id in gone {
+                    if let Some((_, entry)) = self.entries.remove(&id) {
                         self.unref(entry.message_id);
                     }
                 }
@@ -249,12 +273,14 @@ impl Batch {
                 id,
                 entry,
                 message,
+                new_message,
             } => {
-                let counted = self.refs.entry(entry.message_id).or_insert((None, 0));
-                counted.0 = Some(Arc::clone(message));
-                counted.1 += 1;
+                let counted = self.refs.entry(entry.message_id).or_default();
+                counted.message = Some(Arc::clone(message));
+                counted.new |= *new_message;
+                counted.delta += 1;
                 self.entries
-                    .insert((Arc::clone(client_id), *id), entry.clone());
+                    .insert(*id, (Arc::clone(client_id), entry.clone()));
             }
             Op::SetInflight {
                 client_id,
@@ -262,8 +288,7 @@ impl Batch {
                 packet_id,
                 released,
             } => {
-                let key = (Arc::clone(client_id), *id);
-                if let Some(entry) = self.entries.get_mut(&key) {
+                if let Some((_, entry)) = self.entries.get_mut(id) {
                     entry.packet_id = Some(*packet_id);
                     entry.released = *released;
                 } else {
@@ -277,16 +302,17 @@ impl Batch {
                                 .copy_from_slice(&packet_id.get().to_le_bytes());
                             bytes[ENTRY_STAGE] = u8::from(*released);
                             t.queue.insert((&**client_id, *id), bytes.as_slice())?;
+                            self.wrote = true;
                         }
                     }
                 }
             }
             Op::Dequeue { client_id, id } => {
-                let key = (Arc::clone(client_id), *id);
-                if let Some(entry) = self.entries.remove(&key) {
+                if let Some((_, entry)) = self.entries.remove(id) {
                     self.unref(entry.message_id);
                 } else if let Some(message) = t.dequeue(client_id, *id)? {
                     self.unref(message);
+                    self.wrote = true;
                 }
             }
             Op::Retain { topic, message } => match message {
@@ -316,35 +342,23 @@ impl Batch {
 
     /// Writes the rows still live at the end of the batch, and the messages and reference
     /// counts they change.
-    fn finish(mut self, t: &mut Tables<'_>) -> DbResult<()> {
-        for ((client_id, id), entry) in &self.entries {
+    /// Returns whether anything was written at all.
+    fn finish(mut self, t: &mut Tables<'_>) -> DbResult<bool> {
+        let mut wrote = self.wrote || !self.entries.is_empty();
+        for (id, (client_id, entry)) in &self.entries {
             t.queue
                 .insert((&**client_id, *id), entry.encode().as_slice())?;
         }
         for (message, delta) in std::mem::take(&mut self.deltas) {
-            self.refs.entry(message).or_insert((None, 0)).1 += delta;
+            self.refs.entry(message).or_default().delta += delta;
         }
-        for (id, (message, delta)) in self.refs {
-            if delta == 0 {
+        for (id, counted) in self.refs {
+            if counted.delta == 0 {
                 continue;
             }
-            let in_file = t.refs.get(id)?.map_or(0, |v| i64::from(v.value()));
-            let now = in_file + delta;
-            if now <= 0 {
-                if in_file > 0 {
-                    t.refs.remove(id)?;
-                    t.messages.remove(id)?;
-                }
-                continue;
-            }
-            if in_file == 0 {
-                let Some(message) = message else {
-                    continue;
-                };
-                t.messages.insert(id, encode_message(&message).as_slice())?;
-            }
-            t.refs.insert(id, u32::try_from(now).unwrap_or(u32::MAX))?;
+            wrote = true;
+            t.change_refs(id, counted.delta, counted.message.as_deref(), counted.new)?;
         }
-        Ok(())
+        Ok(wrote)
     }
 }

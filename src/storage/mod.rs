@@ -67,6 +67,8 @@ pub(crate) enum Op {
         entry: QueueEntry,
         /// The message `entry.message_id` names: written with the first row that holds it.
         message: Arc<Message>,
+        /// No row held this message before (it has just been given its id).
+        new_message: bool,
     },
     /// A queued message went out with `packet_id`, or (`released`) its PUBREL did.
     SetInflight {
@@ -161,12 +163,20 @@ impl StorageHandle {
 
     /// Queues message `entry.message_id` for a session as delivery `id`. The message is
     /// stored once, however many sessions hold it, and removed with the last of them.
-    pub fn enqueue(&self, client_id: Arc<str>, id: u64, entry: QueueEntry, message: Arc<Message>) {
+    pub fn enqueue(
+        &self,
+        client_id: Arc<str>,
+        id: u64,
+        entry: QueueEntry,
+        message: Arc<Message>,
+        new_message: bool,
+    ) {
         self.send(Op::Enqueue {
             client_id,
             id,
             entry,
             message,
+            new_message,
         });
     }
 

@@ -8,8 +8,11 @@ use std::collections::HashMap;
 
 use redb::{ReadableTable, StorageError, Table, WriteTransaction};
 
+use crate::queue::message::Message;
+
 use super::schema::{
-    QueueEntry, INBOUND_QOS2, MESSAGES, MESSAGE_REFS, QUEUE, RETAINED, SESSIONS, SUBSCRIPTIONS,
+    encode_message, QueueEntry, INBOUND_QOS2, MESSAGES, MESSAGE_REFS, QUEUE, RETAINED, SESSIONS,
+    SUBSCRIPTIONS,
 };
 
 pub type DbResult<T> = Result<T, redb::Error>;
@@ -97,18 +100,60 @@ impl<'t> Tables<'t> {
     /// Adds the counted reference changes; a message left with none is deleted.
     pub fn apply_ref_deltas(&mut self, deltas: HashMap<u64, i64>) -> DbResult<()> {
         for (message, delta) in deltas {
-            if delta == 0 {
-                continue;
+            self.change_refs(message, delta, None, false)?;
+        }
+        Ok(())
+    }
+
+    /// Adds `delta` references to message `id`, writing the message when it gains its first
+    /// and deleting it when it loses its last. A message held by one queue row (the common
+    /// case) has no `message_refs` row, so it costs no extra write; counts start at two.
+    /// `new`: the message has never been stored (no need to look). `message`: its content,
+    /// for when it is not in the file yet.
+    pub fn change_refs(
+        &mut self,
+        id: u64,
+        delta: i64,
+        message: Option<&Message>,
+        new: bool,
+    ) -> DbResult<()> {
+        if delta == 0 {
+            return Ok(());
+        }
+        let counted = if new {
+            None
+        } else {
+            self.refs.get(id)?.map(|v| i64::from(v.value()))
+        };
+        let in_file = match counted {
+            Some(n) => n,
+            None if new => 0,
+            // Rows pointed at it, and it has no count: it is there with one reference.
+            None if delta < 0 => 1,
+            None => i64::from(self.messages.get(id)?.is_some()),
+        };
+        let now = in_file + delta;
+        if now <= 0 {
+            if counted.is_some() {
+                self.refs.remove(id)?;
             }
-            let current = self.refs.get(message)?.map_or(0, |v| i64::from(v.value()));
-            let now = current + delta;
-            if now <= 0 {
-                self.refs.remove(message)?;
-                self.messages.remove(message)?;
-            } else {
-                self.refs
-                    .insert(message, u32::try_from(now).unwrap_or(u32::MAX))?;
+            if in_file > 0 {
+                self.messages.remove(id)?;
             }
+            return Ok(());
+        }
+        if in_file == 0 {
+            let Some(message) = message else {
+                return Ok(());
+            };
+            self.messages
+                .insert(id, encode_message(message).as_slice())?;
+        }
+        if now > 1 {
+            self.refs
+                .insert(id, u32::try_from(now).unwrap_or(u32::MAX))?;
+        } else if counted.is_some() {
+            self.refs.remove(id)?;
         }
         Ok(())
     }
