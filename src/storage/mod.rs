@@ -14,6 +14,8 @@
 
 mod actor;
 mod open;
+#[cfg(test)]
+mod power_cut_tests;
 mod rows;
 pub mod schema;
 

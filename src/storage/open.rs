@@ -50,7 +50,7 @@ pub struct RecoveredEntry {
 }
 
 /// Why recovery failed.
-enum Failure {
+pub(super) enum Failure {
     Db(redb::Error),
     Bad(BadRecord),
 }
@@ -178,7 +178,7 @@ fn open_and_recover_inner(path: &Path) -> Result<(Database, Recovered), OpenErro
 
 /// Reads everything back, removing in the same transaction what expired while the broker was
 /// down: sessions past their expiry, messages past theirs, and the rows that pointed at them.
-fn recover(db: &Database) -> Result<Recovered, Failure> {
+pub(super) fn recover(db: &Database) -> Result<Recovered, Failure> {
     let txn = db.begin_write().map_err(redb::Error::from)?;
     let recovered = {
         let mut tables = Tables::open(&txn)?;
