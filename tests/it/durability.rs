@@ -444,3 +444,25 @@ fn a_damaged_store_is_refused_with_a_clear_error_and_can_be_reset() {
         let _ = broker.terminate();
     }
 }
+
+#[test]
+fn persistent_client_expiration_removes_abandoned_3_1_1_sessions() {
+    use crate::support::{config_with, start_broker_with};
+    let broker = start_broker_with(config_with(|c| {
+        c.persistent_client_expiration = Some(Duration::from_secs(1));
+    }));
+    let (mut old, _) = RawClient::connect(broker.addr, "abandoned", ProtocolVersion::V3_1_1, false);
+    old.subscribe(1, &[("a/#", QoS::AtLeastOnce)]);
+    old.disconnect();
+    // An MQTT 5 session that asked never to expire is not affected.
+    let mut connect = connect_packet("v5-forever", ProtocolVersion::V5, true);
+    connect.properties.session_expiry_interval = Some(u32::MAX);
+    let (v5, _) = RawClient::connect_with(broker.addr, connect.clone());
+    v5.disconnect();
+    thread::sleep(Duration::from_millis(2500));
+    let (_, connack) = RawClient::connect(broker.addr, "abandoned", ProtocolVersion::V3_1_1, false);
+    assert!(!connack.session_present, "the 3.1.1 session expired");
+    connect.clean_start = false;
+    let (_, connack) = RawClient::connect_with(broker.addr, connect);
+    assert!(connack.session_present, "the v5 session is kept");
+}
