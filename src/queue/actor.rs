@@ -123,15 +123,25 @@ impl QueueActor {
     /// Handles messages and timers until every `QueueHandle` has been dropped.
     pub fn run(mut self) {
         loop {
-            let next = match self.timers.next_deadline() {
-                Some(deadline) => match self.rx.recv_deadline(deadline) {
-                    Ok(msg) => Some(msg),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-                None => match self.rx.recv() {
-                    Ok(msg) => Some(msg),
-                    Err(_) => break,
+            let next = match self.persist.replies() {
+                // With persistence, windows of stored queues come back on a channel of their own.
+                Some(replies) => {
+                    match receive_either(&self.rx, replies, self.timers.next_deadline()) {
+                        Ok(msg) => msg,
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match self.timers.next_deadline() {
+                    Some(deadline) => match self.rx.recv_deadline(deadline) {
+                        Ok(msg) => Some(msg),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    },
+                    None => match self.rx.recv() {
+                        Ok(msg) => Some(msg),
+                        Err(_) => break,
+                    },
                 },
             };
             if let Some(msg) = next {
@@ -212,7 +222,41 @@ impl QueueActor {
                 self.handle_shutdown();
                 let _ = reply.send(());
             }
+            Msg::StoredWindow {
+                slot,
+                client_id,
+                window,
+            } => self.handle_stored_window(slot, &client_id, window),
         }
+    }
+}
+
+/// The next message from the inbox or from `replies`, waiting until `deadline` at most.
+/// Disconnected only when the inbox is: the router's life follows its handles alone.
+fn receive_either(
+    inbox: &Receiver<Msg>,
+    replies: &Receiver<Msg>,
+    deadline: Option<Instant>,
+) -> Result<Option<Msg>, RecvTimeoutError> {
+    if let Ok(msg) = replies.try_recv() {
+        return Ok(Some(msg));
+    }
+    let mut select = crossbeam_channel::Select::new();
+    let from_inbox = select.recv(inbox);
+    select.recv(replies);
+    let ready = match deadline {
+        Some(deadline) => select
+            .select_deadline(deadline)
+            .map_err(|_| RecvTimeoutError::Timeout)?,
+        None => select.select(),
+    };
+    if ready.index() == from_inbox {
+        ready
+            .recv(inbox)
+            .map(Some)
+            .map_err(|_| RecvTimeoutError::Disconnected)
+    } else {
+        Ok(ready.recv(replies).ok())
     }
 }
 

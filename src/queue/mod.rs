@@ -110,6 +110,12 @@ pub(crate) enum Msg {
     Shutdown {
         reply: Sender<()>,
     },
+    /// Queued messages of a session read back from the store (from the storage thread).
+    StoredWindow {
+        slot: u32,
+        client_id: Arc<str>,
+        window: crate::storage::Window,
+    },
 }
 
 /// The router's mailbox. Cheap to clone; the router stops when every handle has been dropped.

@@ -11,17 +11,26 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crossbeam_channel::{Receiver, Sender};
+
 use super::message::{Delivery, Message};
 use super::session::Subscription;
+use super::Msg;
 use crate::config::Config;
 use crate::mqtt::{PacketId, ProtocolVersion, QoS, Will};
-use crate::storage::{self, QueueEntry, Recovered, SessionRecord, StorageHandle, StorageOptions};
+use crate::storage::{
+    self, QueueEntry, Recovered, SessionRecord, StorageHandle, StorageOptions, Window, WINDOW,
+};
 
 /// Persistence as the router holds it: off, or the storage actor's handle.
 #[derive(Default)]
 pub(super) struct Persistence {
     storage: Option<StorageHandle>,
     thread: Option<JoinHandle<()>>,
+    /// Windows of stored queues read back for the router: unbounded, so that the storage
+    /// thread never waits for the router (which may be waiting for it). At most one request
+    /// per session is outstanding.
+    replies: Option<(Sender<Msg>, Receiver<Msg>)>,
 }
 
 impl Persistence {
@@ -40,6 +49,7 @@ impl Persistence {
         let persistence = Persistence {
             storage: Some(storage),
             thread: Some(thread),
+            replies: Some(crossbeam_channel::unbounded()),
         };
         Ok((persistence, recovered))
     }
@@ -52,16 +62,28 @@ impl Persistence {
     /// connection, or with persistence off).
     pub fn journal(
         &self,
+        slot: u32,
         client_id: &Arc<str>,
         expiry: u32,
         version: ProtocolVersion,
     ) -> Option<Journal> {
         let storage = self.storage.as_ref()?;
+        let (replies, _) = self.replies.as_ref()?;
         (expiry != 0).then(|| Journal {
             storage: storage.clone(),
             client_id: Arc::clone(client_id),
             version,
+            slot,
+            replies: replies.clone(),
+            on_disk: 0,
+            cursor: 0,
+            window_requested: false,
         })
+    }
+
+    /// Where the storage thread's answers arrive (windows of stored queues).
+    pub fn replies(&self) -> Option<&Receiver<Msg>> {
+        self.replies.as_ref().map(|(_, rx)| rx)
     }
 
     /// The retained message of its topic changed (an empty payload clears it).
@@ -87,6 +109,7 @@ impl Persistence {
     /// (held by sessions) must be gone first.
     pub fn close(&mut self) {
         self.storage = None;
+        self.replies = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -98,9 +121,90 @@ pub(super) struct Journal {
     storage: StorageHandle,
     client_id: Arc<str>,
     version: ProtocolVersion,
+    slot: u32,
+    replies: Sender<Msg>,
+    /// Queued messages kept on disk only (not in memory), all after delivery id `cursor`.
+    on_disk: u64,
+    cursor: u64,
+    /// A window of them has been asked for and not arrived yet.
+    window_requested: bool,
 }
 
 impl Journal {
+    pub fn set_version(&mut self, version: ProtocolVersion) {
+        self.version = version;
+    }
+
+    /// Recovery left `on_disk` queued messages on disk, after delivery id `cursor`.
+    pub fn set_on_disk(&mut self, on_disk: u64, cursor: u64) {
+        self.on_disk = on_disk;
+        self.cursor = cursor;
+    }
+
+    pub fn on_disk(&self) -> u64 {
+        self.on_disk
+    }
+
+    /// Whether a new QoS 1/2 message goes to disk only: always once some are there (so that
+    /// order is kept), and for an offline session that already holds a window in memory.
+    pub fn spills(&self, online: bool, in_memory: usize) -> bool {
+        self.on_disk > 0 || (!online && in_memory >= WINDOW)
+    }
+
+    /// Stores a message for this session without keeping it in memory.
+    pub fn spill(&mut self, mut delivery: Delivery) {
+        self.queued(&mut delivery);
+        if self.on_disk == 0 {
+            // Everything in memory came before it; everything after it goes to disk too.
+            self.cursor = delivery.stored - 1;
+        }
+        self.on_disk += 1;
+    }
+
+    /// Asks for the next window of the queue on disk when memory holds half a window or less.
+    pub fn refill(&mut self, in_memory: usize) {
+        if self.on_disk == 0 || self.window_requested || in_memory > WINDOW / 2 {
+            return;
+        }
+        self.window_requested = true;
+        let replies = self.replies.clone();
+        let slot = self.slot;
+        let client_id = Arc::clone(&self.client_id);
+        self.storage.read_window(
+            Arc::clone(&self.client_id),
+            self.cursor,
+            Box::new(move |window| {
+                let _ = replies.send(Msg::StoredWindow {
+                    slot,
+                    client_id,
+                    window,
+                });
+            }),
+        );
+    }
+
+    /// A window asked for has arrived: counts it off and removes its expired rows. False if
+    /// it was not asked for by this journal (the session was replaced since).
+    pub fn window_arrived(&mut self, window: &Window) -> bool {
+        if !self.window_requested {
+            return false;
+        }
+        self.window_requested = false;
+        let read = (window.entries.len() + window.expired.len()) as u64;
+        match window.last {
+            Some(last) => {
+                self.cursor = last;
+                self.on_disk = self.on_disk.saturating_sub(read);
+            }
+            // Nothing more there (rows removed meanwhile): the count was stale.
+            None => self.on_disk = 0,
+        }
+        for &id in &window.expired {
+            self.storage.dequeue(Arc::clone(&self.client_id), id);
+        }
+        true
+    }
+
     /// Writes the session record; `offline` when its connection has just ended.
     pub fn save(&self, expiry: u32, offline: bool, will: Option<&Will>) {
         self.storage.save_session(SessionRecord {

@@ -235,11 +235,17 @@ impl Outbox {
             (false, false) => self.max_queued,
             (true, _) => self.hard_limit,
         };
-        if self.queued.len() >= limit {
+        let on_disk = self.journal.as_ref().map_or(0, Journal::on_disk);
+        if self.queued.len() as u64 + on_disk >= limit as u64 {
             self.dropped += 1;
             return false;
         }
-        if let Some(journal) = &self.journal {
+        if let Some(journal) = self.journal.as_mut() {
+            if !qos0 && journal.spills(online, self.queued.len()) {
+                // A long queue of a kept session lives on disk; windows come back as it drains.
+                journal.spill(delivery);
+                return true;
+            }
             journal.queued(&mut delivery);
         }
         self.queued.push_back(delivery);
@@ -305,6 +311,9 @@ impl Outbox {
         }
         if room == 0 {
             writer.request_drain_notice();
+        }
+        if let Some(journal) = self.journal.as_mut() {
+            journal.refill(self.queued.len());
         }
         // If the connection is going, in-flight messages stay for the next one.
         let _ = writer.deliver(batch);

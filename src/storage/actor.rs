@@ -25,6 +25,7 @@ use super::rows::{DbResult, Tables};
 use super::schema::{
     encode_message, encode_subscription, QueueEntry, ENTRY_PACKET_ID, ENTRY_STAGE,
 };
+use super::window::{read_window, Window, WINDOW};
 use super::{AfterCommit, Op};
 use crate::queue::message::Message;
 
@@ -34,6 +35,16 @@ const MAX_BATCH: usize = 16 * 1024;
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// How long to wait before retrying a failed commit.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// What waits for the commit of a batch, in the order it was sent.
+enum Later {
+    Callback(AfterCommit),
+    Window {
+        client_id: Arc<str>,
+        after: u64,
+        reply: Box<dyn FnOnce(Window) + Send>,
+    },
+}
 
 pub(super) struct StorageActor {
     rx: Receiver<Op>,
@@ -98,11 +109,20 @@ impl StorageActor {
     /// Commits the changes in `ops`, retrying until the disk takes them, then runs the
     /// callbacks. Returns whether anything was written.
     fn commit(&mut self, ops: &mut Vec<Op>) -> bool {
-        let mut callbacks: Vec<AfterCommit> = Vec::new();
+        let mut callbacks: Vec<Later> = Vec::new();
         let mut writes = Vec::with_capacity(ops.len());
         for op in ops.drain(..) {
             match op {
-                Op::AfterCommit(f) => callbacks.push(f),
+                Op::AfterCommit(f) => callbacks.push(Later::Callback(f)),
+                Op::ReadWindow {
+                    client_id,
+                    after,
+                    reply,
+                } => callbacks.push(Later::Window {
+                    client_id,
+                    after,
+                    reply,
+                }),
                 write => writes.push(write),
             }
         }
@@ -136,8 +156,30 @@ impl StorageActor {
                 );
             }
         }
-        for f in callbacks {
-            f();
+        for later in callbacks {
+            match later {
+                Later::Callback(f) => f(),
+                Later::Window {
+                    client_id,
+                    after,
+                    reply,
+                } => {
+                    let window = match &self.db {
+                        Some(db) => read_window(db, &client_id, after, WINDOW),
+                        None => Err(redb::Error::Corrupted("the store is not open".into())),
+                    };
+                    match window {
+                        Ok(window) => reply(window),
+                        Err(e) => {
+                            error!(
+                                "cannot read the queue of client {client_id} from {}: {e}",
+                                self.path.display()
+                            );
+                            reply(Window::default());
+                        }
+                    }
+                }
+            }
         }
         wrote
     }
@@ -233,7 +275,7 @@ impl Batch {
     fn apply(&mut self, t: &mut Tables<'_>, op: &Op) -> DbResult<()> {
         match op {
             Op::Enqueue { .. } | Op::SetInflight { .. } | Op::Dequeue { .. } => {}
-            Op::AfterCommit(_) => {}
+            Op::AfterCommit(_) | Op::ReadWindow { .. } => {}
             _ => self.wrote = true,
         }
         match op {
@@ -335,7 +377,7 @@ impl Batch {
                     t.inbound_qos2.remove((&**client_id, packet_id.get()))?;
                 }
             }
-            Op::AfterCommit(_) => {}
+            Op::AfterCommit(_) | Op::ReadWindow { .. } => {}
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ mod open;
 mod power_cut_tests;
 mod rows;
 pub mod schema;
+mod window;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,7 @@ use crossbeam_channel::Sender;
 
 pub use open::{Recovered, RecoveredEntry, RecoveredSession, STORE_FILE};
 pub use schema::{QueueEntry, SessionRecord};
+pub use window::{Window, WINDOW};
 
 use crate::mqtt::{PacketId, SubscriptionOptions};
 use crate::queue::message::Message;
@@ -93,6 +95,13 @@ pub(crate) enum Op {
         present: bool,
     },
     AfterCommit(AfterCommit),
+    /// Reads queue rows of a session after delivery id `after` once everything sent before is
+    /// committed, and hands them to `reply`.
+    ReadWindow {
+        client_id: Arc<str>,
+        after: u64,
+        reply: Box<dyn FnOnce(Window) + Send>,
+    },
 }
 
 /// The storage actor's mailbox. Cheap to clone; the actor commits what is left and stops when
@@ -205,6 +214,22 @@ impl StorageHandle {
             client_id,
             packet_id,
             present,
+        });
+    }
+
+    /// Reads the next `WINDOW` rows of a session's queue after delivery id `after`, once
+    /// every change sent before is committed, and passes them to `reply` (on the storage
+    /// thread: it must only send them on).
+    pub fn read_window(
+        &self,
+        client_id: Arc<str>,
+        after: u64,
+        reply: Box<dyn FnOnce(Window) + Send>,
+    ) {
+        self.send(Op::ReadWindow {
+            client_id,
+            after,
+            reply,
         });
     }
 

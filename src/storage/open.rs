@@ -19,6 +19,7 @@ use super::rows::Tables;
 use super::schema::{
     decode_message, decode_subscription, unix_now, BadRecord, QueueEntry, SessionRecord,
 };
+use super::window::WINDOW;
 use super::StorageOptions;
 use crate::mqtt::{PacketId, SubscriptionOptions};
 use crate::queue::message::Message;
@@ -41,6 +42,10 @@ pub struct RecoveredSession {
     /// Queued and in-flight messages, oldest first.
     pub entries: Vec<RecoveredEntry>,
     pub inbound_qos2: Vec<PacketId>,
+    /// Queued messages left on disk after `entries` (read back in windows).
+    pub on_disk: u64,
+    /// The delivery id of the last row read into `entries` (or skipped as expired).
+    pub cursor: u64,
 }
 
 pub struct RecoveredEntry {
@@ -230,14 +235,25 @@ fn recover_tables(t: &mut Tables<'_>) -> Result<Recovered, Failure> {
             let (options, identifier) = decode_subscription(value.value())?;
             subscriptions.push((filter.to_owned(), options, identifier));
         }
+        // The first window of the queue is read into memory; the rest is only counted and
+        // read when the client is back (see `window`).
         let mut rows = Vec::new();
+        let mut on_disk = 0u64;
+        let mut cursor = 0u64;
         for row in t
             .queue
             .range((&*client_id, 0)..=(&*client_id, u64::MAX))
             .map_err(redb::Error::from)?
         {
             let (key, value) = row.map_err(redb::Error::from)?;
-            rows.push((key.value().1, QueueEntry::decode(value.value())?));
+            let id = key.value().1;
+            next_id = next_id.max(id + 1);
+            if rows.len() < WINDOW {
+                cursor = id;
+                rows.push((id, QueueEntry::decode(value.value())?));
+            } else {
+                on_disk += 1;
+            }
         }
         let mut entries = Vec::with_capacity(rows.len());
         for (id, entry) in rows {
@@ -285,6 +301,8 @@ fn recover_tables(t: &mut Tables<'_>) -> Result<Recovered, Failure> {
             subscriptions,
             entries,
             inbound_qos2,
+            on_disk,
+            cursor,
         });
     }
     t.apply_ref_deltas(deltas)?;

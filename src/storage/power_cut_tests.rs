@@ -17,6 +17,7 @@ use redb::{Database, StorageBackend};
 
 use super::actor::StorageActor;
 use super::open::recover;
+use super::window::{read_window, WINDOW};
 use super::{QueueEntry, SessionRecord, StorageHandle, STORAGE_QUEUE_CAPACITY};
 use crate::mqtt::{ProtocolVersion, Publish, PublishProperties, QoS};
 use crate::queue::message::Message;
@@ -162,15 +163,25 @@ fn run_until_power_cut(sync: bool, cut_after: usize) -> (Vec<u64>, Vec<u64>) {
     let recovered = recover(&db)
         .ok()
         .expect("the store recovers after a power cut");
-    let found = recovered
-        .sessions
-        .iter()
-        .flat_map(|s| s.entries.iter())
-        .map(|e| {
-            let bytes: [u8; 8] = e.message.publish.payload[..8].try_into().expect("8 bytes");
-            u64::from_be_bytes(bytes)
-        })
-        .collect();
+    let number = |e: &super::RecoveredEntry| {
+        let bytes: [u8; 8] = e.message.publish.payload[..8].try_into().expect("8 bytes");
+        u64::from_be_bytes(bytes)
+    };
+    let mut found = Vec::new();
+    for session in &recovered.sessions {
+        found.extend(session.entries.iter().map(number));
+        // The rest of a long queue stays on disk until read in windows.
+        let mut cursor = session.cursor;
+        loop {
+            let window =
+                read_window(&db, &session.record.client_id, cursor, WINDOW).expect("read a window");
+            found.extend(window.entries.iter().map(number));
+            match window.last {
+                Some(last) => cursor = last,
+                None => break,
+            }
+        }
+    }
     (before, found)
 }
 

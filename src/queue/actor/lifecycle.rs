@@ -80,7 +80,7 @@ impl QueueActor {
             _ => request.session_expiry,
         };
         session.last_connection = request.connection_id;
-        persist_connected(&self.persist, session, version, request.will.as_ref());
+        persist_connected(&self.persist, slot, session, version, request.will.as_ref());
         // Acknowledgements held for the previous connection are gone with it: the client
         // resends those PUBLISH packets.
         session.held_acks.clear();
@@ -311,16 +311,22 @@ impl QueueActor {
 /// that no longer does (resumed with expiry 0) is removed from the store.
 fn persist_connected(
     persist: &Persistence,
+    slot: u32,
     session: &mut Session,
     version: crate::mqtt::ProtocolVersion,
     will: Option<&Will>,
 ) {
-    let journal = persist.journal(&session.client_id, session.expiry, version);
-    if let (None, Some(old)) = (&journal, &session.outbox.journal) {
-        old.delete();
+    if session.expiry == 0 {
+        if let Some(old) = session.outbox.journal.take() {
+            old.delete();
+        }
+        return;
     }
-    if let Some(journal) = &journal {
+    if session.outbox.journal.is_none() {
+        session.outbox.journal = persist.journal(slot, &session.client_id, session.expiry, version);
+    }
+    if let Some(journal) = session.outbox.journal.as_mut() {
+        journal.set_version(version);
         journal.save(session.expiry, false, will);
     }
-    session.outbox.journal = journal;
 }

@@ -12,7 +12,20 @@ use log::info;
 
 use super::*;
 use crate::storage::schema::unix_now;
-use crate::storage::Recovered;
+use crate::storage::{Recovered, RecoveredEntry, Window};
+
+/// A stored queue row as the delivery it was.
+fn stored_delivery(recovered: &RecoveredEntry) -> Delivery {
+    let entry = &recovered.entry;
+    let ids = match entry.subscription_ids.as_slice() {
+        [] => SubscriptionIds::None,
+        [one] => SubscriptionIds::One(*one),
+        many => SubscriptionIds::Many(many.into()),
+    };
+    let mut delivery = Delivery::new(Arc::clone(&recovered.message), entry.qos, entry.retain, ids);
+    delivery.stored = recovered.id;
+    delivery
+}
 
 impl QueueActor {
     /// Takes over the store and the state recovered from it.
@@ -30,25 +43,25 @@ impl QueueActor {
             let record = saved.record;
             let client_id = Arc::clone(&record.client_id);
             let mut session = Session::new(Arc::clone(&client_id), record.expiry, self.limits);
-            session.outbox.journal =
-                self.persist
-                    .journal(&client_id, record.expiry, record.version);
             session.incoming_qos2.extend(saved.inbound_qos2);
             for recovered in saved.entries {
-                let entry = recovered.entry;
-                let ids = match entry.subscription_ids.as_slice() {
-                    [] => SubscriptionIds::None,
-                    [one] => SubscriptionIds::One(*one),
-                    many => SubscriptionIds::Many(many.into()),
-                };
-                let mut delivery = Delivery::new(recovered.message, entry.qos, entry.retain, ids);
-                delivery.stored = recovered.id;
-                session
-                    .outbox
-                    .restore(delivery, entry.packet_id, entry.released);
+                session.outbox.restore(
+                    stored_delivery(&recovered),
+                    recovered.entry.packet_id,
+                    recovered.entry.released,
+                );
             }
             let slot = self.insert_session(session);
-            self.by_client_id.insert(client_id, slot);
+            self.by_client_id.insert(Arc::clone(&client_id), slot);
+            let mut journal = self
+                .persist
+                .journal(slot, &client_id, record.expiry, record.version);
+            if let Some(journal) = journal.as_mut() {
+                journal.set_on_disk(saved.on_disk, saved.cursor);
+            }
+            if let Some(session) = self.sessions[slot as usize].as_mut() {
+                session.outbox.journal = journal;
+            }
             for (filter, options, identifier) in saved.subscriptions {
                 self.restore_subscription(slot, filter, options, identifier);
             }
@@ -79,6 +92,39 @@ impl QueueActor {
         if self.persist.is_on() {
             info!("recovered {count} sessions from the store");
         }
+    }
+
+    /// The next window of a session's stored queue has been read: it joins the queue in memory.
+    pub(in crate::queue) fn handle_stored_window(
+        &mut self,
+        slot: u32,
+        client_id: &str,
+        window: Window,
+    ) {
+        let Some(session) = self
+            .sessions
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        if &*session.client_id != client_id {
+            return;
+        }
+        let Some(journal) = session.outbox.journal.as_mut() else {
+            return;
+        };
+        if !journal.window_arrived(&window) {
+            return;
+        }
+        for recovered in &window.entries {
+            session.outbox.restore(
+                stored_delivery(recovered),
+                recovered.entry.packet_id,
+                recovered.entry.released,
+            );
+        }
+        self.mark_dirty(slot);
     }
 
     fn restore_subscription(
