@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The broker binary cargo built for these tests.
-pub const BROKER: &str = env!("CARGO_BIN_EXE_mqtt-broker");
+/// The broker binary cargo built for these tests, or `MQTT_BROKER_BIN` (a release build, say).
+fn broker_binary() -> String {
+    std::env::var("MQTT_BROKER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mqtt-broker").into())
+}
 
 /// A running broker process; killed (SIGKILL) on drop.
 pub struct ChildBroker {
@@ -57,7 +59,7 @@ pub fn free_port() -> u16 {
 }
 
 fn command(dir: &Path, port: u16, env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut command = Command::new(BROKER);
+    let mut command = Command::new(broker_binary());
     command
         .args(args)
         .env("SOCKET_ADDR", format!("127.0.0.1:{port}"))
@@ -136,6 +138,10 @@ impl ChildBroker {
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log(&self) -> Vec<String> {

@@ -466,3 +466,95 @@ fn persistent_client_expiration_removes_abandoned_3_1_1_sessions() {
     let (_, connack) = RawClient::connect_with(broker.addr, connect);
     assert!(connack.session_present, "the v5 session is kept");
 }
+
+/// The broker's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A million QoS 1 messages (a tenth of that in a debug build, whose broker is several times
+/// slower: run `cargo test --release --test it big_offline_queue`, or set MQTT_BROKER_BIN to a
+/// release build and BIG_QUEUE_MESSAGES=1000000, for the full million) wait for
+/// one offline session; the broker's memory stays under 100 MB while they pile up and while
+/// they are delivered, in order, when the subscriber returns.
+#[test]
+fn a_big_offline_queue_lives_on_disk_and_arrives_in_order() {
+    let total: u32 = if cfg!(debug_assertions) {
+        100_000
+    } else {
+        1_000_000
+    };
+    const LIMIT_KIB: u64 = 100 * 1024;
+    let dir = TempDir::new("bigqueue");
+    let port = free_port();
+    let broker = ChildBroker::start(dir.path(), port, &[("MAX_QUEUED_MESSAGES", "2000000")]);
+    let pid = broker.pid();
+    let (mut sub, _) = RawClient::connect(broker.addr, "big-sub", ProtocolVersion::V3_1_1, false);
+    sub.subscribe(1, &[("big/#", QoS::AtLeastOnce)]);
+    sub.disconnect();
+
+    let started = Instant::now();
+    let mut peak = 0u64;
+    let (mut publisher, _) =
+        RawClient::connect(broker.addr, "big-pub", ProtocolVersion::V3_1_1, true);
+    let mut sent = 0u32;
+    let mut acked = 0u32;
+    let mut bytes = Vec::new();
+    while acked < total {
+        // Up to 1000 unacknowledged, written in batches of 200.
+        bytes.clear();
+        while sent < total && sent - acked < 1000 && bytes.len() < 200 * 40 {
+            let id = (sent % 65_000) as u16 + 1;
+            publish_packet("big/q", &sent.to_be_bytes(), QoS::AtLeastOnce, false, id)
+                .encode(ProtocolVersion::V3_1_1, &mut bytes);
+            sent += 1;
+        }
+        if !bytes.is_empty() {
+            publisher.send_raw(&bytes);
+        }
+        match publisher.recv() {
+            Packet::PubAck(_) => acked += 1,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+        if acked.is_multiple_of(10_000) {
+            peak = peak.max(rss_kib(pid));
+        }
+    }
+    let queued_in = started.elapsed();
+    peak = peak.max(rss_kib(pid));
+
+    let started = Instant::now();
+    let (mut sub, connack) =
+        RawClient::connect(broker.addr, "big-sub", ProtocolVersion::V3_1_1, false);
+    assert!(connack.session_present);
+    let mut next = 0u32;
+    while next < total {
+        let publish = match sub.recv() {
+            Packet::Publish(publish) => publish,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        };
+        let n = u32::from_be_bytes(publish.payload[..4].try_into().expect("4 bytes"));
+        assert_eq!(n, next, "in order, none lost or repeated");
+        next += 1;
+        sub.send(&Packet::PubAck(Ack::new(publish.packet_id.expect("QoS 1"))));
+        if next.is_multiple_of(10_000) {
+            peak = peak.max(rss_kib(pid));
+        }
+    }
+    eprintln!(
+        "big queue: {total} messages queued in {:.1} s, delivered in {:.1} s, peak RSS {} KiB",
+        queued_in.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        peak
+    );
+    assert!(peak < LIMIT_KIB, "peak RSS {peak} KiB");
+}
