@@ -187,7 +187,7 @@ impl StorageActor {
     /// After a failed commit redb may refuse further transactions until reopened.
     fn reopen_after_failure(&mut self) {
         self.db = None;
-        match Database::create(&self.path) {
+        match super::open::create_database(&self.path) {
             Ok(db) => self.db = Some(db),
             Err(e) => warn!("cannot reopen the store {}: {e}", self.path.display()),
         }

@@ -165,7 +165,7 @@ fn open_and_recover(path: &Path) -> Result<(Database, Recovered), OpenError> {
 fn open_and_recover_inner(path: &Path) -> Result<(Database, Recovered), OpenError> {
     // redb checks its own structures (checksums, a torn last commit) and repairs what a crash
     // left; it reports what it cannot repair as an error, which we turn into the message above.
-    let mut db = match Database::create(path) {
+    let mut db = match create_database(path) {
         Ok(db) => db,
         Err(DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::InUse),
         Err(e) => return Err(OpenError::Damaged(e.to_string())),
@@ -179,6 +179,14 @@ fn open_and_recover_inner(path: &Path) -> Result<(Database, Recovered), OpenErro
     };
     compact_if_mostly_empty(&mut db, path);
     Ok((db, recovered))
+}
+
+/// redb's page cache: its default (1 GiB) would let memory grow with the store; queues are
+/// read in windows, so a small cache keeps the broker's memory bounded.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+pub(super) fn create_database(path: &Path) -> Result<Database, DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
 /// Reads everything back, removing in the same transaction what expired while the broker was
