@@ -46,20 +46,25 @@ enum Later {
     },
 }
 
+/// Opens the database again after a failed commit.
+pub(super) type Reopen = Box<dyn FnMut() -> Result<Database, redb::DatabaseError> + Send>;
+
 pub(super) struct StorageActor {
     rx: Receiver<Op>,
     db: Option<Database>,
     path: PathBuf,
     sync: bool,
+    reopen: Reopen,
 }
 
 impl StorageActor {
-    pub fn new(rx: Receiver<Op>, db: Database, path: PathBuf, sync: bool) -> Self {
+    pub fn new(rx: Receiver<Op>, db: Database, path: PathBuf, sync: bool, reopen: Reopen) -> Self {
         StorageActor {
             rx,
             db: Some(db),
             path,
             sync,
+            reopen,
         }
     }
 
@@ -187,7 +192,7 @@ impl StorageActor {
     /// After a failed commit redb may refuse further transactions until reopened.
     fn reopen_after_failure(&mut self) {
         self.db = None;
-        match super::open::create_database(&self.path) {
+        match (self.reopen)() {
             Ok(db) => self.db = Some(db),
             Err(e) => warn!("cannot reopen the store {}: {e}", self.path.display()),
         }

@@ -121,7 +121,9 @@ pub fn start(
 ) -> Result<(StorageHandle, JoinHandle<()>, Recovered), String> {
     let (db, path, recovered) = open::open(options)?;
     let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
-    let actor = actor::StorageActor::new(rx, db, path, options.sync);
+    let file = path.clone();
+    let reopen = Box::new(move || open::create_database(&file));
+    let actor = actor::StorageActor::new(rx, db, path, options.sync, reopen);
     let thread = thread::Builder::new()
         .name("storage".into())
         .spawn(move || actor.run())

@@ -183,7 +183,7 @@ fn open_and_recover_inner(path: &Path) -> Result<(Database, Recovered), OpenErro
 
 /// redb's page cache: its default (1 GiB) would let memory grow with the store; queues are
 /// read in windows, so a small cache keeps the broker's memory bounded.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 pub(super) fn create_database(path: &Path) -> Result<Database, DatabaseError> {
     Database::builder().set_cache_size(CACHE_BYTES).create(path)

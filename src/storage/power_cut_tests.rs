@@ -1,4 +1,4 @@
-//! Power-loss test: the storage actor runs on a simulated disk that loses every write not yet
+//! Power-loss and full-disk tests: the storage actor runs on a simulated disk that loses every write not yet
 //! synced when the power is cut, and every acknowledged message must be found after restart.
 //!
 //! Why a simulated disk: the machines that run the tests (containers, CI) cannot set up
@@ -8,7 +8,7 @@
 //! `sync_data`) apart from what the page cache shows (every write).
 
 use std::io;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,16 +31,36 @@ struct Platters {
 }
 
 #[derive(Debug, Clone, Default)]
-struct PowerCutDisk(Arc<Mutex<Platters>>);
+struct PowerCutDisk(Arc<Mutex<Platters>>, Arc<AtomicBool>);
 
 impl PowerCutDisk {
+    /// From now on (`true`) every write and sync fails, as on a full disk.
+    fn fail(&self, failing: bool) {
+        self.1.store(failing, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), io::Error> {
+        if self.1.load(Ordering::SeqCst) {
+            return Err(io::Error::other("no space left on device (simulated)"));
+        }
+        Ok(())
+    }
+
+    fn reopener(&self) -> super::actor::Reopen {
+        let disk = self.clone();
+        Box::new(move || Database::builder().create_with_backend(disk.clone()))
+    }
+
     /// The disk as it comes back after the power was cut now.
     fn after_power_cut(&self) -> PowerCutDisk {
         let durable = self.0.lock().expect("disk lock").durable.clone();
-        PowerCutDisk(Arc::new(Mutex::new(Platters {
-            cached: durable.clone(),
-            durable,
-        })))
+        PowerCutDisk(
+            Arc::new(Mutex::new(Platters {
+                cached: durable.clone(),
+                durable,
+            })),
+            Arc::default(),
+        )
     }
 }
 
@@ -61,6 +81,7 @@ impl StorageBackend for PowerCutDisk {
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.check()?;
         self.0
             .lock()
             .expect("disk lock")
@@ -70,12 +91,14 @@ impl StorageBackend for PowerCutDisk {
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
+        self.check()?;
         let mut disk = self.0.lock().expect("disk lock");
         disk.durable = disk.cached.clone();
         Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.check()?;
         let mut disk = self.0.lock().expect("disk lock");
         let start = offset as usize;
         if disk.cached.len() < start + data.len() {
@@ -108,7 +131,7 @@ fn run_until_power_cut(sync: bool, cut_after: usize) -> (Vec<u64>, Vec<u64>) {
         .expect("create the store");
     let _ = recover(&db).ok().expect("an empty store recovers");
     let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
-    let actor = StorageActor::new(rx, db, "power-cut-disk".into(), sync);
+    let actor = StorageActor::new(rx, db, "power-cut-disk".into(), sync, disk.reopener());
     let thread = thread::spawn(move || actor.run());
     let handle = StorageHandle {
         tx,
@@ -213,4 +236,73 @@ fn without_sync_a_power_cut_loses_acknowledged_messages() {
     assert!(!acked.is_empty());
     let lost = acked.iter().filter(|n| !found.contains(n)).count();
     assert!(lost > 0, "nothing lost: the power cut was not simulated");
+}
+
+#[test]
+fn a_failed_commit_holds_acknowledgements_until_the_disk_works_again() {
+    let disk = PowerCutDisk::default();
+    let db = Database::builder()
+        .create_with_backend(disk.clone())
+        .expect("create the store");
+    let _ = recover(&db).ok().expect("an empty store recovers");
+    let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
+    let actor = StorageActor::new(rx, db, "full-disk".into(), true, disk.reopener());
+    let thread = thread::spawn(move || actor.run());
+    let handle = StorageHandle {
+        tx,
+        ids: Arc::new(AtomicU64::new(1)),
+    };
+    let client: Arc<str> = Arc::from("sub");
+    handle.save_session(SessionRecord {
+        client_id: Arc::clone(&client),
+        version: ProtocolVersion::V5,
+        expiry: 600,
+        offline_since: Some(super::schema::unix_now()),
+        will: None,
+    });
+    let (acked_tx, acked) = crossbeam_channel::unbounded();
+    let ack = |n: u64| {
+        let acked_tx = acked_tx.clone();
+        Box::new(move || {
+            let _ = acked_tx.send(n);
+        })
+    };
+    handle.after_commit(ack(0));
+    assert_eq!(acked.recv_timeout(Duration::from_secs(10)), Ok(0));
+
+    disk.fail(true);
+    let entry = QueueEntry {
+        message_id: handle.next_id(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        packet_id: None,
+        released: false,
+        subscription_ids: Vec::new(),
+    };
+    handle.enqueue(
+        Arc::clone(&client),
+        handle.next_id(),
+        entry,
+        message(1),
+        true,
+    );
+    handle.after_commit(ack(1));
+    // The disk is full: the message is not acknowledged, however long we wait.
+    assert!(acked.recv_timeout(Duration::from_millis(1500)).is_err());
+    disk.fail(false);
+    // Space is back: the retried commit goes through and the acknowledgement follows.
+    assert_eq!(acked.recv_timeout(Duration::from_secs(10)), Ok(1));
+
+    drop(handle);
+    thread.join().expect("storage thread");
+    let db = Database::builder()
+        .create_with_backend(disk.after_power_cut())
+        .expect("reopen");
+    let recovered = recover(&db).ok().expect("recovers");
+    assert_eq!(recovered.sessions.len(), 1);
+    assert_eq!(
+        recovered.sessions[0].entries.len(),
+        1,
+        "the message was stored"
+    );
 }
