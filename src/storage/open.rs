@@ -17,7 +17,8 @@ use redb::{Database, DatabaseError, ReadableTable};
 
 use super::rows::Tables;
 use super::schema::{
-    decode_message, decode_subscription, unix_now, BadRecord, QueueEntry, SessionRecord,
+    decode_message, decode_subscription, inline_message, unix_now, BadRecord, QueueEntry,
+    SessionRecord,
 };
 use super::window::WINDOW;
 use super::StorageOptions;
@@ -258,17 +259,23 @@ fn recover_tables(t: &mut Tables<'_>) -> Result<Recovered, Failure> {
             next_id = next_id.max(id + 1);
             if rows.len() < WINDOW {
                 cursor = id;
-                rows.push((id, QueueEntry::decode(value.value())?));
+                let row = value.value();
+                let inline = inline_message(row).map(<[u8]>::to_vec);
+                rows.push((id, QueueEntry::decode(row)?, inline));
             } else {
                 on_disk += 1;
             }
         }
         let mut entries = Vec::with_capacity(rows.len());
-        for (id, entry) in rows {
+        for (id, entry, inline) in rows {
             next_id = next_id.max(id + 1);
-            let message = match messages.get(&entry.message_id) {
-                Some(known) => known.clone(),
-                None => {
+            let message = match (&inline, messages.get(&entry.message_id)) {
+                (Some(bytes), _) => decode_message(bytes, now)?.map(|m| {
+                    m.stored.store(entry.message_id, Ordering::Relaxed);
+                    Arc::new(m)
+                }),
+                (None, Some(known)) => known.clone(),
+                (None, None) => {
                     let loaded = match t
                         .messages
                         .get(entry.message_id)
@@ -291,7 +298,9 @@ fn recover_tables(t: &mut Tables<'_>) -> Result<Recovered, Failure> {
                     t.queue
                         .remove((&*client_id, id))
                         .map_err(redb::Error::from)?;
-                    *deltas.entry(entry.message_id).or_default() -= 1;
+                    if inline.is_none() {
+                        *deltas.entry(entry.message_id).or_default() -= 1;
+                    }
                 }
             }
         }

@@ -11,8 +11,8 @@ use redb::{ReadableTable, StorageError, Table, WriteTransaction};
 use crate::queue::message::Message;
 
 use super::schema::{
-    encode_message, QueueEntry, INBOUND_QOS2, MESSAGES, MESSAGE_REFS, QUEUE, RETAINED, SESSIONS,
-    SUBSCRIPTIONS,
+    encode_message, inline_message, QueueEntry, INBOUND_QOS2, MESSAGES, MESSAGE_REFS, QUEUE,
+    RETAINED, SESSIONS, SUBSCRIPTIONS,
 };
 
 pub type DbResult<T> = Result<T, redb::Error>;
@@ -67,7 +67,11 @@ impl<'t> Tables<'t> {
                 row.map(|(k, v)| {
                     (
                         k.value().1,
-                        QueueEntry::decode(v.value()).map(|e| e.message_id),
+                        // A row holding its message inline counts no reference.
+                        QueueEntry::decode(v.value()).map(|e| match inline_message(v.value()) {
+                            Some(_) => 0,
+                            None => e.message_id,
+                        }),
                     )
                 })
             })
@@ -94,7 +98,13 @@ impl<'t> Tables<'t> {
     /// Removes one queue row; returns the message it pointed at.
     pub fn dequeue(&mut self, client_id: &str, id: u64) -> DbResult<Option<u64>> {
         let removed = self.queue.remove((client_id, id))?;
-        Ok(removed.and_then(|row| QueueEntry::decode(row.value()).ok().map(|e| e.message_id)))
+        Ok(removed.and_then(|row| {
+            let row = row.value();
+            match inline_message(row) {
+                Some(_) => None,
+                None => QueueEntry::decode(row).ok().map(|e| e.message_id),
+            }
+        }))
     }
 
     /// Adds the counted reference changes; a message left with none is deleted.

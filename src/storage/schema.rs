@@ -147,9 +147,20 @@ pub struct QueueEntry {
 }
 
 /// Where `QueueEntry::encode` puts the packet id and the stage, so that they can be updated in
-/// place.
+/// place. The stage byte holds `released` (bit 0) and `INLINE` (bit 1).
 pub const ENTRY_PACKET_ID: usize = 10;
 pub const ENTRY_STAGE: usize = 12;
+/// The row carries its message after the entry (a message held by this row only): no
+/// `messages` row, no reference count.
+const INLINE: u8 = 2;
+
+/// The message stored in a queue row itself, if it has one.
+pub fn inline_message(row: &[u8]) -> Option<&[u8]> {
+    if row.len() < 14 || row[ENTRY_STAGE] & INLINE == 0 {
+        return None;
+    }
+    row.get(14 + 4 * usize::from(row[13])..)
+}
 
 impl QueueEntry {
     pub fn encode(&self) -> Vec<u8> {
@@ -167,16 +178,25 @@ impl QueueEntry {
         out
     }
 
+    /// The entry with its message inside the row (see `inline_message`).
+    pub fn encode_inline(&self, message: &Message) -> Vec<u8> {
+        let mut out = self.encode();
+        out[ENTRY_STAGE] |= INLINE;
+        out.extend_from_slice(&encode_message(message));
+        out
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<QueueEntry, BadRecord> {
         let bad = || BadRecord("queue entry".into());
         if bytes.len() < 14 {
             return Err(bad());
         }
         let n = usize::from(bytes[13]);
-        if bytes.len() != 14 + 4 * n {
+        let inline = bytes[ENTRY_STAGE] & INLINE != 0;
+        if bytes.len() < 14 + 4 * n || (!inline && bytes.len() != 14 + 4 * n) {
             return Err(bad());
         }
-        let subscription_ids = bytes[14..]
+        let subscription_ids = bytes[14..14 + 4 * n]
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
@@ -185,7 +205,7 @@ impl QueueEntry {
             qos: QoS::try_from(bytes[8]).map_err(|_| bad())?,
             retain: bytes[9] != 0,
             packet_id: PacketId::new(u16::from_le_bytes([bytes[10], bytes[11]])),
-            released: bytes[12] != 0,
+            released: bytes[ENTRY_STAGE] & 1 != 0,
             subscription_ids,
         })
     }
@@ -308,8 +328,29 @@ mod tests {
         };
         let bytes = entry.encode();
         assert_eq!(u16::from_le_bytes([bytes[10], bytes[11]]), 513);
-        assert_eq!(QueueEntry::decode(&bytes), Ok(entry));
+        assert_eq!(QueueEntry::decode(&bytes), Ok(entry.clone()));
         assert!(QueueEntry::decode(&bytes[..15]).is_err());
+        assert_eq!(inline_message(&bytes), None);
+        // With the message inside the row.
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "in/line".into(),
+            packet_id: None,
+            properties: PublishProperties::default(),
+            payload: Arc::from(&b"body"[..]),
+        };
+        let row = entry.encode_inline(&Message::new(publish));
+        assert_eq!(QueueEntry::decode(&row), Ok(entry));
+        let message = inline_message(&row).expect("inline");
+        let back = decode_message(message, unix_now())
+            .expect("decodes")
+            .expect("live");
+        assert_eq!(
+            (back.publish.topic.as_str(), &back.publish.payload[..]),
+            ("in/line", &b"body"[..])
+        );
     }
 
     #[test]

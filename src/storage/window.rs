@@ -11,7 +11,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase};
 
 use super::open::RecoveredEntry;
-use super::schema::{decode_message, unix_now, QueueEntry, MESSAGES, QUEUE};
+use super::schema::{decode_message, inline_message, unix_now, QueueEntry, MESSAGES, QUEUE};
 use crate::queue::message::Message;
 
 /// The most queued messages read back at once, and the most an offline session keeps in
@@ -53,9 +53,14 @@ pub fn read_window(
             window.expired.push(id);
             continue;
         };
-        let message = match loaded.get(&entry.message_id) {
-            Some(message) => message.clone(),
-            None => {
+        let inline = inline_message(value.value());
+        let message = match (inline, loaded.get(&entry.message_id)) {
+            (Some(bytes), _) => decode_message(bytes, now).ok().flatten().map(|m| {
+                m.stored.store(entry.message_id, Ordering::Relaxed);
+                Arc::new(m)
+            }),
+            (None, Some(message)) => message.clone(),
+            (None, None) => {
                 let message = match messages.get(entry.message_id)? {
                     Some(bytes) => decode_message(bytes.value(), now).ok().flatten().map(|m| {
                         m.stored.store(entry.message_id, Ordering::Relaxed);
