@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, warn};
 
 use super::message::{Delivery, Message, SubscriptionIds};
-use super::persist::Persistence;
+use super::persist::{receive_either, Persistence};
 use super::retained::RetainedStore;
 use super::session::{AckOutcome, Enqueued, Held, Online, QueueLimits, Session, Subscription};
 use super::shared::SharedGroups;
@@ -228,35 +228,6 @@ impl QueueActor {
                 window,
             } => self.handle_stored_window(slot, &client_id, window),
         }
-    }
-}
-
-/// The next message from the inbox or from `replies`, waiting until `deadline` at most.
-/// Disconnected only when the inbox is: the router's life follows its handles alone.
-fn receive_either(
-    inbox: &Receiver<Msg>,
-    replies: &Receiver<Msg>,
-    deadline: Option<Instant>,
-) -> Result<Option<Msg>, RecvTimeoutError> {
-    if let Ok(msg) = replies.try_recv() {
-        return Ok(Some(msg));
-    }
-    let mut select = crossbeam_channel::Select::new();
-    let from_inbox = select.recv(inbox);
-    select.recv(replies);
-    let ready = match deadline {
-        Some(deadline) => select
-            .select_deadline(deadline)
-            .map_err(|_| RecvTimeoutError::Timeout)?,
-        None => select.select(),
-    };
-    if ready.index() == from_inbox {
-        ready
-            .recv(inbox)
-            .map(Some)
-            .map_err(|_| RecvTimeoutError::Disconnected)
-    } else {
-        Ok(ready.recv(replies).ok())
     }
 }
 

@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::message::{Delivery, Message};
 use super::session::Subscription;
@@ -296,5 +298,34 @@ impl Journal {
     pub fn inbound_qos2(&self, packet_id: PacketId, present: bool) {
         self.storage
             .inbound_qos2(Arc::clone(&self.client_id), packet_id, present);
+    }
+}
+
+/// The next message from the inbox or from `replies`, waiting until `deadline` at most.
+/// Disconnected only when the inbox is: the router's life follows its handles alone.
+pub(super) fn receive_either(
+    inbox: &Receiver<Msg>,
+    replies: &Receiver<Msg>,
+    deadline: Option<Instant>,
+) -> Result<Option<Msg>, RecvTimeoutError> {
+    if let Ok(msg) = replies.try_recv() {
+        return Ok(Some(msg));
+    }
+    let mut select = crossbeam_channel::Select::new();
+    let from_inbox = select.recv(inbox);
+    select.recv(replies);
+    let ready = match deadline {
+        Some(deadline) => select
+            .select_deadline(deadline)
+            .map_err(|_| RecvTimeoutError::Timeout)?,
+        None => select.select(),
+    };
+    if ready.index() == from_inbox {
+        ready
+            .recv(inbox)
+            .map(Some)
+            .map_err(|_| RecvTimeoutError::Disconnected)
+    } else {
+        Ok(ready.recv(replies).ok())
     }
 }
