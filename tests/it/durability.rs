@@ -587,3 +587,55 @@ fn a_big_offline_queue_lives_on_disk_and_arrives_in_order() {
     }
     drop(broker);
 }
+
+#[test]
+fn expiry_goes_on_while_the_broker_is_down_and_clean_sessions_are_not_kept() {
+    use mqtt_broker::mqtt::PublishProperties;
+    let dir = TempDir::new("expiry");
+    let port = free_port();
+    let broker = ChildBroker::start(dir.path(), port, &[]);
+    // A v5 session that expires 2 s after it ends, one that lasts an hour, and a clean one.
+    let mut short = connect_packet("short", ProtocolVersion::V5, true);
+    short.properties.session_expiry_interval = Some(2);
+    let (client, _) = RawClient::connect_with(broker.addr, short.clone());
+    client.disconnect();
+    let mut long = connect_packet("long", ProtocolVersion::V5, true);
+    long.properties.session_expiry_interval = Some(3600);
+    let (mut client, _) = RawClient::connect_with(broker.addr, long.clone());
+    subscribe_v5(&mut client, "e/#", 1);
+    client.disconnect();
+    let (mut clean, _) = RawClient::connect(broker.addr, "clean", ProtocolVersion::V3_1_1, true);
+    clean.subscribe(1, &[("e/#", QoS::AtLeastOnce)]);
+    // Two queued messages for "long": one expires in 1 s, one never.
+    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V5, true);
+    let mut expiring = publish_packet("e/1", b"expires", QoS::AtLeastOnce, false, 1);
+    if let Packet::Publish(p) = &mut expiring {
+        p.properties = PublishProperties {
+            message_expiry_interval: Some(1),
+            ..Default::default()
+        };
+    }
+    publisher.send(&expiring);
+    assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    publisher.publish("e/2", b"stays", QoS::AtLeastOnce, false, 2);
+    broker.kill();
+
+    // Down for longer than both the short session and the message have to live.
+    thread::sleep(Duration::from_millis(3000));
+    let broker = ChildBroker::start(dir.path(), port, &[]);
+    short.clean_start = false;
+    let (_, connack) = RawClient::connect_with(broker.addr, short);
+    assert!(
+        !connack.session_present,
+        "expired while the broker was down"
+    );
+    let (_, connack) = RawClient::connect(broker.addr, "clean", ProtocolVersion::V3_1_1, false);
+    assert!(!connack.session_present, "a clean session is not kept");
+    long.clean_start = false;
+    let (mut client, connack) = RawClient::connect_with(broker.addr, long);
+    assert!(connack.session_present);
+    let got = receive_all(&mut client, Duration::from_secs(1), |got| !got.is_empty());
+    let payloads: Vec<_> = got.iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(payloads, [&b"stays"[..]], "the expired message was dropped");
+    client.expect_nothing(Duration::from_millis(300));
+}
