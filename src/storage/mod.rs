@@ -10,7 +10,8 @@
 //!
 //! Layout: `schema` (tables and record encodings), `rows` (changes to the tables inside one
 //! write transaction), `actor` (the batch loop: group commit, sync policy, failed commits),
-//! `open` (opening, recovery, damaged files).
+//! `open` (opening, recovery, damaged files), `window` (stored queues read back a window at a
+//! time), `power_cut_tests` (power loss and full disk, on a simulated disk).
 
 mod actor;
 mod open;
