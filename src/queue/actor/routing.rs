@@ -272,6 +272,13 @@ impl QueueActor {
                 let known = session.incoming_qos2.remove(&packet_id);
                 if let (true, Some(journal)) = (known, &session.outbox.journal) {
                     journal.inbound_qos2(packet_id, false);
+                    // PUBCOMP frees the id for the client: not before the store forgot it, or
+                    // a new message reusing it after a crash would be taken for a resend.
+                    let writer = online.writer.clone();
+                    self.persist.when_stored(move || {
+                        let _ = writer.send(Outbound::Ack(AckKind::PubComp, packet_id));
+                    });
+                    continue;
                 }
                 let _ = if known || !online.version.is_v5() {
                     online
