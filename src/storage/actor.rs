@@ -54,6 +54,8 @@ pub(super) struct StorageActor {
     db: Option<Database>,
     path: PathBuf,
     sync: bool,
+    /// With sync off, how long a commit may stay unsynced (`SYNC_EVERY`).
+    sync_every: Duration,
     reopen: Reopen,
 }
 
@@ -64,8 +66,16 @@ impl StorageActor {
             db: Some(db),
             path,
             sync,
+            sync_every: SYNC_EVERY,
             reopen,
         }
+    }
+
+    /// Another interval for the periodic sync when sync is off (tests).
+    #[cfg(test)]
+    pub fn with_sync_every(mut self, interval: Duration) -> Self {
+        self.sync_every = interval;
+        self
     }
 
     pub fn run(mut self) {
@@ -73,7 +83,7 @@ impl StorageActor {
         let mut ops = Vec::new();
         loop {
             let first = match unsynced_since {
-                Some(since) => match self.rx.recv_deadline(since + SYNC_EVERY) {
+                Some(since) => match self.rx.recv_deadline(since + self.sync_every) {
                     Ok(op) => op,
                     Err(RecvTimeoutError::Timeout) => {
                         self.sync_now();
@@ -99,7 +109,7 @@ impl StorageActor {
                 unsynced_since = Some(Instant::now());
             }
             if let Some(since) = unsynced_since {
-                if since.elapsed() >= SYNC_EVERY {
+                if since.elapsed() >= self.sync_every {
                     self.sync_now();
                     unsynced_since = None;
                 }
