@@ -66,6 +66,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    client::PERSISTENT.store(options.persistent, std::sync::atomic::Ordering::Relaxed);
     let scenarios = match scenario::select(&options, &options.scenarios) {
         Ok(scenarios) => scenarios,
         Err(e) => {

@@ -98,8 +98,6 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// How often $SYS topics are published (default 10 s; zero turns $SYS off).
     pub sys_interval: Duration,
-    /// Where the store lives (None = persistence off, the default).
-    pub persistence_dir: Option<PathBuf>,
     /// Security options for every listener (`per_listener_settings false`, the default).
     pub security: Security,
     /// `per_listener_settings`: each listener has its own `Listener::security`.
@@ -119,6 +117,19 @@ pub struct Config {
     /// Not a setting: the authorizer of the listener this copy of the config was made for,
     /// set by `Broker` (None: everyone may connect and do anything).
     pub authorizer: Option<std::sync::Arc<crate::auth::Authorizer>>,
+    /// Where sessions, queued messages and retained messages are stored (`PERSISTENCE_DIR`);
+    /// `None`, the default, keeps everything in memory only, as mosquitto does by default.
+    pub persistence_dir: Option<PathBuf>,
+    /// fsync each commit before the acknowledgements that wait for it
+    /// (`PERSISTENCE_SYNC`, default true). Off: a commit reaches the disk up to a second later,
+    /// and a crash or power cut loses what was acknowledged in that second.
+    pub persistence_sync: bool,
+    /// A store that cannot be read at start is moved aside and the broker starts empty
+    /// (`--reset-corrupt-store` or `RESET_CORRUPT_STORE=true`; default false: refuse to start).
+    pub reset_corrupt_store: bool,
+    /// MQTT 3.1/3.1.1 sessions that would never expire are removed after this long offline
+    /// (`PERSISTENT_CLIENT_EXPIRATION`, in seconds; default: never, as mosquitto).
+    pub persistent_client_expiration: Option<Duration>,
 }
 
 impl Default for Config {
@@ -144,7 +155,6 @@ impl Default for Config {
             client_stack_size: 128 * 1024,
             listeners: Vec::new(),
             sys_interval: Duration::from_secs(10),
-            persistence_dir: None,
             security: Security::default(),
             per_listener_settings: false,
             allow_zero_length_clientid: true,
@@ -153,6 +163,10 @@ impl Default for Config {
             message_size_limit: 0,
             log_dest: LogDest::Stderr,
             authorizer: None,
+            persistence_dir: None,
+            persistence_sync: true,
+            reset_corrupt_store: false,
+            persistent_client_expiration: None,
         }
     }
 }
@@ -208,6 +222,19 @@ impl Config {
         }
         if let Some(secs) = var("SYS_INTERVAL")? {
             config.sys_interval = Duration::from_secs(secs);
+        }
+        if let Some(dir) = var::<PathBuf>("PERSISTENCE_DIR")? {
+            config.persistence_dir = Some(dir).filter(|d| !d.as_os_str().is_empty());
+        }
+        if let Some(sync) = var("PERSISTENCE_SYNC")? {
+            config.persistence_sync = sync;
+        }
+        if let Some(reset) = var("RESET_CORRUPT_STORE")? {
+            config.reset_corrupt_store = reset;
+        }
+        if let Some(secs) = var::<u64>("PERSISTENT_CLIENT_EXPIRATION")? {
+            config.persistent_client_expiration =
+                Some(Duration::from_secs(secs)).filter(|d| !d.is_zero());
         }
         Ok(config)
     }

@@ -10,6 +10,7 @@
 //! `ClientHandle` methods) or do socket I/O.
 
 mod lifecycle;
+mod recovery;
 mod routing;
 mod subscribing;
 mod sweep;
@@ -24,6 +25,7 @@ use log::{debug, warn};
 
 use super::budget::QueueBudget;
 use super::message::{Delivery, Message, SubscriptionIds};
+use super::persist::{receive_either, Persistence};
 use super::retained::RetainedStore;
 use super::session::{
     AckOutcome, Enqueued, Held, Online, QueueLimits, RetainedFeed, Session, Subscription,
@@ -99,6 +101,11 @@ pub struct QueueActor {
     /// The broker's counters (shared with every client thread) and `$SYS` reporting.
     stats: Arc<crate::sys::Stats>,
     sys: sys::SysClock,
+    /// The store, when persistence is on.
+    persist: Persistence,
+    /// How long an MQTT 3.1/3.1.1 session that never expires is kept after all
+    /// (`persistent_client_expiration`).
+    persistent_client_expiration: Option<u32>,
 }
 
 /// The most messages the router handles before it pumps the sessions they were queued for.
@@ -138,6 +145,10 @@ impl QueueActor {
             next_sweep: Instant::now() + sweep::SWEEP_EVERY,
             stats: Arc::default(),
             sys: sys::SysClock::new(config, Instant::now()),
+            persist: Persistence::default(),
+            persistent_client_expiration: config
+                .persistent_client_expiration
+                .map(|d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX - 1)),
         }
     }
 
@@ -151,8 +162,13 @@ impl QueueActor {
         loop {
             let deadline = sys::earliest(self.timers.next_deadline(), self.sys_due())
                 .map_or(self.next_sweep, |due| due.min(self.next_sweep));
-            let next = match self.rx.recv_deadline(deadline) {
-                Ok(msg) => Some(msg),
+            let received = match self.persist.replies() {
+                // With persistence, windows of stored queues come back on a channel of their own.
+                Some(replies) => receive_either(&self.rx, replies, Some(deadline)),
+                None => self.rx.recv_deadline(deadline).map(Some),
+            };
+            let next = match received {
+                Ok(msg) => msg,
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
@@ -176,6 +192,10 @@ impl QueueActor {
             }
         }
         self.flush();
+        // The sessions' journals hold storage handles: the storage actor stops once they and
+        // ours are gone, after committing what it was sent.
+        self.sessions.clear();
+        self.persist.close();
         debug!("router stopped");
     }
 
@@ -249,6 +269,11 @@ impl QueueActor {
                 self.handle_shutdown();
                 let _ = reply.send(());
             }
+            Msg::StoredWindow {
+                slot,
+                client_id,
+                window,
+            } => self.handle_stored_window(slot, &client_id, window),
         }
     }
 }
@@ -276,6 +301,22 @@ fn ack_reason(v5: bool, matched: usize) -> ReasonCode {
         ReasonCode::NoMatchingSubscribers
     } else {
         ReasonCode::Success
+    }
+}
+
+/// Sends PUBACK or PUBREC for a received PUBLISH once what routing it stored is committed.
+fn ack_when_stored(
+    persist: &Persistence,
+    writer: &ClientHandle,
+    kind: AckKind,
+    packet_id: PacketId,
+    reason: ReasonCode,
+) {
+    if persist.is_on() {
+        let writer = writer.clone();
+        persist.when_stored(move || send_ack(&writer, kind, packet_id, reason));
+    } else {
+        send_ack(writer, kind, packet_id, reason);
     }
 }
 

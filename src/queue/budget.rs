@@ -36,6 +36,14 @@ impl QueueBudget {
         true
     }
 
+    /// Takes `size` bytes whatever the limit: messages read back from the store were
+    /// acknowledged already and are never dropped.
+    pub fn take_anyway(&self, size: usize) {
+        let used = self.used.load(Ordering::Relaxed);
+        self.used
+            .store(used.saturating_add(size), Ordering::Relaxed);
+    }
+
     pub fn give_back(&self, size: usize) {
         let used = self.used.load(Ordering::Relaxed);
         self.used
