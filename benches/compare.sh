@@ -40,6 +40,7 @@ PERSISTENT=()
 OUT=""
 TLS=""
 BROKERS=(ours mosquitto rumqttd)
+BROKERS_GIVEN=""
 SCENARIOS=()
 EXTRA=()
 while [ $# -gt 0 ]; do
@@ -48,7 +49,7 @@ while [ $# -gt 0 ]; do
         --tls) TLS=1 ;;
         --persistent) PERSISTENT=(--persistent) ;;
         --out) OUT=${2:?--out needs a file}; shift ;;
-        --brokers) read -r -a BROKERS <<<"${2:?--brokers needs a list}"; shift ;;
+        --brokers) read -r -a BROKERS <<<"${2:?--brokers needs a list}"; BROKERS_GIVEN=1; shift ;;
         --duration) EXTRA+=(--duration "${2:?}"); shift ;;
         --clients) EXTRA+=(--clients "${2:?}"); shift ;;
         -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -63,6 +64,7 @@ OURS_ENV=${OURS_ENV:-}
 # TLS runs compare the two brokers configured here for it, on the scenarios the issue names.
 if [ -n "$TLS" ]; then
     [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(one2one-q0 one2one-q1 fanout-q0 fanout-q1)
+    [ -n "$BROKERS_GIVEN" ] || BROKERS=(ours mosquitto)
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mqtt-compare.XXXXXX")
@@ -197,6 +199,8 @@ if [ -n "$TLS" ]; then
         openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" \
             -CAcreateserial -days 2 -extfile "$T/ext" -out "$T/server.pem"
     } >"$WORK/openssl.log" 2>&1 || { echo "compare.sh: openssl could not make certificates" >&2; exit 1; }
+    # mosquitto started as root reads its files as the mosquitto user: a throwaway key.
+    chmod 755 "$WORK" "$T" && chmod 644 "$T/server.key"
     TLS_CONF="certfile $T/server.pem
 keyfile $T/server.key"
     EXTRA+=(--tls-ca "$T/ca.pem")

@@ -87,6 +87,8 @@ struct WriterShared {
     gate: gate::ReaderGate,
     /// Bytes the socket has accepted so far: progress, for the router's progress clock.
     bytes_written: AtomicU64,
+    /// An `Outbound::Flush` is queued and not yet handled: another would add nothing.
+    flush_requested: AtomicBool,
     /// The connection, for `abort` (none in tests of the router).
     link: Option<Arc<dyn Link>>,
 }
@@ -107,6 +109,7 @@ impl ClientHandle {
                 session_slot: AtomicU32::new(u32::MAX),
                 gate: gate::ReaderGate::default(),
                 bytes_written: AtomicU64::new(0),
+                flush_requested: AtomicBool::new(false),
                 link,
             }),
         }
@@ -205,9 +208,10 @@ impl ClientHandle {
         self.shared.gate.release();
     }
 
-    /// The reader's side of `hold_reader`: waits while held, at most `limit`.
-    pub fn wait_for_reader_gate(&self, limit: std::time::Duration) {
-        self.shared.gate.wait(limit);
+    /// The reader's side of `hold_reader`: waits while held, at most `limit`; false if the
+    /// gate was still held then.
+    pub fn wait_for_reader_gate(&self, limit: std::time::Duration) -> bool {
+        self.shared.gate.wait(limit)
     }
 
     /// Closes the socket at once, without waiting for the writer: it may be blocked writing to
@@ -221,6 +225,14 @@ impl ClientHandle {
     /// Bytes the socket has accepted so far (the writer counts each write, even a partial one).
     pub fn bytes_written(&self) -> u64 {
         self.shared.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Asks the writer to write what the transport produced while reading (a WebSocket pong,
+    /// a TLS alert). At most one request waits at a time, however often the reader asks.
+    pub fn request_flush(&self) {
+        if !self.shared.flush_requested.swap(true, Ordering::AcqRel) {
+            let _ = self.send(Outbound::Flush);
+        }
     }
 
     /// Records which session slot this connection belongs to, for drain notices.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::{self, BufReader};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
@@ -31,7 +31,9 @@ use crate::transport::{ReadHalf, Transport};
 const READ_BUFFER: usize = 2 * 1024;
 /// PUBACKs read in one go are passed to the router together, up to this many.
 const PUBACK_BATCH: usize = 64;
-/// Longest wait at the reader gate before one more packet is read anyway.
+/// Longest wait at the reader gate; after a wait this long the gate is ignored for as long
+/// again, so that flow control never stops a publisher for more than this, nor for more than
+/// half the time, however many congested subscribers take turns holding it.
 const GATE_WAIT: Duration = Duration::from_secs(1);
 /// A body buffer grown beyond this by a large packet is given back afterwards.
 const BODY_BUFFER_KEEP: usize = 64 * 1024;
@@ -105,9 +107,9 @@ pub(super) fn run(
     let _ = reader.get_ref().set_read_timeout(timeout);
     // Output the transport makes while reading (pongs, TLS alerts) is written by the writer.
     let writer = accepted.writer.clone();
-    reader.get_mut().set_waker(Arc::new(move || {
-        let _ = writer.send(Outbound::Flush);
-    }));
+    reader
+        .get_mut()
+        .set_waker(Arc::new(move || writer.request_flush()));
     let connection = Connection {
         peer,
         accepted,
@@ -163,6 +165,8 @@ impl Connection {
         let version = self.accepted.version;
         let stats = Arc::clone(self.queue.stats());
         let mut tally = crate::sys::counters::ReceivedTally::default();
+        // Set after a wait at the gate ran out: until then the gate is not waited at.
+        let mut gate_free_until: Option<Instant> = None;
         let closed = loop {
             // Nothing more is buffered, so the next read may block: pass on what was read.
             if reader.buffer().is_empty() {
@@ -171,10 +175,16 @@ impl Connection {
                     break Closed::RouterGone;
                 }
             }
-            // Held while this client's QoS 0 messages fill a congested subscriber's queue: TCP
-            // then slows the publisher. Bounded, so that a client that stopped reading because
-            // we stopped reading it still gets through, one packet at a time.
-            self.accepted.writer.wait_for_reader_gate(GATE_WAIT);
+            // Held while this client's QoS 0 messages fill a congested subscriber's queue (or
+            // its QoS 1/2 acknowledgements are held as many as its window): TCP then slows the
+            // publisher. Bounded, so that a client that stopped reading because we stopped
+            // reading it still gets through.
+            if gate_free_until.is_some_and(|until| Instant::now() >= until) {
+                gate_free_until = None;
+            }
+            if gate_free_until.is_none() && !self.accepted.writer.wait_for_reader_gate(GATE_WAIT) {
+                gate_free_until = Some(Instant::now() + GATE_WAIT);
+            }
             let packet =
                 match read_client_packet(&mut reader, version, config.max_packet_size, &mut body) {
                     Ok(packet) => packet,

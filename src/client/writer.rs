@@ -88,6 +88,8 @@ pub(super) fn run(
             out.clear();
         }
         if std::mem::take(&mut encoder.flush) {
+            // Cleared first: output the reader makes from now on gets a flush of its own.
+            shared.flush_requested.store(false, Ordering::Release);
             if let Err(e) = write.flush() {
                 debug!("client {connection_id}: flush failed: {e}");
                 failed = true;

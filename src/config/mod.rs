@@ -48,9 +48,11 @@ pub struct Config {
     /// of it QoS 0 messages are no longer queued, past all of it nothing is, and an MQTT 5
     /// publisher whose QoS 1/2 message was refused somewhere gets 0x97 (quota exceeded).
     pub max_queued_bytes_total: usize,
-    /// Longest a congested subscriber may hold its publishers back (`FLOW_HOLD_MS`, default
-    /// 500 ms). Past it they are released and that subscriber's own limits apply: what does
-    /// not fit its queue is dropped for it alone.
+    /// How long a congested subscriber may hold its publishers back before the router looks
+    /// again (`FLOW_HOLD_MS`, default 400 ms). Then, unless at its pace it would drain to half
+    /// within as long again, they are released and that subscriber's own limits apply: what
+    /// does not fit its queue is dropped for it alone. A publisher's acknowledgements are
+    /// never held for more than twice this.
     pub flow_hold_limit: Duration,
     /// Packets waiting in one client's writer channel before the router treats it as full
     /// and keeps further messages in the session queue instead.
@@ -141,7 +143,7 @@ impl Default for Config {
             max_queued_messages: 1000,
             max_queued_bytes: 0,
             max_queued_bytes_total: crate::limits::default_queued_bytes_total(),
-            flow_hold_limit: Duration::from_millis(500),
+            flow_hold_limit: Duration::from_millis(400),
             writer_queue_capacity: 1024,
             writer_backlog_limit: 16 * 1024,
             router_queue_capacity: 512,

@@ -94,7 +94,8 @@ pub struct QueueActor {
     flow_hold_limit: Duration,
     /// How long a session may take nothing while messages wait (`Config::write_timeout`).
     write_timeout: Duration,
-    /// A publisher with this many acknowledgements held has its reader held too.
+    /// A publisher with this many acknowledgements held has its reader held too
+    /// (`Config::receive_maximum`).
     held_acks_limit: usize,
     /// When `sweep` runs next.
     next_sweep: Instant,
@@ -106,7 +107,14 @@ pub struct QueueActor {
     /// How long an MQTT 3.1/3.1.1 session that never expires is kept after all
     /// (`persistent_client_expiration`).
     persistent_client_expiration: Option<u32>,
+    /// The sessions `sweep` looks at (`Session::needs_watching`); may hold stale or repeated
+    /// slots, which the sweep sorts out.
+    watched: Vec<u32>,
 }
+
+/// The fewest held acknowledgements that stop a publisher's reader (see `held_acks_limit`):
+/// about 16 bytes each, so at most 16 KiB per publisher.
+const HELD_ACKS_FLOOR: usize = 1024;
 
 /// The most messages the router handles before it pumps the sessions they were queued for.
 const FLUSH_EVERY: usize = 64;
@@ -141,7 +149,13 @@ impl QueueActor {
             over_budget: false,
             flow_hold_limit: config.flow_hold_limit,
             write_timeout: config.write_timeout,
-            held_acks_limit: config.max_inflight_messages.max(1),
+            // The window a publisher is granted: MQTT 5 clients are told it (Receive Maximum);
+            // one that respects its own smaller window never reaches it, so a client that both
+            // publishes and subscribes is never stopped from reading the acknowledgements it
+            // owes (which would make two congested clients wait for each other).
+            // At least HELD_ACKS_FLOOR: the default Receive Maximum is mosquitto's 20, and 3.1.1
+            // clients are not told it, so so low a bound would stop their readers at once.
+            held_acks_limit: usize::from(config.receive_maximum).max(HELD_ACKS_FLOOR),
             next_sweep: Instant::now() + sweep::SWEEP_EVERY,
             stats: Arc::default(),
             sys: sys::SysClock::new(config, Instant::now()),
@@ -149,6 +163,7 @@ impl QueueActor {
             persistent_client_expiration: config
                 .persistent_client_expiration
                 .map(|d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX - 1)),
+            watched: Vec::new(),
         }
     }
 
@@ -209,6 +224,16 @@ impl QueueActor {
         }
     }
 
+    /// Puts a session on the sweep's list.
+    fn watch(&mut self, slot: u32) {
+        if let Some(session) = self.sessions[slot as usize].as_mut() {
+            if !session.watched {
+                session.watched = true;
+                self.watched.push(slot);
+            }
+        }
+    }
+
     /// Pumps every session queued for since the last flush.
     fn flush(&mut self) {
         self.unflushed = 0;
@@ -217,6 +242,10 @@ impl QueueActor {
             if let Some(session) = self.sessions[slot as usize].as_mut() {
                 session.dirty = false;
                 session.pump();
+                if session.outbox.queued_len() > 0 && !session.watched {
+                    session.watched = true;
+                    self.watched.push(slot);
+                }
             }
             self.release_held(slot, false);
         }
@@ -229,6 +258,8 @@ impl QueueActor {
         match msg {
             Msg::Connect { request, reply } => {
                 let from = self.handle_connect(*request);
+                // A resumed session may have messages waiting.
+                self.watch(from.slot);
                 let _ = reply.send(from);
             }
             Msg::Publish {
@@ -322,9 +353,13 @@ fn ack_when_stored(
 
 /// Sends PUBACK or PUBREC for a received PUBLISH.
 fn send_ack(writer: &ClientHandle, kind: AckKind, packet_id: PacketId, reason: ReasonCode) {
+    let _ = writer.send(ack_item(kind, packet_id, reason));
+}
+
+/// PUBACK or PUBREC as the writer takes it.
+fn ack_item(kind: AckKind, packet_id: PacketId, reason: ReasonCode) -> Outbound {
     if reason == ReasonCode::Success {
-        let _ = writer.send(Outbound::Ack(kind, packet_id));
-        return;
+        return Outbound::Ack(kind, packet_id);
     }
     let ack = Ack {
         packet_id,
@@ -335,7 +370,30 @@ fn send_ack(writer: &ClientHandle, kind: AckKind, packet_id: PacketId, reason: R
         AckKind::PubRec => Packet::PubRec(ack),
         _ => Packet::PubAck(ack),
     };
-    let _ = writer.send_packet(packet);
+    Outbound::Packet(Box::new(packet))
+}
+
+/// Sends held acknowledgements released together as one item: however many there are, they
+/// count once against the writer's backlog (`Config::writer_backlog_limit`).
+fn send_released(persist: &Persistence, writer: &ClientHandle, acks: Vec<super::flow::HeldAck>) {
+    let mut items: Vec<Outbound> = acks
+        .into_iter()
+        .map(|ack| ack_item(ack.kind, ack.packet_id, ack.reason))
+        .collect();
+    let item = match items.len() {
+        0 => return,
+        1 => items.pop().expect("one item"),
+        _ => Outbound::Batch(items),
+    };
+    if persist.is_on() {
+        // Behind the commit of what their PUBLISH (or PUBREL) stored, as any acknowledgement.
+        let writer = writer.clone();
+        persist.when_stored(move || {
+            let _ = writer.send(item);
+        });
+    } else {
+        let _ = writer.send(item);
+    }
 }
 
 /// Counts one message dropped for a session, and logs the start of its drop episode.

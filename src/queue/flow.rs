@@ -34,6 +34,11 @@ pub(super) struct HeldAcks {
     /// The publisher's reader is held because as many acknowledgements are held as its window
     /// allows: it reads nothing more, so TCP pushes back on it alone.
     pub gated: bool,
+    /// Since when the oldest acknowledgement has been held: the router releases them all once
+    /// this passes the hold limit, whoever holds them.
+    held_since: Option<Instant>,
+    /// After such a release the publisher is not held again until then.
+    pub free_until: Option<Instant>,
 }
 
 impl HeldAcks {
@@ -56,6 +61,9 @@ impl HeldAcks {
         waits: u32,
     ) {
         debug_assert!(waits > 0 || !self.queue.is_empty());
+        if self.queue.is_empty() {
+            self.held_since = Some(Instant::now());
+        }
         self.queue.push_back(HeldAck {
             seq,
             kind,
@@ -76,7 +84,28 @@ impl HeldAcks {
         while self.queue.front().is_some_and(|held| held.waits == 0) {
             ready.extend(self.queue.pop_front());
         }
+        if self.queue.is_empty() {
+            self.held_since = None;
+        } else if !ready.is_empty() {
+            // The oldest now is younger; when it was held is not kept per acknowledgement, so
+            // count from now (a publisher whose acknowledgements keep flowing is not stuck).
+            self.held_since = Some(Instant::now());
+        }
         ready
+    }
+
+    /// Whether the oldest held acknowledgement (or the oldest since the last release) has
+    /// waited `limit` or more.
+    pub fn held_longer_than(&self, limit: Duration, now: Instant) -> bool {
+        self.held_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= limit)
+    }
+
+    /// Hands out every held acknowledgement, in order, whatever it waits for (sessions that
+    /// still hold one back later release an unknown sequence number: nothing).
+    pub fn release_all(&mut self) -> Vec<HeldAck> {
+        self.held_since = None;
+        self.queue.drain(..).collect()
     }
 
     /// Forgets every held acknowledgement (the connection they were for has gone; the client
@@ -84,6 +113,7 @@ impl HeldAcks {
     pub fn clear(&mut self) {
         self.queue.clear();
         self.gated = false;
+        self.held_since = None;
     }
 }
 
@@ -192,6 +222,19 @@ mod tests {
         assert!(held.release(1).is_empty());
         assert_eq!(ids(held.release(1)), vec![1, 2, 3]);
         assert!(held.is_empty());
+    }
+
+    #[test]
+    fn release_all_hands_out_everything_in_order_and_forgets_the_waits() {
+        let mut held = HeldAcks::default();
+        let start = Instant::now();
+        held.hold(1, AckKind::PubAck, id(1), ReasonCode::Success, 2);
+        held.hold(2, AckKind::PubAck, id(2), ReasonCode::Success, 1);
+        let later = Instant::now() + Duration::from_secs(1);
+        assert!(held.held_longer_than(later - start - Duration::from_millis(1), later));
+        assert_eq!(ids(held.release_all()), vec![1, 2]);
+        assert!(!held.held_longer_than(Duration::ZERO, later));
+        assert!(held.release(1).is_empty(), "stale releases find nothing");
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub(super) struct Session {
     /// This session as a congested receiver: what it holds back of which publisher (by slot)
     /// until its queue drains.
     pub holding: Vec<(u32, Held)>,
+    /// In the router's list of sessions its sweep looks at.
+    pub watched: bool,
     /// Retained messages matched by a SUBSCRIBE and not yet queued: fed into the queue a
     /// window at a time as the client takes them, so that a large retained set is streamed
     /// at the client's pace instead of overflowing its queue.
@@ -123,6 +125,9 @@ pub(super) struct RetainedFeed {
 /// Retained messages are fed into a session's queue while it holds fewer than this (or half
 /// of `max_queued`, if smaller).
 const RETAINED_WINDOW: usize = 256;
+/// An online session with fewer messages than this queued still queues when the broker's
+/// budget is spent: it keeps up, and the writer's channel bounds what it holds.
+const BUDGET_EXEMPT_QUEUE: usize = 16;
 
 /// What a congested session holds back of a publisher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +183,20 @@ impl Session {
             holding: Vec::new(),
             retained_feeds: VecDeque::new(),
             read_acl: None,
+            watched: false,
         }
+    }
+
+    /// Whether the router's sweep has anything to look at here: messages waiting (the
+    /// progress clock), congestion (the hold limit), held acknowledgements, drops to report.
+    pub fn needs_watching(&self) -> bool {
+        self.outbox.queued_len() > 0
+            || !self.retained_feeds.is_empty()
+            || self.outbox.drops.is_active()
+            || self.outbox.congested_since.is_some()
+            || self.outbox.overflowing
+            || !self.held_acks.is_empty()
+            || !self.holding.is_empty()
     }
 
     /// Queues a message for this session. It is sent by the next `pump`: the router pumps the
@@ -279,8 +297,13 @@ pub(super) struct Outbox {
     queued_bytes: usize,
     queued_qos0: usize,
     budget: Arc<QueueBudget>,
-    /// Since when this online session is congested (holding its publishers back).
+    /// Since when this online session is congested (holding its publishers back), or since
+    /// the sweep last found it taking its messages fast enough to go on holding them.
     pub congested_since: Option<Instant>,
+    /// Deliveries the client has taken since the session began, and the count when
+    /// `congested_since` was set: how fast a congested client drains.
+    pub taken: u64,
+    pub taken_at_congestion: u64,
     /// Congestion lasted longer than the hold limit: publishers were released and this
     /// session's own limits apply (overflow dropped) until its queue has drained to half.
     pub overflowing: bool,
@@ -332,6 +355,8 @@ impl Outbox {
             queued_qos0: 0,
             budget,
             congested_since: None,
+            taken: 0,
+            taken_at_congestion: 0,
             overflowing: false,
             stalled_since: None,
             bytes_seen: 0,
@@ -342,9 +367,12 @@ impl Outbox {
     }
 
     /// Sets the window for a new connection: the configured limit, or less if the client's
-    /// receive maximum is lower.
+    /// receive maximum is lower; restarts the progress clock.
     pub fn set_receive_maximum(&mut self, receive_maximum: u16) {
         self.window = self.max_inflight.min(usize::from(receive_maximum)).max(1);
+        // The progress clock is the connection's: a new one starts afresh.
+        self.stalled_since = None;
+        self.bytes_seen = 0;
     }
 
     /// The queue policy. Offline: QoS 0 is not stored (as mosquitto does by default) and QoS
@@ -386,15 +414,23 @@ impl Outbox {
             }
         }
         if !self.budget.take(size, qos0) {
-            self.count_drop(qos0);
-            return Enqueued::OverBudget;
+            // A session that keeps up (its queue nearly empty) is not made to pay for the
+            // sessions that hoard: the budget refuses only those with a backlog.
+            if !online || self.queued.len() >= BUDGET_EXEMPT_QUEUE {
+                self.count_drop(qos0);
+                return Enqueued::OverBudget;
+            }
+            self.budget.take_anyway(size);
         }
         if let Some(journal) = &self.journal {
             journal.queued(&mut delivery);
         }
         self.push(delivery, size);
         if holding && self.is_congested() {
-            self.congested_since.get_or_insert_with(Instant::now);
+            if self.congested_since.is_none() {
+                self.congested_since = Some(Instant::now());
+                self.taken_at_congestion = self.taken;
+            }
             Enqueued::Congested
         } else {
             Enqueued::Accepted
@@ -463,6 +499,15 @@ impl Outbox {
             || (self.max_queued_bytes > 0 && self.queued_bytes > self.max_queued_bytes)
     }
 
+    /// Whether a congested client, at the pace it took messages since the congestion began
+    /// (or was last checked), would drain its queue to half within as long again: it keeps up
+    /// well enough for flow control to go on, losslessly.
+    pub fn keeps_up(&self) -> bool {
+        let taken = self.taken - self.taken_at_congestion;
+        let to_drain = self.queued.len().saturating_sub(self.max_queued / 2) as u64;
+        taken > 0 && taken >= to_drain
+    }
+
     /// The queue is back to half of its limits: held acknowledgements may go, and a
     /// congestion episode is over.
     pub fn is_drained(&self) -> bool {
@@ -496,6 +541,7 @@ impl Outbox {
             byte_room = byte_room.saturating_sub(next.weight());
             let delivery = self.pop().expect("front() was Some");
             taken = true;
+            self.taken += 1;
             // A QoS 1/2 message skipped here still uses up a packet id, as with mosquitto
             // (which numbers messages when it queues them), so the ids a client sees match.
             if delivery.may_expire && delivery.message.is_expired() {
@@ -1004,6 +1050,29 @@ mod tests {
     }
 
     #[test]
+    fn a_congested_client_keeps_up_if_at_its_pace_it_drains_to_half_in_time() {
+        let (mut s, _rx) = session_with_writer(8, 10, 4);
+        for _ in 0..20 {
+            deliver(&mut s, message("m", QoS::AtMostOnce));
+        }
+        // The writer took 8; 12 wait, 10 more than half the limit of 4.
+        assert!(s.outbox.congested_since.is_some());
+        assert!(
+            !s.outbox.keeps_up(),
+            "nothing taken since the congestion began"
+        );
+        if let Some(online) = &s.online {
+            online.writer.written_for_tests(8);
+        }
+        s.pump();
+        assert_eq!(s.outbox.queued_len(), 4);
+        assert!(
+            s.outbox.keeps_up(),
+            "took 8, which would drain the rest in time"
+        );
+    }
+
+    #[test]
     fn bytes_bound_the_queue_and_the_budget_is_given_back() {
         let budget = Arc::new(QueueBudget::new(0));
         let mut limits = limits(10, 1000);
@@ -1045,6 +1114,21 @@ mod tests {
             deliver(&mut s, message("c", QoS::AtLeastOnce)),
             Enqueued::OverBudget
         );
+        // Online, a session with a short queue still gets its messages; one with a backlog
+        // does not.
+        let (mut online, _rx) = session_with_writer(0, 10, 1000);
+        online.outbox.budget = Arc::clone(&s.outbox.budget);
+        for n in 0..BUDGET_EXEMPT_QUEUE {
+            assert_eq!(
+                deliver(&mut online, message("d", QoS::AtLeastOnce)),
+                Enqueued::Accepted,
+                "message {n}"
+            );
+        }
+        assert_eq!(
+            deliver(&mut online, message("e", QoS::AtLeastOnce)),
+            Enqueued::OverBudget
+        );
     }
 
     #[test]
@@ -1068,6 +1152,14 @@ mod tests {
         s.outbox.acknowledge(AckKind::PubAck, id(2), None);
         s.pump();
         assert!(s.outbox.stalled_since.is_none(), "queue empty");
+        deliver(&mut s, message("d", QoS::AtLeastOnce));
+        deliver(&mut s, message("e", QoS::AtLeastOnce));
+        assert!(s.outbox.stalled_since.is_some());
+        s.outbox.set_receive_maximum(u16::MAX);
+        assert!(
+            s.outbox.stalled_since.is_none(),
+            "a new connection starts its own clock"
+        );
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub struct Transport {
     pub certificate_username: Option<String>,
 }
 
+/// How long a goodbye (TLS close_notify, WebSocket close frame) may wait for a socket that
+/// accepts nothing, before the connection is closed without it.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Bytes of an HTTP upgrade request beyond which the connection is refused.
 const MAX_UPGRADE_REQUEST: usize = 16 * 1024;
 

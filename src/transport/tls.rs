@@ -31,6 +31,9 @@ use crate::config::TlsSettings;
 /// Ciphertext read from the socket at a time, before rustls sees it (rustls takes 4 KiB at a
 /// time into its own buffer).
 const READ_CHUNK: usize = 8 * 1024;
+/// rustls's limit on received plaintext waiting to be read: beyond it, `read_tls` refuses more
+/// ciphertext (its default, which rustls does not export).
+const PLAINTEXT_LIMIT: usize = 16 * 1024;
 /// An encryption buffer grown beyond this by a burst is given back afterwards.
 const KEEP_OUT: usize = 32 * 1024;
 
@@ -400,9 +403,9 @@ impl TlsRead {
     }
 }
 
-/// Gives `bytes` to rustls, stopping once it has plaintext ready: the rest goes to `leftover`,
-/// fed after that plaintext has been read, which keeps rustls's received-plaintext buffer
-/// within its limit.
+/// Gives `bytes` to rustls (many small records at once, typically). Once more plaintext waits
+/// than rustls accepts more ciphertext for, the rest goes to `leftover`, fed after that
+/// plaintext has been read: rare, and then after at least 16 KiB of plaintext.
 fn feed(conn: &mut Connection, mut bytes: &[u8], leftover: &mut Vec<u8>) -> io::Result<()> {
     while !bytes.is_empty() {
         if conn.read_tls(&mut bytes)? == 0 {
@@ -410,7 +413,7 @@ fn feed(conn: &mut Connection, mut bytes: &[u8], leftover: &mut Vec<u8>) -> io::
             return Err(invalid("data after close_notify"));
         }
         let state = conn.process_new_packets().map_err(invalid)?;
-        if state.plaintext_bytes_to_read() > 0 && !bytes.is_empty() {
+        if state.plaintext_bytes_to_read() > PLAINTEXT_LIMIT && !bytes.is_empty() {
             leftover.extend_from_slice(bytes);
             break;
         }
@@ -477,6 +480,7 @@ impl WriteHalf for TlsWrite {
     }
 
     fn close(&mut self) {
+        let _ = self.socket.set_write_timeout(Some(super::GOODBYE_TIMEOUT));
         if self
             .seal(|conn| {
                 conn.send_close_notify();

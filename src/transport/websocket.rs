@@ -23,6 +23,10 @@ use tungstenite::{Bytes, Message, WebSocket};
 
 use super::{Output, ReadHalf, Transport, Waker, WriteHalf};
 
+/// Control frames (pongs, the close reply) waiting for the writer beyond which the connection
+/// is closed: a peer that pings faster than it reads.
+const MAX_PENDING: usize = 64 * 1024;
+
 /// The subprotocols MQTT over WebSockets is offered under, in order of preference.
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
@@ -176,7 +180,13 @@ impl Write for WsIo {
         match &mut self.output {
             Some(direct) => direct.write(buf),
             None => {
-                self.shared.pending.lock().extend_from_slice(buf);
+                let mut pending = self.shared.pending.lock();
+                if pending.len() + buf.len() > MAX_PENDING {
+                    return Err(io::Error::other(
+                        "the peer sends pings faster than it reads the pongs",
+                    ));
+                }
+                pending.extend_from_slice(buf);
                 Ok(buf.len())
             }
         }
@@ -327,6 +337,7 @@ impl WriteHalf for WsWrite {
     }
 
     fn close(&mut self) {
+        let _ = self.inner.set_write_timeout(Some(super::GOODBYE_TIMEOUT));
         self.take_pending();
         if !self.shared.close_sent.swap(true, Ordering::AcqRel) {
             // Close frame, status 1000 (normal closure).

@@ -27,7 +27,7 @@ use crate::transports::{listener, Certs};
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CERTUTIL: &str = "/usr/bin/certutil";
 /// How long the page may take, start of Chromium included.
-const PAGE_WAIT: Duration = Duration::from_secs(60);
+const PAGE_WAIT: Duration = Duration::from_secs(90);
 
 fn mqtt_js() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-cache/npm/node_modules/mqtt/dist/mqtt.min.js")
@@ -114,7 +114,7 @@ function run(url, name) {{
       }}
     }});
     client.on('error', (e) => done(name + ': error: ' + e.message));
-    setTimeout(() => done(name + ': timed out with ' + JSON.stringify(got)), 20000);
+    setTimeout(() => done(name + ": timed out with " + JSON.stringify(got)), 30000);
   }});
 }}
 (async () => {{
@@ -220,7 +220,7 @@ fn chromium_speaks_mqtt_over_ws_and_wss_with_mqtt_js() {
     );
     let result = results
         .recv_timeout(PAGE_WAIT)
-        .expect("the page reports within a minute");
+        .expect("the page reports within 90 s");
     let expected = |name: &str| {
         format!(
             "{name} browser/{name}/q0=hello 0@0,browser/{name}/q1=hello 1@1,browser/{name}/q2=hello 2@2"

@@ -32,14 +32,15 @@ fn now_micros() -> u64 {
 struct Bystander {
     stop: Arc<AtomicBool>,
     publisher: JoinHandle<(u64, Duration)>,
-    subscriber: JoinHandle<(u64, Duration)>,
+    subscriber: JoinHandle<Vec<Duration>>,
 }
 
 /// What the bystander saw.
 struct Seen {
     sent: u64,
     received: u64,
-    /// The longest a message took from its publisher to its subscriber.
+    /// How long messages took from publisher to subscriber: the 99th percentile and the worst.
+    p99_delay: Duration,
     worst_delay: Duration,
     /// The longest the publisher waited for a PUBACK.
     worst_ack: Duration,
@@ -76,17 +77,16 @@ impl Bystander {
         let subscriber = {
             let stop = Arc::clone(&stop);
             thread::spawn(move || {
-                let mut worst = Duration::ZERO;
-                let mut received = 0u64;
+                let mut delays = Vec::new();
                 loop {
+                    let received = delays.len() as u64;
                     match sub.try_recv(Duration::from_millis(200)) {
                         Ok(Packet::Publish(publish)) => {
                             let stamp = u64::from_be_bytes(
                                 publish.payload[..8].try_into().expect("8 bytes"),
                             );
                             let delay = now_micros().saturating_sub(stamp);
-                            worst = worst.max(Duration::from_micros(delay));
-                            received += 1;
+                            delays.push(Duration::from_micros(delay));
                             sub.send(&Packet::PubAck(Ack::new(publish.packet_id.expect("QoS 1"))));
                         }
                         Ok(other) => panic!("bystander got {other:?}"),
@@ -100,14 +100,14 @@ impl Bystander {
                         Err(_) if stop.load(Ordering::Acquire) => {
                             // Wait a little longer for the last ones.
                             match sub.try_recv(Duration::from_secs(2)) {
-                                Ok(Packet::Publish(_)) => received += 1,
+                                Ok(Packet::Publish(_)) => delays.push(Duration::from_secs(2)),
                                 _ => break,
                             }
                         }
                         Err(_) => {}
                     }
                 }
-                (received, worst)
+                delays
             })
         };
         Bystander {
@@ -120,27 +120,39 @@ impl Bystander {
     fn finish(self) -> Seen {
         self.stop.store(true, Ordering::Release);
         let (sent, worst_ack) = self.publisher.join().expect("bystander publisher");
-        let (received, worst_delay) = self.subscriber.join().expect("bystander subscriber");
+        let mut delays = self.subscriber.join().expect("bystander subscriber");
+        delays.sort_unstable();
+        let at = |q: f64| {
+            let index = ((delays.len() as f64 * q) as usize).min(delays.len().saturating_sub(1));
+            delays.get(index).copied().unwrap_or_default()
+        };
         Seen {
             sent,
-            received,
-            worst_delay,
+            received: delays.len() as u64,
+            p99_delay: at(0.99),
+            worst_delay: at(1.0),
             worst_ack,
         }
     }
 
-    /// Asserts the bystander's messages all arrived, each within a second, and that its
-    /// publisher was never held for more than `ack_limit`.
+    /// Asserts the bystander's messages all arrived, 99% of them within a second and every
+    /// one within two (a margin for a loaded machine: here they take milliseconds), and that
+    /// its publisher was never held for more than `ack_limit`.
     fn assert_on_time(self, ack_limit: Duration) {
         let seen = self.finish();
         eprintln!(
-            "bystander: {} sent, {} received, worst delay {:?}, worst PUBACK wait {:?}",
-            seen.sent, seen.received, seen.worst_delay, seen.worst_ack
+            "bystander: {} sent, {} received, delay p99 {:?}, worst {:?}, worst PUBACK wait {:?}",
+            seen.sent, seen.received, seen.p99_delay, seen.worst_delay, seen.worst_ack
         );
         assert!(seen.sent >= 20, "the bystander published ({})", seen.sent);
         assert_eq!(seen.received, seen.sent, "every bystander message arrived");
         assert!(
-            seen.worst_delay < Duration::from_secs(1),
+            seen.p99_delay < Duration::from_secs(1),
+            "1% of the bystander's messages took {:?} or more",
+            seen.p99_delay
+        );
+        assert!(
+            seen.worst_delay < Duration::from_secs(2),
             "a bystander message took {:?}",
             seen.worst_delay
         );
@@ -218,7 +230,7 @@ fn a_stuck_subscriber_delays_nobody_and_is_disconnected_after_the_write_timeout(
 
     // The stuck client's will tells when it was disconnected: after the write timeout, and
     // not long after.
-    let gone = match watcher.try_recv(Duration::from_secs(15)) {
+    let gone = match watcher.try_recv(Duration::from_secs(20)) {
         Ok(Packet::Publish(publish)) => {
             assert_eq!(publish.topic, "stuck/gone");
             stuck_since.elapsed()
@@ -230,8 +242,9 @@ fn a_stuck_subscriber_delays_nobody_and_is_disconnected_after_the_write_timeout(
         gone >= write_timeout - Duration::from_millis(200),
         "disconnected before the write timeout: {gone:?}"
     );
+    // The clock starts once the socket buffers are full (about a second of the flood here).
     assert!(
-        gone < write_timeout + Duration::from_secs(3),
+        gone < write_timeout + Duration::from_secs(8),
         "disconnected late: {gone:?}"
     );
     assert!(
@@ -245,7 +258,7 @@ fn a_stuck_subscriber_delays_nobody_and_is_disconnected_after_the_write_timeout(
         worst_gap < Duration::from_millis(1500),
         "the QoS 0 publisher was held for {worst_gap:?}"
     );
-    assert!(sent >= 5000, "the QoS 0 publisher kept going ({sent})");
+    assert!(sent >= 2000, "the QoS 0 publisher kept going ({sent})");
     bystander.assert_on_time(Duration::from_millis(1500));
 }
 
@@ -372,6 +385,7 @@ fn a_flooding_qos1_publisher_keeps_memory_bounded_and_others_on_time() {
             let mut worst_gap = Duration::ZERO;
             let started = Instant::now();
             let mut id = 0u16;
+            let mut cut_off = None;
             while started.elapsed() < Duration::from_secs(10) {
                 let mut bytes = Vec::new();
                 for _ in 0..50 {
@@ -380,22 +394,30 @@ fn a_flooding_qos1_publisher_keeps_memory_bounded_and_others_on_time() {
                         .encode(ProtocolVersion::V3_1_1, &mut bytes);
                 }
                 let before = Instant::now();
-                publisher.send_raw(&bytes);
+                if let Err(e) = publisher.stream_for_tests().write_all(&bytes) {
+                    cut_off = Some(e);
+                    break;
+                }
                 worst_gap = worst_gap.max(before.elapsed());
                 sent += 50;
             }
             done.store(true, Ordering::Release);
-            (sent, worst_gap)
+            (sent, worst_gap, cut_off)
         })
     };
     let peak = broker.watch_rss(&done);
-    let (sent, worst_gap) = flooder.join().expect("flooder");
+    let (sent, worst_gap, cut_off) = flooder.join().expect("flooder");
     ack_counter.join().expect("ack counter");
     let slow_got = slow_reader.join().expect("slow reader");
     eprintln!(
         "flood: {sent} QoS 1 messages sent, {} PUBACKs, longest write {worst_gap:?}; slow \
          subscriber read {slow_got}; RSS {baseline:.1} MiB at start, peak {peak:.1} MiB",
         acks.load(Ordering::Acquire)
+    );
+    // It reads its acknowledgements: flooding alone is no reason to disconnect it.
+    assert!(
+        cut_off.is_none(),
+        "the publisher was disconnected: {cut_off:?}"
     );
     assert!(
         peak < FLOOD_RSS_BOUND_MIB,
@@ -529,7 +551,7 @@ fn a_hundred_thousand_retained_messages_reach_a_wildcard_subscriber_complete() {
         started.elapsed()
     );
     sub.expect_nothing(Duration::from_millis(300));
-    bystander.assert_on_time(Duration::from_secs(1));
+    bystander.assert_on_time(Duration::from_millis(1500));
 }
 
 /// The broker's budget of queued bytes in the memory test.
@@ -544,6 +566,8 @@ fn a_gigabyte_through_offline_and_slow_sessions_stays_under_the_byte_budget() {
     ]);
     let addr = broker.addr;
     let baseline = broker.rss_mib();
+    // A client that keeps up is not made to pay when the budget is spent by others.
+    let bystander = Bystander::start(addr, "b5");
     // Three sessions that subscribed and went away: everything for them is queued.
     for n in 0..3 {
         let (mut c, _) = RawClient::connect(
@@ -628,4 +652,47 @@ fn a_gigabyte_through_offline_and_slow_sessions_stays_under_the_byte_budget() {
     assert!(connack.session_present);
     let first = back.recv_publish();
     assert_eq!(first.topic, "bulk/x");
+    bystander.assert_on_time(Duration::from_millis(1500));
+}
+
+#[test]
+fn retained_messages_at_qos1_are_paced_by_acknowledgements() {
+    const COUNT: u32 = 20_000;
+    let broker = start_broker_with(config_with(|_| {}));
+    let addr = broker.addr;
+    let (mut publisher, _) = RawClient::connect(addr, "retainer1", ProtocolVersion::V3_1_1, true);
+    let mut bytes = Vec::new();
+    for i in 0..COUNT {
+        let id = u16::try_from(i % 60_000 + 1).expect("fits");
+        publish_packet(
+            &format!("q/{i}"),
+            &i.to_be_bytes(),
+            QoS::AtLeastOnce,
+            true,
+            id,
+        )
+        .encode(ProtocolVersion::V3_1_1, &mut bytes);
+    }
+    publisher.send_raw(&bytes);
+    for _ in 0..COUNT {
+        match publisher.recv() {
+            Packet::PubAck(_) => {}
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    // The subscriber acknowledges each one; the broker keeps at most its window in flight and
+    // feeds the rest in as acknowledgements come.
+    let (mut sub, _) = RawClient::connect(addr, "acker", ProtocolVersion::V3_1_1, true);
+    sub.subscribe(1, &[("q/#", QoS::AtLeastOnce)]);
+    let mut seen = vec![false; COUNT as usize];
+    for n in 0..COUNT {
+        let message = match sub.try_recv(Duration::from_secs(5)) {
+            Ok(Packet::Publish(p)) => p,
+            other => panic!("after {n} retained messages: {other:?}"),
+        };
+        let i = u32::from_be_bytes(message.payload[..4].try_into().expect("4 bytes"));
+        assert!(!std::mem::replace(&mut seen[i as usize], true), "{i} twice");
+        sub.send(&Packet::PubAck(Ack::new(message.packet_id.expect("QoS 1"))));
+    }
+    sub.expect_nothing(Duration::from_millis(300));
 }

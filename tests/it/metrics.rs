@@ -130,13 +130,8 @@ fn metrics_parse_and_counters_follow_traffic() {
     for _ in 0..6 {
         sub.recv_publish();
     }
-    // A refusal: MQTT 3.1 allows at most 23 characters of client id.
-    let (_refused, connack) = RawClient::connect(
-        broker.addr,
-        "a-client-id-longer-than-23-characters",
-        ProtocolVersion::V3_1,
-        true,
-    );
+    // A refusal: an empty client id needs clean session 1.
+    let (_refused, connack) = RawClient::connect(broker.addr, "", ProtocolVersion::V3_1_1, false);
     assert_eq!(connack.reason, ReasonCode::ClientIdentifierNotValid);
 
     let after = scrape_until(metrics, |s| {

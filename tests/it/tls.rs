@@ -4,6 +4,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+
+use rustls::pki_types::pem::PemObject;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -302,5 +304,150 @@ fn tls_version_13_only_refuses_a_tls12_client() {
     assert!(tls_connect_with(addrs[0], &ca, None, &tls12).is_err());
     let tls13 = [&rustls::version::TLS13];
     assert!(tls_connect_with(addrs[0], &ca, None, &tls13).is_ok());
+    broker.stop();
+}
+
+#[test]
+fn capath_and_ciphers_are_honoured() {
+    let certs = Certs::new();
+    // capath: the CA is one file among others in a directory.
+    let capath = certs.dir.join("capath");
+    std::fs::create_dir_all(&capath).expect("make capath");
+    std::fs::copy(certs.dir.join("ca.pem"), capath.join("a1b2c3d4.0")).expect("copy the CA");
+    std::fs::write(capath.join("README"), "not a certificate").expect("write");
+    let mut settings = certs.settings(true);
+    settings.cafile = None;
+    settings.capath = Some(capath);
+    // ciphers: one TLS 1.2 suite; TLS 1.3 keeps its own.
+    settings.ciphers = Some("ECDHE-ECDSA-AES256-GCM-SHA384".into());
+    let tls = listener(Protocol::Mqtt, Some(settings));
+    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let dir = &certs.dir;
+    let client = Some((dir.join("client.pem"), dir.join("client.key")));
+    let client = client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    let stream = tls_connect(addrs[0], &dir.join("ca.pem"), client).expect("capath CA");
+    let mut mqtt = Client::new(stream);
+    assert_eq!(mqtt.connect("capath").reason, ReasonCode::Success);
+    let tls12 = [&rustls::version::TLS12];
+    let stream = tls_connect_with(addrs[0], &dir.join("ca.pem"), client, &tls12)
+        .expect("TLS 1.2 with the one suite allowed");
+    assert_eq!(
+        format!(
+            "{:?}",
+            stream.conn.negotiated_cipher_suite().map(|s| s.suite())
+        ),
+        "Some(TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384)"
+    );
+    // A TLS 1.2 client without that suite finds no common one.
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let other = rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256;
+    for (suites, versions, accepted) in [
+        (vec![other], &[&rustls::version::TLS12], false),
+        (vec![suite], &[&rustls::version::TLS13], true),
+    ] {
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = std::fs::read(dir.join("ca.pem")).expect("CA");
+        for cert in rustls_pemfile_certs(&ca) {
+            roots.add(cert).expect("CA certificate");
+        }
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: suites,
+            ..rustls::crypto::ring::default_provider()
+        };
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut conn =
+            rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+        let mut sock = TcpStream::connect(addrs[0]).expect("connect");
+        sock.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut result = Ok((0, 0));
+        while conn.is_handshaking() && result.is_ok() {
+            result = conn.complete_io(&mut sock);
+        }
+        // Without a client certificate the handshake itself may still complete in TLS 1.3
+        // (the server refuses after it); what matters here is whether a suite was agreed.
+        let agreed = conn.negotiated_cipher_suite().is_some();
+        assert_eq!(agreed, accepted, "suites {versions:?}: {result:?}");
+    }
+    broker.stop();
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .expect("PEM certificates")
+}
+
+#[test]
+fn the_broker_ends_a_tls_connection_with_close_notify() {
+    let certs = Certs::new();
+    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
+    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let stream = tls_connect(addrs[0], &certs.dir.join("ca.pem"), None).expect("handshake");
+    let mut client = Client::new(stream);
+    assert_eq!(client.connect("bye").reason, ReasonCode::Success);
+    client.send(&mqtt_broker::mqtt::Packet::Disconnect(Default::default()));
+    // rustls reads a clean close (close_notify, then EOF) as 0; a bare TCP close would be
+    // UnexpectedEof.
+    let mut buf = [0; 16];
+    let n = client.stream.read(&mut buf).expect("a clean TLS close");
+    assert_eq!(n, 0);
+    broker.stop();
+}
+
+#[test]
+fn many_small_records_in_one_read_all_arrive() {
+    let certs = Certs::new();
+    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
+    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let ca = certs.dir.join("ca.pem");
+    let mut subscriber = Client::new(tls_connect(addrs[0], &ca, None).expect("handshake"));
+    assert_eq!(subscriber.connect("small-sub").reason, ReasonCode::Success);
+    subscriber.subscribe("small", QoS::AtMostOnce);
+    let mut publisher = tls_connect(addrs[0], &ca, None).expect("handshake");
+    let mut bytes = Vec::new();
+    mqtt_broker::mqtt::Packet::Connect(Box::new(crate::support::connect_packet(
+        "small-pub",
+        mqtt_broker::mqtt::ProtocolVersion::V3_1_1,
+        true,
+    )))
+    .encode(mqtt_broker::mqtt::ProtocolVersion::V3_1_1, &mut bytes);
+    publisher.write_all(&bytes).expect("CONNECT");
+    // Records of 16 KiB (a large PUBLISH each) then 400 PUBLISHes of 100 bytes, each its own
+    // record, all sent with one write: plaintext arrives faster than the broker reads it, and
+    // some reads hold the end of a large record and small ones after it.
+    publisher.conn.set_buffer_limit(None);
+    let large = vec![b'L'; 16_000];
+    for _ in 0..3 {
+        let packet = crate::support::publish_packet("small", &large, QoS::AtMostOnce, false, 0);
+        let mut one = Vec::new();
+        packet.encode(mqtt_broker::mqtt::ProtocolVersion::V3_1_1, &mut one);
+        publisher.conn.writer().write_all(&one).expect("records");
+    }
+    for n in 0..400u32 {
+        let payload = format!("{n:0100}");
+        let packet =
+            crate::support::publish_packet("small", payload.as_bytes(), QoS::AtMostOnce, false, 0);
+        let mut one = Vec::new();
+        packet.encode(mqtt_broker::mqtt::ProtocolVersion::V3_1_1, &mut one);
+        publisher.conn.writer().write_all(&one).expect("a record");
+    }
+    while publisher.conn.wants_write() {
+        publisher
+            .conn
+            .write_tls(&mut publisher.sock)
+            .expect("send the records");
+    }
+    for _ in 0..3 {
+        assert_eq!(subscriber.recv_publish().payload[..], large[..]);
+    }
+    for n in 0..400u32 {
+        let publish = subscriber.recv_publish();
+        assert_eq!(publish.payload[..], *format!("{n:0100}").as_bytes());
+    }
     broker.stop();
 }

@@ -154,9 +154,39 @@ fn pings_are_answered_and_a_close_is_returned() {
 }
 
 #[test]
-fn the_upgrade_is_bounded_in_size_and_time_and_text_frames_are_refused() {
+fn the_broker_ends_a_websocket_with_a_close_frame() {
     let ws = listener(Protocol::WebSockets, None);
-    let config = config_with(|c| c.connect_timeout = Duration::from_secs(1));
+    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![ws]);
+    let mut bytes = Vec::new();
+    Packet::Disconnect(Default::default()).encode(ProtocolVersion::V3_1_1, &mut bytes);
+    let mut stream = ws_connect(tcp(addrs[0]), "mqtt").expect("upgrade");
+    let connect = encode(&Packet::Connect(Box::new(connect_packet(
+        "bye",
+        ProtocolVersion::V3_1_1,
+        true,
+    ))));
+    stream.write_all(&connect).expect("CONNECT");
+    let mut connack = [0; 4];
+    stream.read_exact(&mut connack).expect("CONNACK");
+    stream.write_all(&bytes).expect("DISCONNECT");
+    // The broker answers DISCONNECT by closing: a close frame, then the end.
+    let mut buf = [0; 16];
+    assert_eq!(stream.read(&mut buf).expect("a clean close"), 0);
+    assert!(
+        matches!(stream.control.as_slice(), [Message::Close(_)]),
+        "expected one close frame, got {:?}",
+        stream.control
+    );
+    broker.stop();
+}
+
+#[test]
+fn the_upgrade_and_messages_are_bounded_and_text_frames_are_refused() {
+    let ws = listener(Protocol::WebSockets, None);
+    let config = config_with(|c| {
+        c.connect_timeout = Duration::from_secs(1);
+        c.max_packet_size = 16 * 1024;
+    });
     let (broker, addrs, _) = start_broker_with_listeners(config, vec![ws]);
     let ends_within = |stream: &mut TcpStream, limit: Duration| {
         let started = Instant::now();
@@ -190,6 +220,24 @@ fn the_upgrade_is_bounded_in_size_and_time_and_text_frames_are_refused() {
     let mut slow = tcp(addrs[0]);
     slow.write_all(b"GET /mqtt HTTP/1.1\r\n").expect("write");
     assert!(ends_within(&mut slow, WAIT), "stalled upgrade still open");
+    // A message larger than the largest packet (16 KiB here) is refused as a whole, before
+    // any of it reaches MQTT: 32,768 PINGREQs in one message get no PINGRESP.
+    let mut stream = ws_connect(tcp(addrs[0]), "mqtt").expect("upgrade");
+    let connect = encode(&Packet::Connect(Box::new(connect_packet(
+        "big",
+        ProtocolVersion::V3_1_1,
+        true,
+    ))));
+    stream.write_all(&connect).expect("CONNECT");
+    let mut connack = [0; 4];
+    stream.read_exact(&mut connack).expect("CONNACK");
+    let pings: Vec<u8> = [0xc0, 0x00].repeat(32 * 1024);
+    let _ = stream.ws.send(Message::Binary(pings.into()));
+    let mut buf = [0; 16];
+    assert!(
+        matches!(stream.read(&mut buf), Ok(0) | Err(_)),
+        "closed without a PINGRESP"
+    );
     // [MQTT-6.0.0-1] A text frame closes the connection.
     let mut stream = ws_connect(tcp(addrs[0]), "mqtt").expect("upgrade");
     stream.ws.send(Message::Text("hello".into())).expect("text");

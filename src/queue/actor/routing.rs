@@ -5,6 +5,7 @@
 //! sessions hold. Must not: block on a client or copy a message per receiver.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use log::{debug, warn};
 
@@ -230,12 +231,17 @@ impl QueueActor {
                 Enqueued::Congested => {
                     self.congested.push(slot);
                     self.mark_dirty(slot);
+                    self.watch(slot);
                 }
                 Enqueued::Skipped => {}
-                Enqueued::Dropped => note_drop(session, false, &self.stats),
+                Enqueued::Dropped => {
+                    note_drop(session, false, &self.stats);
+                    self.watch(slot);
+                }
                 Enqueued::OverBudget => {
                     self.over_budget = true;
                     note_drop(session, true, &self.stats);
+                    self.watch(slot);
                 }
             }
         }
@@ -256,7 +262,14 @@ impl QueueActor {
         let seq = self.next_held_seq;
         let held_acks_limit = self.held_acks_limit;
         if let Some(session) = self.sessions[publisher as usize].as_mut() {
-            if congested.is_empty() && session.held_acks.is_empty() {
+            // Released for having been held too long: not held again for a while.
+            let free = !congested.is_empty()
+                && session.held_acks.is_empty()
+                && session
+                    .held_acks
+                    .free_until
+                    .is_some_and(|until| Instant::now() < until);
+            if free || (congested.is_empty() && session.held_acks.is_empty()) {
                 // A copy the publisher gets of its own message goes before its
                 // acknowledgement, as mosquitto writes them.
                 if session.dirty {
@@ -282,6 +295,7 @@ impl QueueActor {
                         receiver.holding.push((publisher, Held::Ack(seq)));
                     }
                 }
+                self.watch(publisher);
             }
         }
         let mut congested = congested;
@@ -339,10 +353,11 @@ impl QueueActor {
             };
             match held {
                 Held::Ack(seq) => {
-                    for ack in publisher.held_acks.release(seq) {
-                        let (kind, id, reason) = (ack.kind, ack.packet_id, ack.reason);
-                        ack_when_stored(&self.persist, &online.writer, kind, id, reason);
-                    }
+                    send_released(
+                        &self.persist,
+                        &online.writer,
+                        publisher.held_acks.release(seq),
+                    );
                     if publisher.held_acks.gated && publisher.held_acks.len() < held_acks_limit / 2
                     {
                         publisher.held_acks.gated = false;

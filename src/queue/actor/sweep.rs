@@ -3,6 +3,8 @@
 //!
 //! Owns: ending a congested session's hold on its publishers once it has lasted
 //! `flow_hold_limit` (from then on the session's own limits apply and its overflow is dropped),
+//! and a publisher's held acknowledgements once they have been held that long in all (however
+//! many receivers took turns),
 //! disconnecting a client that has taken nothing for `write_timeout` while messages wait (the
 //! progress clock, whether or not its writer is blocked), and the periodic and final lines of
 //! each session's drop episodes. Must not: block on a client (a stuck one is cut off by
@@ -18,8 +20,10 @@ pub(super) const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 impl QueueActor {
     pub(super) fn sweep(&mut self, now: Instant) {
-        for slot in 0..self.sessions.len() {
-            let slot = u32::try_from(slot).expect("fewer than 4 billion sessions");
+        let mut watched = std::mem::take(&mut self.watched);
+        watched.sort_unstable();
+        watched.dedup();
+        for &slot in &watched {
             let Some(session) = self.sessions[slot as usize].as_mut() else {
                 continue;
             };
@@ -31,6 +35,27 @@ impl QueueActor {
             let Some(online) = &session.online else {
                 continue;
             };
+            // As a publisher: held too long (two hold periods and nothing released), by one
+            // receiver or several in turn.
+            if session
+                .held_acks
+                .held_longer_than(self.flow_hold_limit * 2, now)
+            {
+                debug!(
+                    "client {}: acknowledgements held for {:?}; released",
+                    session.client_id,
+                    self.flow_hold_limit * 2
+                );
+                send_released(
+                    &self.persist,
+                    &online.writer,
+                    session.held_acks.release_all(),
+                );
+                if std::mem::take(&mut session.held_acks.gated) {
+                    online.writer.release_reader();
+                }
+                session.held_acks.free_until = Some(now + self.flow_hold_limit);
+            }
             if session.outbox.stalled_since.is_some() {
                 // Bytes accepted by its socket are progress too.
                 let written = online.writer.bytes_written();
@@ -67,7 +92,13 @@ impl QueueActor {
                 && session.outbox.congested_since.is_some_and(|since| {
                     now.saturating_duration_since(since) >= self.flow_hold_limit
                 });
-            if held_too_long {
+            if held_too_long && session.outbox.keeps_up() {
+                // Slow, but at its pace it drains to half within another period: flow control
+                // goes on, losslessly (its publishers' oldest held acknowledgements are
+                // released by the rule above if it does not).
+                session.outbox.congested_since = Some(now);
+                session.outbox.taken_at_congestion = session.outbox.taken;
+            } else if held_too_long {
                 debug!(
                     "client {}: congested for {:?}; publishers released, its own limits apply",
                     session.client_id, self.flow_hold_limit
@@ -76,6 +107,19 @@ impl QueueActor {
                 self.release_held(slot, true);
             }
         }
+        // Sessions with nothing left to look at leave the list (a slot reused since is
+        // looked at afresh).
+        let sessions = &mut self.sessions;
+        watched.retain(|&slot| match sessions[slot as usize].as_mut() {
+            Some(session) => {
+                session.watched = session.needs_watching();
+                session.watched
+            }
+            None => false,
+        });
+        // Those put on the list meanwhile join them (a repeat is removed next time).
+        watched.append(&mut self.watched);
+        self.watched = watched;
     }
 }
 
