@@ -1,5 +1,7 @@
 //! Power-loss and full-disk tests: the storage actor runs on a simulated disk that loses every write not yet
 //! synced when the power is cut, and every acknowledged message must be found after restart.
+//! A group of operations (a released QoS 2 message) is found after a cut either whole or not
+//! at all.
 //!
 //! Why a simulated disk: the machines that run the tests (containers, CI) cannot set up
 //! dm-flakey or loop devices, and dropping the real page cache needs root on the host. redb
@@ -308,4 +310,109 @@ fn a_failed_commit_holds_acknowledgements_until_the_disk_works_again() {
         1,
         "the message was stored"
     );
+}
+
+/// What a power cut now would leave: (held inbound QoS 2 ids, queued message numbers).
+fn held_and_queued(disk: &PowerCutDisk) -> (Vec<u16>, Vec<u64>) {
+    let db = Database::builder()
+        .create_with_backend(disk.after_power_cut())
+        .expect("the store opens after a power cut");
+    let recovered = recover(&db).ok().expect("the store recovers");
+    let mut held = Vec::new();
+    let mut queued = Vec::new();
+    for session in &recovered.sessions {
+        for (id, message) in &session.inbound_qos2 {
+            assert!(message.is_some(), "the held message itself is stored");
+            held.push(id.get());
+        }
+        for entry in &session.entries {
+            let bytes: [u8; 8] = entry.message.publish.payload[..8]
+                .try_into()
+                .expect("8 bytes");
+            queued.push(u64::from_be_bytes(bytes));
+        }
+    }
+    (held, queued)
+}
+
+/// A released QoS 2 message: its routing (queue rows) and its removal from the held ones are
+/// one group, committed whole even when the group's end reaches the storage thread late; a
+/// crash finds the message either still held or queued, never both nor neither.
+#[test]
+fn a_group_is_never_split_across_commits() {
+    let disk = PowerCutDisk::default();
+    let db = Database::builder()
+        .create_with_backend(disk.clone())
+        .expect("create the store");
+    let _ = recover(&db).ok().expect("an empty store recovers");
+    let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
+    let actor = StorageActor::new(rx, db, "group-disk".into(), true, disk.reopener());
+    let thread = thread::spawn(move || actor.run());
+    let handle = StorageHandle {
+        tx,
+        ids: Arc::new(AtomicU64::new(1)),
+    };
+    let client: Arc<str> = Arc::from("pub-and-sub");
+    let packet_id = crate::mqtt::PacketId::new(7).expect("non-zero");
+    handle.save_session(SessionRecord {
+        client_id: Arc::clone(&client),
+        version: ProtocolVersion::V3_1_1,
+        expiry: u32::MAX,
+        offline_since: Some(1),
+        will: None,
+    });
+    handle.inbound_qos2(Arc::clone(&client), packet_id, Some(message(1)));
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let done = done_tx.clone();
+    handle.after_commit(Box::new(move || {
+        let _ = done.send("held");
+    }));
+    assert_eq!(done_rx.recv_timeout(Duration::from_secs(20)), Ok("held"));
+    assert_eq!(held_and_queued(&disk), (vec![7], vec![]));
+
+    // PUBREL: the group starts, the message is queued; its removal and the end come late.
+    handle.group(true);
+    let message_id = handle.next_id();
+    let entry = QueueEntry {
+        message_id,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        packet_id: None,
+        released: false,
+        subscription_ids: Vec::new(),
+    };
+    handle.enqueue(
+        Arc::clone(&client),
+        handle.next_id(),
+        entry,
+        message(1),
+        true,
+    );
+    let done = done_tx.clone();
+    handle.after_commit(Box::new(move || {
+        let _ = done.send("inside the group");
+    }));
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        done_rx.try_recv().is_err(),
+        "nothing of an open group is committed"
+    );
+    assert_eq!(held_and_queued(&disk), (vec![7], vec![]), "still held only");
+    handle.inbound_qos2(Arc::clone(&client), packet_id, None);
+    handle.group(false);
+    let done = done_tx;
+    handle.after_commit(Box::new(move || {
+        let _ = done.send("released");
+    }));
+    assert_eq!(
+        done_rx.recv_timeout(Duration::from_secs(20)),
+        Ok("inside the group")
+    );
+    assert_eq!(
+        done_rx.recv_timeout(Duration::from_secs(20)),
+        Ok("released")
+    );
+    assert_eq!(held_and_queued(&disk), (vec![], vec![1]), "queued only");
+    drop(handle);
+    thread.join().expect("storage thread");
 }
