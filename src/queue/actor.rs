@@ -276,7 +276,12 @@ impl QueueActor {
                 if let Some(online) =
                     attached(&mut self.sessions, from).and_then(|s| s.online.as_ref())
                 {
-                    let _ = online.writer.send_packet(Packet::PingResp);
+                    // Behind the acknowledgements still waiting for a commit, as it is behind
+                    // those already sent (mosquitto's order).
+                    let writer = online.writer.clone();
+                    self.persist.when_stored(move || {
+                        let _ = writer.send_packet(Packet::PingResp);
+                    });
                 }
             }
             Msg::PubAcks { from, packet_ids } => {
