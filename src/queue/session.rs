@@ -112,6 +112,9 @@ pub(super) struct Session {
     /// window at a time as the client takes them, so that a large retained set is streamed
     /// at the client's pace instead of overflowing its queue.
     pub retained_feeds: VecDeque<RetainedFeed>,
+    /// Recovered from the store and not reconnected since: the client's read ACL is not known
+    /// (it is not stored), so what is queued meanwhile is checked when the client returns.
+    pub acl_unchecked: bool,
 }
 
 /// Retained messages for one subscription, still to be queued.
@@ -182,6 +185,7 @@ impl Session {
             held_acks: HeldAcks::default(),
             holding: Vec::new(),
             retained_feeds: VecDeque::new(),
+            acl_unchecked: false,
             read_acl: None,
             watched: false,
         }
@@ -655,6 +659,18 @@ impl Outbox {
             _ => return AckOutcome::WrongKind,
         }
         AckOutcome::Matched
+    }
+
+    /// Drops the queued messages `keep` refuses, with their stored copies.
+    pub fn drop_queued_unless(&mut self, keep: impl Fn(&Delivery) -> bool) {
+        for delivery in std::mem::take(&mut self.queued) {
+            if keep(&delivery) {
+                self.queued.push_back(delivery);
+            } else {
+                self.forget(&delivery);
+                self.finished(&delivery);
+            }
+        }
     }
 
     /// A message leaves the session for good: its stored copy goes too.

@@ -730,3 +730,39 @@ fn expiry_goes_on_while_the_broker_is_down_and_clean_sessions_are_not_kept() {
     assert_eq!(payloads, [&b"stays"[..]], "the expired message was dropped");
     client.expect_nothing(Duration::from_millis(300));
 }
+
+/// The read ACL is not stored: messages queued for a recovered session before its client
+/// reconnects are checked against the client's ACL when it returns.
+#[test]
+fn messages_queued_before_the_client_returns_after_a_restart_are_checked_against_its_acl() {
+    let dir = TempDir::new("acl-restart");
+    let port = free_port();
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic readwrite allowed/#\ntopic write denied/#\n").expect("acl file");
+    let conf = dir.path().join("broker.conf");
+    std::fs::write(
+        &conf,
+        format!("allow_anonymous true\nacl_file {}\n", acl.display()),
+    )
+    .expect("config file");
+    let args = ["-c", conf.to_str().expect("utf-8 path")];
+    let broker = ChildBroker::start_with_args(dir.path(), port, &[], &args);
+    let (mut sub, _) = RawClient::connect(broker.addr, "acl-sub", ProtocolVersion::V3_1_1, false);
+    sub.subscribe(1, &[("#", QoS::AtLeastOnce)]);
+    // PINGRESP waits for the commit of what came before it: the subscription is stored.
+    sub.ping();
+    sub.disconnect();
+    broker.kill();
+
+    let broker = ChildBroker::start_with_args(dir.path(), port, &[], &args);
+    let (mut publisher, _) =
+        RawClient::connect(broker.addr, "acl-pub", ProtocolVersion::V3_1_1, true);
+    publisher.publish("denied/x", b"secret", QoS::AtLeastOnce, false, 1);
+    publisher.publish("allowed/x", b"fine", QoS::AtLeastOnce, false, 2);
+    let (mut sub, connack) =
+        RawClient::connect(broker.addr, "acl-sub", ProtocolVersion::V3_1_1, false);
+    assert!(connack.session_present, "{:?}", broker.log());
+    let got = receive_all(&mut sub, Duration::from_secs(2), |_| false);
+    let topics: Vec<_> = got.iter().map(|p| p.topic.as_str()).collect();
+    assert_eq!(topics, ["allowed/x"], "{:?}", broker.log());
+}

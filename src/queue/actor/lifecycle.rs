@@ -90,6 +90,14 @@ impl QueueActor {
         };
         session.last_connection = request.connection_id;
         session.read_acl = request.read_acl;
+        if std::mem::take(&mut session.acl_unchecked) {
+            // Queued while the client was away after a restart, before its ACL was known.
+            if let Some(acl) = &session.read_acl {
+                session
+                    .outbox
+                    .drop_queued_unless(|d| acl.may_read(&d.message.publish.topic));
+            }
+        }
         persist_connected(&self.persist, slot, session, version, request.will.as_ref());
         // Acknowledgements held for the previous connection are gone with it: the client
         // resends those PUBLISH packets.

@@ -44,6 +44,7 @@ impl QueueActor {
             let client_id = Arc::clone(&record.client_id);
             let mut session =
                 Session::new(Arc::clone(&client_id), record.expiry, self.limits.clone());
+            session.acl_unchecked = true;
             // Held inbound QoS 2 messages wait for their PUBREL again, which routes them.
             for (packet_id, message) in saved.inbound_qos2 {
                 session.incoming_qos2.insert(packet_id);
@@ -125,8 +126,19 @@ impl QueueActor {
             return;
         }
         for recovered in &window.entries {
+            // Read back from disk: checked against the client's read ACL now (it may have been
+            // queued before the client's ACL was known, after a restart).
+            let delivery = stored_delivery(recovered);
+            if recovered.entry.packet_id.is_none()
+                && !session.may_read(&delivery.message.publish.topic)
+            {
+                if let Some(journal) = &session.outbox.journal {
+                    journal.done(&delivery);
+                }
+                continue;
+            }
             session.outbox.restore(
-                stored_delivery(recovered),
+                delivery,
                 recovered.entry.packet_id,
                 recovered.entry.released,
             );
