@@ -88,10 +88,14 @@ impl Persistence {
         self.replies.as_ref().map(|(_, rx)| rx)
     }
 
-    /// The retained message of its topic changed (an empty payload clears it).
+    /// The retained message of its topic changed (an empty payload clears it). The broker's
+    /// own `$SYS` topics are not stored: they are published afresh after a start.
     pub fn retain(&self, message: &Arc<Message>) {
         if let Some(storage) = &self.storage {
             let publish = &message.publish;
+            if publish.topic.starts_with("$SYS/") {
+                return;
+            }
             let kept = (!publish.payload.is_empty()).then(|| Arc::clone(message));
             storage.retain(publish.topic.clone(), kept);
         }

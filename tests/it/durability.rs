@@ -766,3 +766,26 @@ fn messages_queued_before_the_client_returns_after_a_restart_are_checked_against
     let topics: Vec<_> = got.iter().map(|p| p.topic.as_str()).collect();
     assert_eq!(topics, ["allowed/x"], "{:?}", broker.log());
 }
+
+/// The broker's own retained `$SYS` topics are not stored: after a restart with `$SYS` off,
+/// none of the old ones is delivered.
+#[test]
+fn sys_topics_are_not_stored() {
+    let dir = TempDir::new("sys");
+    let port = free_port();
+    let broker = ChildBroker::start(dir.path(), port, &[("SYS_INTERVAL", "1")]);
+    let (mut watcher, _) =
+        RawClient::connect(broker.addr, "watcher", ProtocolVersion::V3_1_1, true);
+    watcher.subscribe(1, &[("$SYS/broker/uptime", QoS::AtMostOnce)]);
+    let uptime = watcher.recv_publish();
+    assert_eq!(uptime.topic, "$SYS/broker/uptime");
+    // PINGRESP waits for the commit of everything sent to the store before it.
+    watcher.ping();
+    broker.kill();
+
+    let broker = ChildBroker::start(dir.path(), port, &[("SYS_INTERVAL", "0")]);
+    let (mut watcher, _) =
+        RawClient::connect(broker.addr, "watcher", ProtocolVersion::V3_1_1, true);
+    watcher.subscribe(1, &[("$SYS/#", QoS::AtMostOnce)]);
+    watcher.expect_nothing(Duration::from_millis(500));
+}
