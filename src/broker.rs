@@ -42,6 +42,8 @@ pub struct Broker {
     shared_authorizer: Option<Option<Arc<Authorizer>>>,
     /// Prometheus listeners (`protocol metrics`); they stop when `run` returns.
     metrics: Vec<crate::sys::metrics::MetricsServer>,
+    /// The `connection` blocks' bridges, started with the router, stopped before it.
+    bridges: crate::bridge::Bridges,
 }
 
 /// One bound listener: its socket, its settings, its copy of the config (with its
@@ -131,6 +133,7 @@ impl Broker {
             .unwrap_or_else(|| Listener::mqtt(addr));
         settings.addr = addr;
         let (queue, queue_thread) = QueueHandle::start(&config)?;
+        let bridges = crate::bridge::Bridges::start(&config, &queue)?;
         let mut broker = Broker {
             listeners: Vec::new(),
             base: config,
@@ -143,6 +146,7 @@ impl Broker {
             reloader: Reloader::default(),
             shared_authorizer: None,
             metrics: Vec::new(),
+            bridges,
         };
         broker.add_listener(listener, settings)?;
         Ok(broker)
@@ -244,6 +248,7 @@ impl Broker {
             queue_thread,
             stopper,
             metrics,
+            bridges,
             ..
         } = self;
         let registries: Vec<Arc<Registry>> =
@@ -283,6 +288,8 @@ impl Broker {
             let _ = thread.join();
         }
         info!("shutting down");
+        // Bridges first: each detaches its local session while the router still runs.
+        bridges.stop();
         // The router closes every session's connection (DISCONNECT 0x8B for v5 clients) ...
         let _ = queue.shutdown();
         drop(queue);

@@ -25,6 +25,7 @@
 //! See ARCHITECTURE.md for the threads, channels and invariants.
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod client;
 pub mod config;

@@ -79,6 +79,7 @@ pub fn encode_connect(out: &mut Vec<u8>, client_id: &str, keep_alive: u16) {
         username: None,
         password: None,
         properties: ConnectProperties::default(),
+        bridge: false,
     };
     Packet::Connect(Box::new(connect)).encode(VERSION, out);
 }

@@ -33,6 +33,9 @@ pub(super) struct Accepted {
     pub from: ConnectionRef,
     /// Credentials and access checks (None: no authentication configured).
     pub auth: Option<ClientAuth>,
+    /// A 3.1/3.1.1 bridge (CONNECT's bridge flag): its subscriptions get No Local and Retain
+    /// As Published, as mosquitto gives them.
+    pub bridge: bool,
 }
 
 /// Validates CONNECT, starts the writer and registers with the router; `None` when refused.
@@ -45,6 +48,7 @@ pub(super) fn handshake(
     config: &Config,
 ) -> Option<Accepted> {
     let version = connect.protocol;
+    let bridge = connect.bridge && !version.is_v5();
     let mut client_id = connect.client_id;
     let mut assigned = false;
     // As mosquitto: with a cap (65535 by default), an MQTT 5 client asking for more or for none
@@ -185,6 +189,7 @@ pub(super) fn handshake(
         writer,
         from,
         auth,
+        bridge,
     })
 }
 

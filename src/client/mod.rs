@@ -115,6 +115,30 @@ impl ClientHandle {
         }
     }
 
+    /// A handle whose "writer" is the returned receiver, for a client that lives inside the
+    /// broker (a bridge's local side): it takes what the router sends from the receiver and
+    /// reports with `taken`. `link` is what `abort` shuts down (the bridge's remote socket).
+    pub(crate) fn in_process(
+        capacity: usize,
+        link: Arc<dyn Link>,
+    ) -> (ClientHandle, Receiver<Outbound>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (ClientHandle::new(tx, capacity, Some(link)), rx)
+    }
+
+    /// What a writer does once it has taken `count` deliveries weighing `bytes` and put
+    /// `written` bytes on its wire. True when the router asked to be told that the channel
+    /// has emptied and it now has: the caller sends `QueueHandle::writer_drained`.
+    pub(crate) fn taken(&self, count: usize, bytes: usize, written: usize, empty: bool) -> bool {
+        let shared = &self.shared;
+        shared.waiting_deliveries.fetch_sub(count, Ordering::AcqRel);
+        shared.waiting_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        shared
+            .bytes_written
+            .fetch_add(written as u64, Ordering::Relaxed);
+        empty && shared.drain_requested.swap(false, Ordering::AcqRel)
+    }
+
     /// A handle whose "writer" is the returned receiver, for tests of the router.
     #[cfg(test)]
     pub(crate) fn for_tests(capacity: usize) -> (ClientHandle, Receiver<Outbound>) {

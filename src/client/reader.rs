@@ -250,9 +250,17 @@ impl Connection {
             Packet::PubRec(ack) => self.queue.ack(from, AckKind::PubRec, ack.packet_id)?,
             Packet::PubRel(ack) => self.queue.ack(from, AckKind::PubRel, ack.packet_id)?,
             Packet::PubComp(ack) => self.queue.ack(from, AckKind::PubComp, ack.packet_id)?,
-            Packet::Subscribe(subscribe) => {
+            Packet::Subscribe(mut subscribe) => {
                 if let Some(closed) = invalid_filter(subscribe.filters.iter().map(|f| &f.0)) {
                     return Ok(Some(closed));
+                }
+                if self.accepted.bridge {
+                    // mosquitto: a 3.x bridge never gets its own messages back, and sees the
+                    // retain flag as published.
+                    for (_, options) in &mut subscribe.filters {
+                        options.no_local = true;
+                        options.retain_as_published = true;
+                    }
                 }
                 let accepted = &mut self.accepted;
                 let refused = super::access::refused_filters(

@@ -19,6 +19,7 @@ pub fn load(path: &Path, base: Config) -> Result<Parsed, ConfError> {
     })?;
     let mut parsed = Parsed::new(base);
     parsed.apply(path, &text, &mut read_conf_dir)?;
+    parsed.check_last_bridge()?;
     Ok(parsed.finish())
 }
 

@@ -100,6 +100,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// How often $SYS topics are published (default 10 s; zero turns $SYS off).
     pub sys_interval: Duration,
+    /// Bridges to other brokers, one per `connection` block (default none).
+    pub bridges: Vec<crate::bridge::BridgeConfig>,
     /// Security options for every listener (`per_listener_settings false`, the default).
     pub security: Security,
     /// `per_listener_settings`: each listener has its own `Listener::security`.
@@ -157,6 +159,7 @@ impl Default for Config {
             client_stack_size: 128 * 1024,
             listeners: Vec::new(),
             sys_interval: Duration::from_secs(10),
+            bridges: Vec::new(),
             security: Security::default(),
             per_listener_settings: false,
             allow_zero_length_clientid: true,

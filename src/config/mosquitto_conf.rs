@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::listener::{Listener, Protocol, TlsSettings};
 use super::{Config, HttpAuth, LogDest, Security};
+use crate::bridge::BridgeConfig;
 
 /// A line the parser refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,9 +118,37 @@ impl Parsed {
                 }
                 continue;
             }
+            if option == "connection" {
+                // A new block; the one before it must be complete.
+                self.check_last_bridge()?;
+                let name = crate::bridge::config::word_value(value).map_err(error)?;
+                let bridge = BridgeConfig::new(&name, file.to_path_buf(), index + 1);
+                self.config.bridges.push(bridge);
+                continue;
+            }
+            if BridgeConfig::is_bridge_option(option) {
+                let bridge = self.config.bridges.last_mut().ok_or_else(|| {
+                    error("belongs to a bridge: a `connection` line must come first".into())
+                })?;
+                bridge.apply(option, value).map_err(error)?;
+                continue;
+            }
             self.option(option, value).map_err(error)?;
         }
         Ok(())
+    }
+
+    /// The last `connection` block, checked once complete: its errors name its first line.
+    pub fn check_last_bridge(&self) -> Result<(), ConfError> {
+        let Some(bridge) = self.config.bridges.last() else {
+            return Ok(());
+        };
+        bridge.check().map_err(|message| ConfError {
+            file: bridge.defined_at.0.clone(),
+            line: bridge.defined_at.1,
+            option: "connection".into(),
+            message: format!("bridge {}: {message}", bridge.name),
+        })
     }
 
     /// The settings once every file has been applied: listeners in order, the default
@@ -407,13 +436,8 @@ impl Parsed {
                     "ignored: this broker does not change user; run it as one",
                 );
             }
-            _ if UNSUPPORTED.contains(&option) || option.starts_with("bridge_") => {
-                let name = if option == "connection" || option.starts_with("bridge_") {
-                    "bridge"
-                } else {
-                    option
-                };
-                return Err(format!("not supported yet: {name}"));
+            _ if UNSUPPORTED.contains(&option) => {
+                return Err(format!("not supported yet: {option}"));
             }
             _ => return Err("unknown option".into()),
         }
@@ -430,27 +454,6 @@ impl Parsed {
 
 /// mosquitto options we know and do not have yet: named as such rather than "unknown".
 const UNSUPPORTED: &[&str] = &[
-    "connection",
-    "address",
-    "addresses",
-    "topic",
-    "remote_clientid",
-    "remote_username",
-    "remote_password",
-    "local_clientid",
-    "local_username",
-    "local_password",
-    "cleansession",
-    "keepalive_interval",
-    "notifications",
-    "notification_topic",
-    "notifications_local_only",
-    "restart_timeout",
-    "round_robin",
-    "start_type",
-    "threshold",
-    "idle_timeout",
-    "try_private",
     "plugin",
     "plugin_opt",
     "auth_plugin",
@@ -597,16 +600,22 @@ mod tests {
                 "PORT [BIND_ADDRESS]",
             ),
             (
-                "connection bridge-1",
-                1,
-                "connection",
-                "not supported yet: bridge",
-            ),
-            (
                 "bridge_protocol_version mqttv311",
                 1,
                 "bridge_protocol_version",
-                "not supported yet: bridge",
+                "a `connection` line must come first",
+            ),
+            (
+                "connection b\naddress 127.0.0.1\ntopic # sideways",
+                3,
+                "topic",
+                "out, in or both",
+            ),
+            (
+                "connection b\naddress 127.0.0.1\nconnection c",
+                1,
+                "connection",
+                "bridge b: no topic",
             ),
             (
                 "plugin /usr/lib/x.so",

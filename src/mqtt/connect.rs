@@ -142,6 +142,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<Connect, DecodeError> {
         username,
         password,
         properties,
+        bridge: level & 0x80 != 0,
     })
 }
 
@@ -174,7 +175,9 @@ impl Connect {
     pub(crate) fn write_body(&self, out: &mut Vec<u8>) {
         let v5 = self.protocol.is_v5();
         write_string(out, self.protocol.protocol_name());
-        write_u8(out, self.protocol.level());
+        // The bridge flag exists only for 3.1 and 3.1.1, whose levels leave bit 7 free.
+        let bridge = if self.bridge && !v5 { 0x80 } else { 0 };
+        write_u8(out, self.protocol.level() | bridge);
         let mut flags = 0;
         if self.username.is_some() {
             flags |= USERNAME;
@@ -238,6 +241,7 @@ mod tests {
             username: None,
             password: None,
             properties: ConnectProperties::default(),
+            bridge: false,
         }
     }
 
@@ -374,6 +378,14 @@ mod tests {
                 "MQIsdp level 4",
                 b"\x10\x0E\x00\x06MQIsdp\x04\x02\x00\x3C\x00\x00",
                 Want::Unsupported(4),
+            ),
+            (
+                "3.1.1 with the bridge bit (mosquitto's try_private)",
+                b"\x10\x0C\x00\x04MQTT\x84\x02\x00\x3C\x00\x00",
+                Want::Exact(Connect {
+                    bridge: true,
+                    ..basic(ProtocolVersion::V3_1_1, "")
+                }),
             ),
             (
                 "bridge bit level 0x85 is not a level we speak",

@@ -605,6 +605,7 @@ mod tests {
             username: Some("u".into()),
             password: None,
             properties: ConnectProperties::default(),
+            bridge: false,
         };
         connect.properties.receive_maximum = Some(5);
         let id = PacketId::new(1).expect("nonzero");

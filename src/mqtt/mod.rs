@@ -129,6 +129,9 @@ pub struct Connect {
     pub username: Option<String>,
     pub password: Option<Vec<u8>>,
     pub properties: ConnectProperties,
+    /// mosquitto's bridge flag: bit 7 of a 3.1 or 3.1.1 protocol level (`try_private`). A
+    /// bridge's subscriptions get No Local and Retain As Published, so nothing loops back.
+    pub bridge: bool,
 }
 
 /// The will message carried by CONNECT.

@@ -310,6 +310,18 @@ impl QueueActor {
                 client_id,
                 window,
             } => self.handle_stored_window(slot, &client_id, window),
+            Msg::Queued { client_id, reply } => {
+                // With persistence, a long queue is partly on disk: it counts too.
+                let queued = self
+                    .by_client_id
+                    .get(client_id.as_str())
+                    .and_then(|slot| self.sessions[*slot as usize].as_ref())
+                    .map_or(0, |session| {
+                        let on_disk = session.outbox.journal.as_ref().map_or(0, |j| j.on_disk());
+                        session.outbox.queued_len() + usize::try_from(on_disk).unwrap_or(usize::MAX)
+                    });
+                let _ = reply.send(queued);
+            }
         }
     }
 }

@@ -130,6 +130,11 @@ pub(crate) enum Msg {
         client_id: Arc<str>,
         window: crate::storage::Window,
     },
+    /// Messages waiting in a session's queue (a lazy bridge asks about its own).
+    Queued {
+        client_id: String,
+        reply: Sender<usize>,
+    },
 }
 
 /// The router's mailbox. Cheap to clone; the router stops when every handle has been dropped.
@@ -253,6 +258,16 @@ impl QueueHandle {
     /// The writer has emptied a channel the router found full.
     pub fn writer_drained(&self, from: ConnectionRef) -> Result<(), RouterGone> {
         self.send(Msg::WriterDrained { from })
+    }
+
+    /// How many messages wait in the queue of the session `client_id` (0 without one).
+    pub fn queued(&self, client_id: &str) -> Result<usize, RouterGone> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::Queued {
+            client_id: client_id.to_string(),
+            reply,
+        })?;
+        rx.recv().map_err(|_| RouterGone)
     }
 
     /// Closes every client connection (v5 clients get DISCONNECT 0x8B) and waits until the

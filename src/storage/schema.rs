@@ -71,6 +71,7 @@ impl SessionRecord {
                 username: None,
                 password: None,
                 properties: ConnectProperties::default(),
+                bridge: false,
             };
             Packet::Connect(Box::new(connect)).encode(ProtocolVersion::V5, &mut out);
         }

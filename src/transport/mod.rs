@@ -25,6 +25,14 @@ use crate::config::{Listener, Protocol};
 
 pub use tls::TlsAcceptor;
 
+/// The client side of a TLS connection we dialled (a bridge): the handshake, then the halves.
+pub use tls::connect as tls_client;
+
+/// The client side of a plain TCP connection we dialled (a bridge).
+pub fn tcp_client(socket: Arc<TcpStream>) -> Transport {
+    tcp::transport(socket)
+}
+
 /// Asks the writer thread to flush output the read half produced. Never blocks.
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 

@@ -2,7 +2,8 @@
 //!
 //! Owns: building a rustls `ServerConfig` from a listener's `TlsSettings` (and building it again
 //! on `reload`), the handshake (on the connection's reader thread, before the writer exists,
-//! bounded by a deadline), and the two halves that share one `ServerConnection` afterwards.
+//! bounded by a deadline), and the two halves that share one rustls `Connection` afterwards (a
+//! listener's server side, or the client side a bridge dials with `connect`).
 //!
 //! Must not: hold the session lock across a blocking socket read or write. The read half reads
 //! ciphertext from the socket into its own buffer without the lock, then takes the lock only to
@@ -149,6 +150,52 @@ fn remaining(deadline: Instant) -> io::Result<Duration> {
         return Err(io::Error::new(io::ErrorKind::TimedOut, "took too long"));
     }
     Ok(left)
+}
+
+/// A TLS connection whose handshake is done (server or client side), as a `Transport`.
+fn transport(
+    socket: Arc<TcpStream>,
+    conn: Connection,
+    certificate_username: Option<String>,
+) -> Transport {
+    let (input, write) = split(conn, Arc::clone(&socket));
+    Transport {
+        input,
+        output: Output {
+            write,
+            link: socket,
+        },
+        certificate_username,
+    }
+}
+
+/// The client side (a bridge to a remote broker): runs the handshake of `conn` on `socket`
+/// until `deadline`, then splits the session in two as for an accepted connection.
+pub fn connect(
+    socket: Arc<TcpStream>,
+    conn: rustls::ClientConnection,
+    deadline: Instant,
+) -> io::Result<Transport> {
+    let mut conn = Connection::from(conn);
+    let mut sock = &*socket;
+    loop {
+        while conn.wants_write() {
+            socket.set_write_timeout(Some(remaining(deadline)?))?;
+            conn.write_tls(&mut sock)?;
+        }
+        if !conn.is_handshaking() {
+            break;
+        }
+        socket.set_read_timeout(Some(remaining(deadline)?))?;
+        if conn.read_tls(&mut sock)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if let Err(e) = conn.process_new_packets() {
+            let _ = conn.write_tls(&mut sock);
+            return Err(invalid(e));
+        }
+    }
+    Ok(transport(socket, conn, None))
 }
 
 fn invalid(e: impl ToString) -> io::Error {

@@ -30,7 +30,13 @@ fn errors_name_file_line_and_option_and_nothing_starts() {
         ),
         (
             format!("listener {port} 127.0.0.1\nconnection to-cloud\naddress 10.0.0.1\n"),
-            "c.conf:2: connection: not supported yet: bridge".into(),
+            "c.conf:2: connection: bridge to-cloud: no topic".into(),
+        ),
+        (
+            format!(
+                "listener {port} 127.0.0.1\nconnection c\naddress 10.0.0.1\ntopic # sideways\n"
+            ),
+            "c.conf:4: topic: \"sideways\" is not out, in or both".into(),
         ),
         (
             format!(

@@ -4,6 +4,7 @@
 mod acl;
 mod auth;
 mod auth_support;
+mod bridge;
 mod browser;
 mod child_broker;
 mod cli;

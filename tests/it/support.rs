@@ -40,8 +40,21 @@ pub fn start_broker_with_listeners(
     config: Config,
     listeners: Vec<Listener>,
 ) -> (TestBroker, Vec<SocketAddr>, Reloader) {
-    let _ = env_logger::builder().is_test(true).try_init();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    start_broker_on_with_listeners(listener, config, listeners)
+}
+
+/// A broker on a socket the test bound (to restart one on the same port).
+pub fn start_broker_on(listener: TcpListener, config: Config) -> TestBroker {
+    start_broker_on_with_listeners(listener, config, Vec::new()).0
+}
+
+fn start_broker_on_with_listeners(
+    listener: TcpListener,
+    config: Config,
+    listeners: Vec<Listener>,
+) -> (TestBroker, Vec<SocketAddr>, Reloader) {
+    let _ = env_logger::builder().is_test(true).try_init();
     let mut broker = Broker::new(listener, config).expect("start the broker");
     let mut addrs = Vec::new();
     for settings in listeners {
@@ -313,6 +326,7 @@ pub fn connect_packet(client_id: &str, version: ProtocolVersion, clean: bool) ->
         username: None,
         password: None,
         properties: ConnectProperties::default(),
+        bridge: false,
     }
 }
 
