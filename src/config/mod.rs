@@ -100,6 +100,9 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// How often $SYS topics are published (default 10 s; zero turns $SYS off).
     pub sys_interval: Duration,
+    /// Where the store lives (None = persistence off, the default): sessions, queued and
+    /// retained messages (`PERSISTENCE_DIR`).
+    pub persistence_dir: Option<PathBuf>,
     /// Bridges to other brokers, one per `connection` block (default none).
     pub bridges: Vec<crate::bridge::BridgeConfig>,
     /// Security options for every listener (`per_listener_settings false`, the default).
@@ -121,9 +124,6 @@ pub struct Config {
     /// Not a setting: the authorizer of the listener this copy of the config was made for,
     /// set by `Broker` (None: everyone may connect and do anything).
     pub authorizer: Option<std::sync::Arc<crate::auth::Authorizer>>,
-    /// Where sessions, queued messages and retained messages are stored (`PERSISTENCE_DIR`);
-    /// `None`, the default, keeps everything in memory only, as mosquitto does by default.
-    pub persistence_dir: Option<PathBuf>,
     /// fsync each commit before the acknowledgements that wait for it
     /// (`PERSISTENCE_SYNC`, default true). Off: a commit reaches the disk up to a second later,
     /// and a crash or power cut loses what was acknowledged in that second.
@@ -159,6 +159,7 @@ impl Default for Config {
             client_stack_size: 128 * 1024,
             listeners: Vec::new(),
             sys_interval: Duration::from_secs(10),
+            persistence_dir: None,
             bridges: Vec::new(),
             security: Security::default(),
             per_listener_settings: false,
@@ -168,7 +169,6 @@ impl Default for Config {
             message_size_limit: 0,
             log_dest: LogDest::Stderr,
             authorizer: None,
-            persistence_dir: None,
             persistence_sync: true,
             reset_corrupt_store: false,
             persistent_client_expiration: None,
