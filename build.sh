@@ -117,7 +117,7 @@ build_binaries() {
     cargo build --release --bin "$BIN" --target-dir "$STATIC_TARGET_DIR" "${args[@]}"
   for p in "$@"; do
     target=$(rust_target_of "$p")
-    mkdir -p "$STAGE_DIR/linux-${p#linux/}"
+    mkdir -p "$STAGE_DIR/linux-${p#linux/}" "$STAGE_DIR/data"
     install -m 0755 "$STATIC_TARGET_DIR/$target/release/$BIN" "$STAGE_DIR/linux-${p#linux/}/$BIN"
     say "staged $STAGE_DIR/linux-${p#linux/}/$BIN ($(du -h "$STAGE_DIR/linux-${p#linux/}/$BIN" | cut -f1))"
   done

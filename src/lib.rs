@@ -20,6 +20,8 @@
 //!   retained messages, in-flight windows and offline queues.
 //! - [`sys`]: counters, the `$SYS` topics and the Prometheus `/metrics` listener.
 //! - [`mqtt`]: the packet model and codec for all three protocol versions, and topics.
+//! - [`storage`]: the storage actor (redb): sessions, queues and retained messages that
+//!   survive a crash, when `persistence_dir` is set.
 //!
 //! See ARCHITECTURE.md for the threads, channels and invariants.
 
@@ -31,6 +33,7 @@ pub mod config;
 pub mod limits;
 pub mod mqtt;
 pub mod queue;
+pub mod storage;
 pub mod sys;
 pub mod transport;
 

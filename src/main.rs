@@ -14,7 +14,8 @@ use mqtt_broker::config::mosquitto_conf::Parsed;
 use mqtt_broker::config::{file, Listener, LogDest, Protocol};
 use mqtt_broker::{Broker, Config};
 
-const USAGE: &str = "usage: mqtt-broker [-c mosquitto.conf]\n       mqtt-broker passwd ...";
+const USAGE: &str =
+    "usage: mqtt-broker [-c mosquitto.conf] [--reset-corrupt-store]\n       mqtt-broker passwd ...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,21 +28,23 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config_file = match parse_args(&args) {
-        Ok(path) => path,
+    let (config_file, reset_corrupt_store) = match parse_args(&args) {
+        Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("Error: {e}\n{USAGE}");
             return ExitCode::FAILURE;
         }
     };
     // Configuration errors go to stderr before logging is set up: logging is configured there.
-    let parsed = match load_config(config_file.as_ref()) {
+    let mut parsed = match load_config(config_file.as_ref()) {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("Error: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // A damaged store is moved aside and the broker starts empty (see README, Persistence).
+    parsed.config.reset_corrupt_store |= reset_corrupt_store;
     if let Err(e) = init_logging(&parsed.config.log_dest, &parsed.log_types) {
         eprintln!("Error: {e}");
         return ExitCode::FAILURE;
@@ -51,14 +54,6 @@ fn main() -> ExitCode {
     }
     for warning in &parsed.warnings {
         warn!("{warning}");
-    }
-    // Until the storage actor is merged nothing reads persistence_dir: say so rather than
-    // ignore `persistence true` silently. (Delete this block with the storage merge.)
-    if let Some(dir) = &parsed.config.persistence_dir {
-        warn!(
-            "persistence: accepted (location {}), but this build keeps sessions in memory only",
-            dir.display()
-        );
     }
     if let Some(pid_file) = &parsed.pid_file {
         if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
@@ -89,8 +84,10 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn parse_args(args: &[String]) -> Result<Option<PathBuf>, String> {
+/// The config file (`-c`) and whether `--reset-corrupt-store` was given.
+fn parse_args(args: &[String]) -> Result<(Option<PathBuf>, bool), String> {
     let mut config = None;
+    let mut reset_corrupt_store = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -98,11 +95,12 @@ fn parse_args(args: &[String]) -> Result<Option<PathBuf>, String> {
                 let path = args.next().ok_or("-c needs a file")?;
                 config = Some(PathBuf::from(path));
             }
+            "--reset-corrupt-store" => reset_corrupt_store = true,
             "-h" | "--help" => return Err("help".into()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(config)
+    Ok((config, reset_corrupt_store))
 }
 
 /// The environment's settings, with the file's on top.

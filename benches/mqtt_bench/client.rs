@@ -71,11 +71,14 @@ pub fn open(addr: SocketAddr, timeout: Duration) -> Result<BenchStream, String> 
     Ok(BenchStream::Tcp(stream))
 }
 
-/// Appends a clean-session CONNECT for `client_id`.
+/// Set once at start by `--persistent`: clients ask for a persistent session.
+pub static PERSISTENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Appends a CONNECT for `client_id`: clean session, unless `--persistent`.
 pub fn encode_connect(out: &mut Vec<u8>, client_id: &str, keep_alive: u16) {
     let connect = mqtt_broker::mqtt::Connect {
         protocol: VERSION,
-        clean_start: true,
+        clean_start: !PERSISTENT.load(std::sync::atomic::Ordering::Relaxed),
         keep_alive,
         client_id: client_id.to_owned(),
         will: None,

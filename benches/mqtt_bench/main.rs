@@ -68,6 +68,7 @@ fn main() -> ExitCode {
         }
     }
     stream::set_quic(options.quic);
+    client::PERSISTENT.store(options.persistent, std::sync::atomic::Ordering::Relaxed);
     let scenarios = match scenario::select(&options, &options.scenarios) {
         Ok(scenarios) => scenarios,
         Err(e) => {

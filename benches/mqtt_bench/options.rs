@@ -35,6 +35,7 @@ options:
   --tls-ca FILE      speak TLS (rustls), trusting the CA in FILE (PEM); the broker's
                      certificate must name localhost. Not for the connections scenario
   --label NAME       broker name written into each result line
+  --persistent       connect every client with clean session 0 (a persistent session)
   --json             one JSON object per result line
   --kv               one key=value line per result (for scripts)
   --list             list the scenarios selected (all by default) and exit
@@ -70,6 +71,8 @@ pub struct Options {
     pub label: String,
     /// `--tls-ca`: speak TLS, trusting this CA file.
     pub tls_ca: Option<String>,
+    /// Clients connect with clean session 0, so their sessions are kept (and stored).
+    pub persistent: bool,
     pub format: Format,
     pub list: bool,
     pub help: bool,
@@ -93,6 +96,7 @@ impl Default for Options {
             timeout: None,
             label: String::new(),
             tls_ca: None,
+            persistent: false,
             format: Format::Text,
             list: false,
             help: false,
@@ -131,6 +135,7 @@ impl Options {
                 "--timeout" => options.timeout = Some(seconds(&value("--timeout")?, "--timeout")?),
                 "--label" => options.label = value("--label")?,
                 "--tls-ca" => options.tls_ca = Some(value("--tls-ca")?),
+                "--persistent" => options.persistent = true,
                 "--json" => options.format = Format::Json,
                 "--kv" => options.format = Format::Kv,
                 "--list" => options.list = true,

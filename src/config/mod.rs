@@ -100,7 +100,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// How often $SYS topics are published (default 10 s; zero turns $SYS off).
     pub sys_interval: Duration,
-    /// Where the store lives (None = persistence off, the default).
+    /// Where the store lives (None = persistence off, the default): sessions, queued and
+    /// retained messages (`PERSISTENCE_DIR`).
     pub persistence_dir: Option<PathBuf>,
     /// Bridges to other brokers, one per `connection` block (default none).
     pub bridges: Vec<crate::bridge::BridgeConfig>,
@@ -123,6 +124,16 @@ pub struct Config {
     /// Not a setting: the authorizer of the listener this copy of the config was made for,
     /// set by `Broker` (None: everyone may connect and do anything).
     pub authorizer: Option<std::sync::Arc<crate::auth::Authorizer>>,
+    /// fsync each commit before the acknowledgements that wait for it
+    /// (`PERSISTENCE_SYNC`, default true). Off: a commit reaches the disk up to a second later,
+    /// and a crash or power cut loses what was acknowledged in that second.
+    pub persistence_sync: bool,
+    /// A store that cannot be read at start is moved aside and the broker starts empty
+    /// (`--reset-corrupt-store` or `RESET_CORRUPT_STORE=true`; default false: refuse to start).
+    pub reset_corrupt_store: bool,
+    /// MQTT 3.1/3.1.1 sessions that would never expire are removed after this long offline
+    /// (`PERSISTENT_CLIENT_EXPIRATION`, in seconds; default: never, as mosquitto).
+    pub persistent_client_expiration: Option<Duration>,
 }
 
 impl Default for Config {
@@ -158,6 +169,9 @@ impl Default for Config {
             message_size_limit: 0,
             log_dest: LogDest::Stderr,
             authorizer: None,
+            persistence_sync: true,
+            reset_corrupt_store: false,
+            persistent_client_expiration: None,
         }
     }
 }
@@ -213,6 +227,19 @@ impl Config {
         }
         if let Some(secs) = var("SYS_INTERVAL")? {
             config.sys_interval = Duration::from_secs(secs);
+        }
+        if let Some(dir) = var::<PathBuf>("PERSISTENCE_DIR")? {
+            config.persistence_dir = Some(dir).filter(|d| !d.as_os_str().is_empty());
+        }
+        if let Some(sync) = var("PERSISTENCE_SYNC")? {
+            config.persistence_sync = sync;
+        }
+        if let Some(reset) = var("RESET_CORRUPT_STORE")? {
+            config.reset_corrupt_store = reset;
+        }
+        if let Some(secs) = var::<u64>("PERSISTENT_CLIENT_EXPIRATION")? {
+            config.persistent_client_expiration =
+                Some(Duration::from_secs(secs)).filter(|d| !d.is_zero());
         }
         Ok(config)
     }

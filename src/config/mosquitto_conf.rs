@@ -386,8 +386,8 @@ impl Parsed {
                 }
             }
             "persistent_client_expiration" => {
-                expiration(value)?;
-                self.warn(option, "accepted, not enforced yet");
+                config.persistent_client_expiration =
+                    Some(expiration(value)?).filter(|d| !d.is_zero());
             }
             // We always set TCP_NODELAY: small MQTT packets must not wait for Nagle.
             "set_tcp_nodelay" => {
@@ -841,6 +841,11 @@ mod tests {
         assert_eq!(c.persistence_dir, Some(PathBuf::from(".")));
         let c = parse("persistence_location /x").unwrap().config;
         assert_eq!(c.persistence_dir, None);
+        let c = parse("persistent_client_expiration 2d").unwrap().config;
+        assert_eq!(
+            c.persistent_client_expiration,
+            Some(Duration::from_secs(2 * 86_400))
+        );
     }
 
     #[test]
