@@ -18,10 +18,13 @@ COPY target/static/image/linux-${TARGETARCH}/mqtt-broker /mqtt-broker
 ENV SOCKET_ADDR=0.0.0.0:1883
 EXPOSE 1883
 
-# Persistent data and configuration: none yet. When the broker gets them, add a directory owned
-# by the runtime user (scratch has no mkdir: COPY --chown=65532:65532 an empty directory from the
-# context) and declare it, e.g. `VOLUME /data`; a VOLUME on a path that does not exist in the
-# image is created root-owned, and the broker could not write to it.
+# The store (sessions, queued and retained messages), used when PERSISTENCE_DIR is set:
+# `docker run -v mqtt-data:/data -e PERSISTENCE_DIR=/data ...`. Persistence stays off unless
+# asked for, as in mosquitto. scratch has no mkdir, so the directory owned by the runtime user
+# is an empty one build.sh stages beside the binary; a VOLUME on a path missing from the image
+# would be created root-owned and the broker could not write to it.
+COPY --chown=65532:65532 target/static/image/data/ /data/
+VOLUME /data
 
 # Non-root; numeric because scratch has no /etc/passwd.
 USER 65532:65532

@@ -117,7 +117,7 @@ build_binaries() {
     cargo build --release --bin "$BIN" --target-dir "$STATIC_TARGET_DIR" "${args[@]}"
   for p in "$@"; do
     target=$(rust_target_of "$p")
-    mkdir -p "$STAGE_DIR/linux-${p#linux/}"
+    mkdir -p "$STAGE_DIR/linux-${p#linux/}" "$STAGE_DIR/data"
     install -m 0755 "$STATIC_TARGET_DIR/$target/release/$BIN" "$STAGE_DIR/linux-${p#linux/}/$BIN"
     say "staged $STAGE_DIR/linux-${p#linux/}/$BIN ($(du -h "$STAGE_DIR/linux-${p#linux/}/$BIN" | cut -f1))"
   done
@@ -251,10 +251,32 @@ install_metrics_parser() {
     || die "pip install prometheus_client failed"
 }
 
+# MQTT over QUIC clients for tests/it/quic.rs, into the git-ignored cache: aioquic (PyPI) and
+# mqttv5-cli (crates.io; a first build takes several minutes, later runs find it cached).
+install_quic_clients() {
+  local py=.test-cache/python cargo_root=.test-cache/cargo
+  if [[ ! -d $py/aioquic ]]; then
+    say "installing aioquic into $py (pip)"
+    command -v python3 >/dev/null 2>&1 || die "python3 is needed for the QUIC tests"
+    timeout 600 python3 -m pip install --quiet --target "$py" aioquic </dev/null ||
+      die "pip install aioquic failed"
+  fi
+  if [[ ! -x $cargo_root/bin/mqttv5 ]] && command -v mqttv5 >/dev/null 2>&1; then
+    # Already installed on this machine (cargo install mqttv5-cli): use that build.
+    mkdir -p "$cargo_root/bin" && cp "$(command -v mqttv5)" "$cargo_root/bin/mqttv5"
+  fi
+  if [[ ! -x $cargo_root/bin/mqttv5 ]]; then
+    say "installing mqttv5-cli into $cargo_root (cargo install)"
+    timeout 1800 cargo install mqttv5-cli --root "$cargo_root" --target-dir .test-cache/cargo-target </dev/null ||
+      die "cargo install mqttv5-cli failed"
+  fi
+}
+
 run_tests() {
   local t0=$SECONDS
   install_test_tools
   vendor_test_js
+  install_quic_clients
   # The browser test fails, rather than skips, when its tools are missing.
   export MQTT_BROWSER_TEST=require
   install_metrics_parser

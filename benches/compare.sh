@@ -16,6 +16,13 @@
 #   --tls         every client speaks TLS: ours and mosquitto with the same certificate (made
 #                 here with openssl, valid two days); default scenarios one2one-q0/q1 and
 #                 fanout-q0/q1. Ours takes the listener from `-c FILE` (mosquitto.conf syntax)
+#   --brokers     any of ours, mosquitto, rumqttd, and ours-quic: our broker with mqtt-bench
+#                 connecting over QUIC (a `protocol quic` listener, a throwaway certificate
+#                 made with openssl); not in the default list
+#   --persistent  every client connects with a persistent session (clean session 0); with the
+#                 brokers ours-persist (PERSISTENCE_DIR, fsync per commit), ours-persist-nosync
+#                 (PERSISTENCE_SYNC=false) and mosquitto-persist (persistence true, which
+#                 writes its file only at autosave or shutdown: it never syncs before acking)
 #   SCENARIO      names or groups as mqtt-bench takes them (default: all)
 # environment:
 #   BENCH_PORT_BASE   first of four loopback ports used (default: a free base from 20000-29990)
@@ -32,6 +39,7 @@ BENCH="$ROOT/target/release/mqtt-bench"
 OURS="$ROOT/target/release/mqtt-broker"
 
 QUICK=()
+PERSISTENT=()
 OUT=""
 TLS=""
 BROKERS=(ours mosquitto rumqttd)
@@ -42,6 +50,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=(--quick) ;;
         --tls) TLS=1 ;;
+        --persistent) PERSISTENT=(--persistent) ;;
         --out) OUT=${2:?--out needs a file}; shift ;;
         --brokers) read -r -a BROKERS <<<"${2:?--brokers needs a list}"; BROKERS_GIVEN=1; shift ;;
         --duration) EXTRA+=(--duration "${2:?}"); shift ;;
@@ -143,6 +152,7 @@ if [ "$MAPS" -lt 131072 ] && [ -w /proc/sys/vm/max_map_count ]; then
     fi
 fi
 
+# Only when it takes part: the install takes minutes.
 if [ ! -x "$RUMQTTD" ] && [[ " ${BROKERS[*]} " == *" rumqttd "* ]]; then
     log "installing rumqttd $RUMQTTD_VERSION into $CACHE/rumqttd (several minutes, once)"
     mkdir -p "$CACHE"
@@ -167,7 +177,13 @@ if ! BASE=$(pick_ports); then
     echo "compare.sh: no four free ports from ${BENCH_PORT_BASE:-a random base}; set BENCH_PORT_BASE" >&2
     exit 1
 fi
-declare -A PORT=([ours]=$BASE [mosquitto]=$((BASE + 1)) [rumqttd]=$((BASE + 2)))
+# ours-quic serves QUIC on UDP port BASE and TCP on BASE (for the readiness check); it never
+# runs at the same time as ours.
+declare -A PORT=([ours]=$BASE [ours-quic]=$BASE [mosquitto]=$((BASE + 1)) [rumqttd]=$((BASE + 2)))
+# The persistence variants run one at a time like the others, on their base broker's port.
+PORT[ours-persist]=$BASE
+PORT[ours-persist-nosync]=$BASE
+PORT[mosquitto-persist]=$((BASE + 1))
 RUMQTTD_V5_PORT=$((BASE + 3))
 
 # --- configurations ---------------------------------------------------------------------------
@@ -196,6 +212,22 @@ keyfile $T/server.key"
     printf 'listener %s 127.0.0.1\n%s\n' "${PORT[ours]}" "$TLS_CONF" >"$WORK/ours.conf"
 fi
 
+if [[ " ${BROKERS[*]} " == *" ours-quic "* ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$WORK/quic-key.pem" -out "$WORK/quic-cert.pem" -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null ||
+        { echo "compare.sh: openssl could not make the QUIC certificate" >&2; exit 1; }
+    cat >"$WORK/ours-quic.conf" <<EOF
+listener ${PORT[ours]} 127.0.0.1
+allow_anonymous true
+listener ${PORT[ours]} 127.0.0.1
+protocol quic
+certfile $WORK/quic-cert.pem
+keyfile $WORK/quic-key.pem
+allow_anonymous true
+EOF
+fi
+
 cat >"$WORK/mosquitto.conf" <<EOF
 listener ${PORT[mosquitto]} 127.0.0.1
 allow_anonymous true
@@ -207,6 +239,11 @@ max_inflight_bytes 0
 set_tcp_nodelay true
 $TLS_CONF
 EOF
+
+# mosquitto with its persistence on: the store is written at autosave (every 1800 s by
+# default) and at shutdown, never before a PUBACK.
+sed -e 's/^persistence false$/persistence true/' "$WORK/mosquitto.conf" >"$WORK/mosquitto-persist.conf"
+echo "persistence_location $WORK/mosquitto-store/" >>"$WORK/mosquitto-persist.conf"
 
 # rumqttd 0.20 (rumqttd.toml): a router, a v4 and a v5 server; no console or metrics listener.
 cat >"$WORK/rumqttd.toml" <<EOF
@@ -256,7 +293,19 @@ start_broker() {
                   env SOCKET_ADDR="127.0.0.1:$port" RUST_LOG="${OURS_LOG:-info}" $OURS_ENV "$OURS" \
                       >>"$WORK/ours.log" 2>&1 &
               fi ;;
+        ours-quic) env RUST_LOG="${OURS_LOG:-info}" $OURS_ENV "$OURS" -c "$WORK/ours-quic.conf" \
+                >>"$WORK/ours-quic.log" 2>&1 & ;;
         mosquitto) "$MOSQUITTO" -c "$WORK/mosquitto.conf" >>"$WORK/mosquitto.log" 2>&1 & ;;
+        # A fresh store for every scenario.
+        ours-persist|ours-persist-nosync)
+            rm -rf "$WORK/store"
+            local sync=true
+            [ "$broker" = ours-persist ] || sync=false
+            env SOCKET_ADDR="127.0.0.1:$port" RUST_LOG="${OURS_LOG:-info}" PERSISTENCE_DIR="$WORK/store" \
+                PERSISTENCE_SYNC=$sync $OURS_ENV "$OURS" >>"$WORK/ours.log" 2>&1 & ;;
+        mosquitto-persist)
+            rm -rf "$WORK/mosquitto-store" && mkdir -p "$WORK/mosquitto-store"
+            "$MOSQUITTO" -c "$WORK/mosquitto-persist.conf" >>"$WORK/mosquitto.log" 2>&1 & ;;
         rumqttd) "$RUMQTTD" -q -c "$WORK/rumqttd.toml" >>"$WORK/rumqttd.log" 2>&1 & ;;
     esac
     BROKER_PID=$!
@@ -309,8 +358,10 @@ for scenario in "${NAMES[@]}"; do
             continue
         fi
         log "$scenario on $broker (pid $BROKER_PID)"
+        transport=()
+        [ "$broker" = ours-quic ] && transport=(--quic)
         line=$(timeout --kill-after=5 "$(limit_for "$scenario")" "$BENCH" --addr "127.0.0.1:${PORT[$broker]}" \
-            --pid "$BROKER_PID" --label "$broker" --kv "${QUICK[@]}" "${EXTRA[@]}" "$scenario" \
+            "${transport[@]}" --pid "$BROKER_PID" --label "$broker" --kv "${QUICK[@]}" "${PERSISTENT[@]}" "${EXTRA[@]}" "$scenario" \
             2>>"$WORK/bench.err" | grep '^RESULT' | tail -1) || true
         hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$BROKER_PID/status" 2>/dev/null || true)
         stop_broker

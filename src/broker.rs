@@ -12,7 +12,7 @@ mod admission;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -44,6 +44,16 @@ pub struct Broker {
     metrics: Vec<crate::sys::metrics::MetricsServer>,
     /// The `connection` blocks' bridges, started with the router, stopped before it.
     bridges: crate::bridge::Bridges,
+    /// QUIC listeners (UDP): each gets its endpoint thread when `run` starts.
+    quic: Vec<QuicBound>,
+}
+
+/// One bound QUIC listener, not yet started.
+struct QuicBound {
+    socket: UdpSocket,
+    settings: transport::quic::QuicSettings,
+    config: Arc<Config>,
+    registry: Arc<Registry>,
 }
 
 /// One bound listener: its socket, its settings, its copy of the config (with its
@@ -108,17 +118,19 @@ impl Stopper {
     }
 }
 
-/// Refuses listeners whose transport this build cannot serve yet. The one place to change
-/// when QUIC arrives.
-pub fn check_transport(settings: &Listener) -> io::Result<()> {
-    let missing = match settings.protocol {
-        Protocol::Mqtt | Protocol::WebSockets | Protocol::Metrics => return Ok(()),
-        Protocol::Quic => "protocol quic",
-    };
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        format!("listener {}: not supported yet: {missing}", settings.addr),
-    ))
+/// Refuses what a TCP listener cannot serve: a QUIC listener needs a UDP socket
+/// (`add_quic_listener`).
+fn check_transport(settings: &Listener) -> io::Result<()> {
+    if settings.protocol == Protocol::Quic {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "listener {}: protocol quic needs a UDP socket (add_quic_listener)",
+                settings.addr
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Broker {
@@ -147,6 +159,7 @@ impl Broker {
             shared_authorizer: None,
             metrics: Vec::new(),
             bridges,
+            quic: Vec::new(),
         };
         broker.add_listener(listener, settings)?;
         Ok(broker)
@@ -190,6 +203,40 @@ impl Broker {
         let addr = server.local_addr();
         self.metrics.push(server);
         Ok(addr)
+    }
+
+    /// Adds a QUIC listener on a bound UDP socket (`protocol quic`, with `certfile` and
+    /// `keyfile`). Fails if its TLS files do not load.
+    pub fn add_quic_listener(
+        &mut self,
+        socket: UdpSocket,
+        mut settings: Listener,
+    ) -> io::Result<()> {
+        settings.addr = socket.local_addr()?;
+        let mut quic = transport::quic::QuicSettings::new(
+            &settings,
+            self.base.max_packet_size,
+            self.base.max_keep_alive,
+        )?;
+        quic.control_deadline = self.base.connect_timeout;
+        self.reloader
+            .tls
+            .add_quic(quic.reloader(&settings, self.base.max_keep_alive));
+        let authorizer = self.authorizer_for(&settings)?;
+        let mut config = self.base.clone();
+        config.authorizer = authorizer;
+        self.quic.push(QuicBound {
+            socket,
+            settings: quic,
+            config: Arc::new(config),
+            registry: Arc::new(Registry::default()),
+        });
+        Ok(())
+    }
+
+    /// Every QUIC listener's address, in the order they were added.
+    pub fn quic_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.quic.iter().map(|l| l.socket.local_addr()).collect()
     }
 
     fn authorizer_for(&mut self, settings: &Listener) -> io::Result<Option<Arc<Authorizer>>> {
@@ -249,12 +296,15 @@ impl Broker {
             stopper,
             metrics,
             bridges,
+            quic,
             ..
         } = self;
-        let registries: Vec<Arc<Registry>> =
+        let mut registries: Vec<Arc<Registry>> =
             listeners.iter().map(|l| Arc::clone(&l.registry)).collect();
+        registries.extend(quic.iter().map(|l| Arc::clone(&l.registry)));
         start_handshake_reaper(&registries, base.connect_timeout, &stopper);
         let next_id = Arc::new(AtomicU64::new(1));
+        let quic_threads = start_quic(quic, &queue, &next_id, &stopper);
         let mut listeners = listeners.into_iter();
         let first = listeners
             .next()
@@ -310,6 +360,10 @@ impl Broker {
             }
         }
         drop(metrics);
+        // The QUIC endpoints end once their connections have closed (or after a grace).
+        for thread in quic_threads {
+            let _ = thread.join();
+        }
         // Every client thread has dropped its router handle, so the router ends.
         let _ = queue_thread.join();
         info!("stopped");
@@ -377,6 +431,42 @@ impl AcceptLoop {
             }
         }
     }
+}
+
+/// Starts each QUIC listener's threads; their clients get connection ids from `next_id`.
+fn start_quic(
+    listeners: Vec<QuicBound>,
+    queue: &QueueHandle,
+    next_id: &Arc<AtomicU64>,
+    stopper: &Stopper,
+) -> Vec<JoinHandle<()>> {
+    let mut threads = Vec::new();
+    for bound in listeners {
+        let QuicBound {
+            socket,
+            settings,
+            config,
+            registry,
+        } = bound;
+        let queue = queue.clone();
+        let next_id = Arc::clone(next_id);
+        let spawn: transport::quic::Spawner = Arc::new(move |transport, peer| {
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            client::spawn_transport(
+                transport,
+                peer,
+                id,
+                queue.clone(),
+                Arc::clone(&config),
+                Arc::clone(&registry),
+            )
+        });
+        match transport::quic::start(socket, settings, spawn, Arc::clone(&stopper.stopping)) {
+            Ok(listener) => threads.extend(listener.threads),
+            Err(e) => error!("cannot start a QUIC listener: {e}"),
+        }
+    }
+    threads
 }
 
 /// Starts the thread that closes connections whose CONNECT is late, on every listener.

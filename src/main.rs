@@ -4,18 +4,18 @@
 //! subcommand.
 
 use std::fs::OpenOptions;
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use log::{error, info, warn, LevelFilter};
 use mqtt_broker::auth::passwd_tool;
-use mqtt_broker::broker::check_transport;
 use mqtt_broker::config::mosquitto_conf::Parsed;
-use mqtt_broker::config::{file, Listener, LogDest};
+use mqtt_broker::config::{file, Listener, LogDest, Protocol};
 use mqtt_broker::{Broker, Config};
 
-const USAGE: &str = "usage: mqtt-broker [-c mosquitto.conf]\n       mqtt-broker passwd ...";
+const USAGE: &str =
+    "usage: mqtt-broker [-c mosquitto.conf] [--reset-corrupt-store]\n       mqtt-broker passwd ...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,21 +28,23 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config_file = match parse_args(&args) {
-        Ok(path) => path,
+    let (config_file, reset_corrupt_store) = match parse_args(&args) {
+        Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("Error: {e}\n{USAGE}");
             return ExitCode::FAILURE;
         }
     };
     // Configuration errors go to stderr before logging is set up: logging is configured there.
-    let parsed = match load_config(config_file.as_ref()) {
+    let mut parsed = match load_config(config_file.as_ref()) {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("Error: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // A damaged store is moved aside and the broker starts empty (see README, Persistence).
+    parsed.config.reset_corrupt_store |= reset_corrupt_store;
     if let Err(e) = init_logging(&parsed.config.log_dest, &parsed.log_types) {
         eprintln!("Error: {e}");
         return ExitCode::FAILURE;
@@ -52,14 +54,6 @@ fn main() -> ExitCode {
     }
     for warning in &parsed.warnings {
         warn!("{warning}");
-    }
-    // Until the storage actor is merged nothing reads persistence_dir: say so rather than
-    // ignore `persistence true` silently. (Delete this block with the storage merge.)
-    if let Some(dir) = &parsed.config.persistence_dir {
-        warn!(
-            "persistence: accepted (location {}), but this build keeps sessions in memory only",
-            dir.display()
-        );
     }
     if let Some(pid_file) = &parsed.pid_file {
         if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
@@ -90,8 +84,10 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn parse_args(args: &[String]) -> Result<Option<PathBuf>, String> {
+/// The config file (`-c`) and whether `--reset-corrupt-store` was given.
+fn parse_args(args: &[String]) -> Result<(Option<PathBuf>, bool), String> {
     let mut config = None;
+    let mut reset_corrupt_store = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -99,11 +95,12 @@ fn parse_args(args: &[String]) -> Result<Option<PathBuf>, String> {
                 let path = args.next().ok_or("-c needs a file")?;
                 config = Some(PathBuf::from(path));
             }
+            "--reset-corrupt-store" => reset_corrupt_store = true,
             "-h" | "--help" => return Err("help".into()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(config)
+    Ok((config, reset_corrupt_store))
 }
 
 /// The environment's settings, with the file's on top.
@@ -121,8 +118,17 @@ fn start(config: Config) -> Result<Broker, String> {
     if settings.is_empty() {
         settings.push(Listener::mqtt(config.socket_addr));
     }
-    for listener in &settings {
-        check_transport(listener).map_err(|e| e.to_string())?;
+    // QUIC listeners bind UDP and are added after the TCP ones; the broker needs one TCP
+    // listener first, the default one if the file names QUIC listeners only.
+    let (quic, mut settings): (Vec<Listener>, Vec<Listener>) = settings
+        .into_iter()
+        .partition(|l| l.protocol == Protocol::Quic);
+    if settings.is_empty() {
+        settings.push(Listener::mqtt(config.socket_addr));
+    }
+    let mut config = config;
+    if !config.listeners.is_empty() {
+        config.listeners.clone_from(&settings);
     }
     let mut sockets = Vec::new();
     for listener in &settings {
@@ -130,12 +136,23 @@ fn start(config: Config) -> Result<Broker, String> {
             .map_err(|e| format!("cannot listen on {}: {e}", listener.addr))?;
         sockets.push(socket);
     }
+    let mut quic_sockets = Vec::new();
+    for listener in &quic {
+        let socket = UdpSocket::bind(listener.addr)
+            .map_err(|e| format!("cannot listen on {} (UDP): {e}", listener.addr))?;
+        quic_sockets.push(socket);
+    }
     let mut sockets = sockets.into_iter();
     let first = sockets.next().expect("one listener at least");
     let mut broker = Broker::new(first, config).map_err(|e| format!("cannot start: {e}"))?;
     for (socket, listener) in sockets.zip(settings.into_iter().skip(1)) {
         broker
             .add_listener(socket, listener)
+            .map_err(|e| format!("cannot start: {e}"))?;
+    }
+    for (socket, listener) in quic_sockets.into_iter().zip(quic) {
+        broker
+            .add_quic_listener(socket, listener)
             .map_err(|e| format!("cannot start: {e}"))?;
     }
     Ok(broker)

@@ -8,7 +8,9 @@
 //! open-file limit allows.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
+
+use crate::stream::BenchStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -137,7 +139,7 @@ fn put_status(line: &mut Line, when: &'static str, status: Option<Status>) {
 /// has passed, then disconnects them all.
 fn churn(addr: SocketAddr, ids: &[String], duration: Duration) -> Churned {
     let mut done = Churned::default();
-    let mut slots: Vec<Option<TcpStream>> = Vec::with_capacity(ids.len());
+    let mut slots: Vec<Option<BenchStream>> = Vec::with_capacity(ids.len());
     for batch in ids.chunks(BATCH) {
         slots.extend(connect_batch(addr, batch, &mut done));
     }
@@ -168,9 +170,9 @@ fn churn(addr: SocketAddr, ids: &[String], duration: Duration) -> Churned {
 }
 
 /// Opens a connection per id and sends its CONNECT, then reads the CONNACKs.
-fn connect_batch(addr: SocketAddr, ids: &[String], done: &mut Churned) -> Vec<Option<TcpStream>> {
+fn connect_batch(addr: SocketAddr, ids: &[String], done: &mut Churned) -> Vec<Option<BenchStream>> {
     let mut bytes = Vec::new();
-    let pending: Vec<Option<TcpStream>> = ids
+    let pending: Vec<Option<BenchStream>> = ids
         .iter()
         .map(|id| {
             bytes.clear();
@@ -201,7 +203,7 @@ fn connect_batch(addr: SocketAddr, ids: &[String], done: &mut Churned) -> Vec<Op
 
 /// Sends DISCONNECT and waits for the broker to close the connection, so that the broker,
 /// not this client, holds the TIME_WAIT (this side would run out of ports).
-fn disconnect(mut stream: TcpStream) -> Result<(), String> {
+fn disconnect(mut stream: BenchStream) -> Result<(), String> {
     let mut bytes = Vec::new();
     encode_disconnect(&mut bytes);
     stream

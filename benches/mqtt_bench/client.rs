@@ -6,6 +6,8 @@
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+
+use crate::stream::BenchStream;
 use std::num::NonZeroU16;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -53,8 +55,12 @@ pub fn tls_enabled() -> bool {
 }
 
 /// Opens a TCP connection with Nagle off and both socket timeouts set to `timeout`, so that
-/// no later read or write on it can block for longer.
-pub fn open(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
+/// no later read or write on it can block for longer; or, with `--quic`, a QUIC connection
+/// and its first bidirectional stream.
+pub fn open(addr: SocketAddr, timeout: Duration) -> Result<BenchStream, String> {
+    if crate::stream::quic() {
+        return crate::stream::connect_quic(addr, timeout);
+    }
     let stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     stream
@@ -62,14 +68,17 @@ pub fn open(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
         .and_then(|_| stream.set_read_timeout(Some(timeout)))
         .and_then(|_| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| format!("socket options: {e}"))?;
-    Ok(stream)
+    Ok(BenchStream::Tcp(stream))
 }
 
-/// Appends a clean-session CONNECT for `client_id`.
+/// Set once at start by `--persistent`: clients ask for a persistent session.
+pub static PERSISTENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Appends a CONNECT for `client_id`: clean session, unless `--persistent`.
 pub fn encode_connect(out: &mut Vec<u8>, client_id: &str, keep_alive: u16) {
     let connect = mqtt_broker::mqtt::Connect {
         protocol: VERSION,
-        clean_start: true,
+        clean_start: !PERSISTENT.load(std::sync::atomic::Ordering::Relaxed),
         keep_alive,
         client_id: client_id.to_owned(),
         will: None,
@@ -125,12 +134,20 @@ pub fn expect_connack<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), 
 pub struct Connection {
     pub stream: Box<dyn WriteHalf>,
     pub reader: BufReader<Box<dyn ReadHalf>>,
-    pub socket: TcpStream,
+    pub socket: BenchStream,
     buf: Vec<u8>,
 }
 
-/// The two halves of `socket`, after a TLS handshake when the run speaks TLS.
-fn halves(socket: &TcpStream) -> Result<Halves, String> {
+/// The two halves of `socket`, after a TLS handshake when the run speaks TLS; a QUIC stream
+/// is its own two halves.
+fn halves(socket: &BenchStream) -> Result<Halves, String> {
+    let socket = match socket {
+        BenchStream::Tcp(socket) => socket,
+        BenchStream::Quic(_) => {
+            let clone = || socket.try_clone().map_err(|e| format!("stream clone: {e}"));
+            return Ok((Box::new(clone()?), Box::new(clone()?)));
+        }
+    };
     let shared = Arc::new(
         socket
             .try_clone()

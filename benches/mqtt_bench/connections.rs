@@ -7,8 +7,8 @@
 //! Must not: open more sockets than this process's open-file limit allows, or wait on any
 //! socket without a timeout.
 
+use crate::stream::BenchStream;
 use std::io::Write;
-use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ const KEEP_ALIVE: u16 = 600;
 /// What one connecting thread ends with.
 #[derive(Default)]
 struct Opened {
-    streams: Vec<TcpStream>,
+    streams: Vec<BenchStream>,
     failures: u64,
     first_error: Option<String>,
 }
@@ -228,7 +228,7 @@ fn open_many(
 
 /// Sends PINGREQ to every `PING_EVERY`-th held client and reads the PINGRESP: a broker that
 /// holds sockets but no longer serves them would fail here. Returns (pinged, failures).
-fn ping_sample(streams: &mut [TcpStream]) -> (u64, u64) {
+fn ping_sample(streams: &mut [BenchStream]) -> (u64, u64) {
     let mut ping = Vec::new();
     Packet::PingReq.encode(VERSION, &mut ping);
     let mut buf = Vec::new();

@@ -33,6 +33,7 @@ mod reader;
 mod report;
 mod run;
 mod scenario;
+mod stream;
 mod tally;
 mod traffic;
 mod watch;
@@ -66,6 +67,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    stream::set_quic(options.quic);
+    client::PERSISTENT.store(options.persistent, std::sync::atomic::Ordering::Relaxed);
     let scenarios = match scenario::select(&options, &options.scenarios) {
         Ok(scenarios) => scenarios,
         Err(e) => {

@@ -17,6 +17,8 @@ churn) or all (the default); --list shows the names.
 
 options:
   --addr HOST:PORT   broker address, loopback only       (127.0.0.1:1883)
+  --quic             connect over QUIC (UDP port of --addr, ALPN mqtt, one
+                     stream per connection; the certificate is not checked)
   --pid PID          the broker's process: its RSS and threads are sampled from /proc
   --duration SECS    publishing time of each flood or rate scenario, and of churn  (5)
   --messages N       messages of qos1-1m                             (1000000)
@@ -33,6 +35,7 @@ options:
   --tls-ca FILE      speak TLS (rustls), trusting the CA in FILE (PEM); the broker's
                      certificate must name localhost. Not for the connections scenario
   --label NAME       broker name written into each result line
+  --persistent       connect every client with clean session 0 (a persistent session)
   --json             one JSON object per result line
   --kv               one key=value line per result (for scripts)
   --list             list the scenarios selected (all by default) and exit
@@ -52,6 +55,8 @@ pub enum Format {
 pub struct Options {
     pub addr: SocketAddr,
     pub pid: Option<u32>,
+    /// Connect over QUIC instead of TCP.
+    pub quic: bool,
     pub duration: Duration,
     pub messages: u64,
     pub clients: usize,
@@ -66,6 +71,8 @@ pub struct Options {
     pub label: String,
     /// `--tls-ca`: speak TLS, trusting this CA file.
     pub tls_ca: Option<String>,
+    /// Clients connect with clean session 0, so their sessions are kept (and stored).
+    pub persistent: bool,
     pub format: Format,
     pub list: bool,
     pub help: bool,
@@ -77,6 +84,7 @@ impl Default for Options {
         Options {
             addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
             pid: None,
+            quic: false,
             duration: Duration::from_secs(5),
             messages: 1_000_000,
             clients: 10_000,
@@ -88,6 +96,7 @@ impl Default for Options {
             timeout: None,
             label: String::new(),
             tls_ca: None,
+            persistent: false,
             format: Format::Text,
             list: false,
             help: false,
@@ -112,6 +121,7 @@ impl Options {
             let mut value = |name: &str| rest.next().ok_or_else(|| format!("{name} needs a value"));
             match arg.as_str() {
                 "--quick" => {}
+                "--quic" => options.quic = true,
                 "--addr" => options.addr = loopback(&value("--addr")?)?,
                 "--pid" => options.pid = Some(number(&value("--pid")?, "--pid")?),
                 "--duration" => options.duration = seconds(&value("--duration")?, "--duration")?,
@@ -125,6 +135,7 @@ impl Options {
                 "--timeout" => options.timeout = Some(seconds(&value("--timeout")?, "--timeout")?),
                 "--label" => options.label = value("--label")?,
                 "--tls-ca" => options.tls_ca = Some(value("--tls-ca")?),
+                "--persistent" => options.persistent = true,
                 "--json" => options.format = Format::Json,
                 "--kv" => options.format = Format::Kv,
                 "--list" => options.list = true,

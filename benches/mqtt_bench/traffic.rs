@@ -5,7 +5,7 @@
 //! then shut the socket down so that no thread can outlive the run). Must not: decide when a
 //! run ends or judge what was received (`run` and `tally` do).
 
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -15,6 +15,7 @@ use crossbeam_channel::Sender;
 
 use crate::client::Connection;
 use crate::reader::{Reader, ReaderEnd};
+use crate::stream::BenchStream;
 use crate::tally::Tally;
 use crate::writer::{Publishing, ToWriter, Writer, WriterEnd};
 
@@ -102,7 +103,7 @@ pub struct Setup {
 pub struct TrafficClient {
     pub counters: Arc<Counters>,
     to_writer: Sender<ToWriter>,
-    socket: TcpStream,
+    socket: BenchStream,
     reader: Option<JoinHandle<ReaderEnd>>,
     writer: Option<JoinHandle<WriterEnd>>,
     spawn_error: Option<String>,

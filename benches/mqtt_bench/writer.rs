@@ -7,9 +7,11 @@
 //! bound (every wait has a timeout, every write the socket's write timeout), or panic.
 
 use std::io::Write;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 
 use mqtt_broker::transport::WriteHalf;
+
+use crate::stream::BenchStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +74,7 @@ pub struct WriterEnd {
 pub struct Writer {
     pub stream: Box<dyn WriteHalf>,
     /// The socket, to end the connection with a half close after DISCONNECT.
-    pub socket: TcpStream,
+    pub socket: BenchStream,
     pub inbox: Receiver<ToWriter>,
     pub publishing: Option<Publishing>,
     pub counters: Arc<Counters>,

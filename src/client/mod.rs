@@ -299,6 +299,27 @@ pub fn spawn(
     )
 }
 
+/// Starts the reader thread of a connection whose transport is already made (QUIC: the
+/// endpoint thread made it). Returns an error only if the thread cannot start.
+pub fn spawn_transport(
+    transport: crate::transport::Transport,
+    peer: SocketAddr,
+    connection_id: u64,
+    queue: QueueHandle,
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+) -> io::Result<()> {
+    let stack_size = config.client_stack_size;
+    pool::pool().spawn(
+        stack_size,
+        Box::new(move || {
+            let link = Arc::clone(&transport.output.link);
+            let registered = registry.register(connection_id, &link);
+            reader::run(transport, peer, connection_id, queue, &config, &registered);
+        }),
+    )
+}
+
 /// The TLS handshake and WebSocket upgrade get as long as a client gets to send CONNECT.
 fn handshake_timeout(config: &Config) -> Duration {
     config.connect_timeout

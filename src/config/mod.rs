@@ -100,7 +100,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// How often $SYS topics are published (default 10 s; zero turns $SYS off).
     pub sys_interval: Duration,
-    /// Where the store lives (None = persistence off, the default).
+    /// Where the store lives (None = persistence off, the default): sessions, queued and
+    /// retained messages (`PERSISTENCE_DIR`).
     pub persistence_dir: Option<PathBuf>,
     /// Bridges to other brokers, one per `connection` block (default none).
     pub bridges: Vec<crate::bridge::BridgeConfig>,
@@ -134,12 +135,19 @@ pub struct Config {
     /// `queue_qos0_messages` (default false): QoS 0 messages are queued for offline
     /// persistent sessions too, within the same queue limits.
     pub queue_qos0_messages: bool,
-    /// MQTT 3.1/3.1.1 sessions that would never expire are removed after this long offline
-    /// (`persistent_client_expiration`; default: never, as mosquitto).
-    pub persistent_client_expiration: Option<Duration>,
     /// Not a setting: the authorizer of the listener this copy of the config was made for,
     /// set by `Broker` (None: everyone may connect and do anything).
     pub authorizer: Option<std::sync::Arc<crate::auth::Authorizer>>,
+    /// fsync each commit before the acknowledgements that wait for it
+    /// (`PERSISTENCE_SYNC`, default true). Off: a commit reaches the disk up to a second later,
+    /// and a crash or power cut loses what was acknowledged in that second.
+    pub persistence_sync: bool,
+    /// A store that cannot be read at start is moved aside and the broker starts empty
+    /// (`--reset-corrupt-store` or `RESET_CORRUPT_STORE=true`; default false: refuse to start).
+    pub reset_corrupt_store: bool,
+    /// MQTT 3.1/3.1.1 sessions that would never expire are removed after this long offline
+    /// (`PERSISTENT_CLIENT_EXPIRATION`, in seconds; default: never, as mosquitto).
+    pub persistent_client_expiration: Option<Duration>,
 }
 
 impl Default for Config {
@@ -178,8 +186,10 @@ impl Default for Config {
             retain_available: true,
             upgrade_outgoing_qos: false,
             queue_qos0_messages: false,
-            persistent_client_expiration: None,
             authorizer: None,
+            persistence_sync: true,
+            reset_corrupt_store: false,
+            persistent_client_expiration: None,
         }
     }
 }
@@ -235,6 +245,19 @@ impl Config {
         }
         if let Some(secs) = var("SYS_INTERVAL")? {
             config.sys_interval = Duration::from_secs(secs);
+        }
+        if let Some(dir) = var::<PathBuf>("PERSISTENCE_DIR")? {
+            config.persistence_dir = Some(dir).filter(|d| !d.as_os_str().is_empty());
+        }
+        if let Some(sync) = var("PERSISTENCE_SYNC")? {
+            config.persistence_sync = sync;
+        }
+        if let Some(reset) = var("RESET_CORRUPT_STORE")? {
+            config.reset_corrupt_store = reset;
+        }
+        if let Some(secs) = var::<u64>("PERSISTENT_CLIENT_EXPIRATION")? {
+            config.persistent_client_expiration =
+                Some(Duration::from_secs(secs)).filter(|d| !d.is_zero());
         }
         Ok(config)
     }

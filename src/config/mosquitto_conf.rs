@@ -827,6 +827,11 @@ mod tests {
         assert_eq!(c.persistence_dir, Some(PathBuf::from(".")));
         let c = parse("persistence_location /x").unwrap().config;
         assert_eq!(c.persistence_dir, None);
+        let c = parse("persistent_client_expiration 2d").unwrap().config;
+        assert_eq!(
+            c.persistent_client_expiration,
+            Some(Duration::from_secs(2 * 86_400))
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! `ClientHandle` methods) or do socket I/O.
 
 mod lifecycle;
+mod recovery;
 mod routing;
 mod subscribing;
 mod sweep;
@@ -24,6 +25,7 @@ use log::{debug, warn};
 
 use super::budget::QueueBudget;
 use super::message::{Delivery, Message, SubscriptionIds};
+use super::persist::{receive_either, Persistence};
 use super::retained::RetainedStore;
 use super::session::{
     AckOutcome, Enqueued, Held, Online, QueueLimits, RetainedFeed, Session, Subscription,
@@ -100,14 +102,17 @@ pub struct QueueActor {
     /// The broker's counters (shared with every client thread) and `$SYS` reporting.
     stats: Arc<crate::sys::Stats>,
     sys: sys::SysClock,
+    /// The store, when persistence is on.
+    persist: Persistence,
+    /// How long an MQTT 3.1/3.1.1 session that never expires is kept after all
+    /// (`persistent_client_expiration`); MQTT 5 sessions asking for longer are capped to it
+    /// when they go offline (`lifecycle::capped_session_expiry`).
+    persistent_client_expiration: Option<u32>,
     /// `Config::maximum_qos` and `Config::retain_available`, announced in MQTT 5 CONNACKs.
     maximum_qos: QoS,
     retain_available: bool,
     /// `Config::upgrade_outgoing_qos`: deliver at the subscription's QoS.
     upgrade_outgoing_qos: bool,
-    /// How long an offline session that would never expire (or expire later) is kept
-    /// (`persistent_client_expiration`), in seconds.
-    persistent_client_expiration: Option<u32>,
     /// The sessions `sweep` looks at (`Session::needs_watching`); may hold stale or repeated
     /// slots, which the sweep sorts out.
     watched: Vec<u32>,
@@ -162,13 +167,14 @@ impl QueueActor {
             next_sweep: Instant::now() + sweep::SWEEP_EVERY,
             stats: Arc::default(),
             sys: sys::SysClock::new(config, Instant::now()),
+            persist: Persistence::default(),
+            persistent_client_expiration: config
+                .persistent_client_expiration
+                .map(|d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX - 1)),
             watched: Vec::new(),
             maximum_qos: config.maximum_qos,
             retain_available: config.retain_available,
             upgrade_outgoing_qos: config.upgrade_outgoing_qos,
-            persistent_client_expiration: config
-                .persistent_client_expiration
-                .map(|d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX - 1)),
         }
     }
 
@@ -182,8 +188,13 @@ impl QueueActor {
         loop {
             let deadline = sys::earliest(self.timers.next_deadline(), self.sys_due())
                 .map_or(self.next_sweep, |due| due.min(self.next_sweep));
-            let next = match self.rx.recv_deadline(deadline) {
-                Ok(msg) => Some(msg),
+            let received = match self.persist.replies() {
+                // With persistence, windows of stored queues come back on a channel of their own.
+                Some(replies) => receive_either(&self.rx, replies, Some(deadline)),
+                None => self.rx.recv_deadline(deadline).map(Some),
+            };
+            let next = match received {
+                Ok(msg) => msg,
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
@@ -207,6 +218,10 @@ impl QueueActor {
             }
         }
         self.flush();
+        // The sessions' journals hold storage handles: the storage actor stops once they and
+        // ours are gone, after committing what it was sent.
+        self.sessions.clear();
+        self.persist.close();
         debug!("router stopped");
     }
 
@@ -272,7 +287,12 @@ impl QueueActor {
                 if let Some(online) =
                     attached(&mut self.sessions, from).and_then(|s| s.online.as_ref())
                 {
-                    let _ = online.writer.send_packet(Packet::PingResp);
+                    // Behind the acknowledgements still waiting for a commit, as it is behind
+                    // those already sent (mosquitto's order).
+                    let writer = online.writer.clone();
+                    self.persist.when_stored(move || {
+                        let _ = writer.send_packet(Packet::PingResp);
+                    });
                 }
             }
             Msg::PubAcks { from, packet_ids } => {
@@ -296,12 +316,21 @@ impl QueueActor {
                 self.handle_shutdown();
                 let _ = reply.send(());
             }
+            Msg::StoredWindow {
+                slot,
+                client_id,
+                window,
+            } => self.handle_stored_window(slot, &client_id, window),
             Msg::Queued { client_id, reply } => {
+                // With persistence, a long queue is partly on disk: it counts too.
                 let queued = self
                     .by_client_id
                     .get(client_id.as_str())
                     .and_then(|slot| self.sessions[*slot as usize].as_ref())
-                    .map_or(0, |session| session.outbox.queued_len());
+                    .map_or(0, |session| {
+                        let on_disk = session.outbox.journal.as_ref().map_or(0, |j| j.on_disk());
+                        session.outbox.queued_len() + usize::try_from(on_disk).unwrap_or(usize::MAX)
+                    });
                 let _ = reply.send(queued);
             }
         }
@@ -334,6 +363,22 @@ fn ack_reason(v5: bool, matched: usize) -> ReasonCode {
     }
 }
 
+/// Sends PUBACK or PUBREC for a received PUBLISH once what routing it stored is committed.
+fn ack_when_stored(
+    persist: &Persistence,
+    writer: &ClientHandle,
+    kind: AckKind,
+    packet_id: PacketId,
+    reason: ReasonCode,
+) {
+    if persist.is_on() {
+        let writer = writer.clone();
+        persist.when_stored(move || send_ack(&writer, kind, packet_id, reason));
+    } else {
+        send_ack(writer, kind, packet_id, reason);
+    }
+}
+
 /// Sends PUBACK or PUBREC for a received PUBLISH.
 fn send_ack(writer: &ClientHandle, kind: AckKind, packet_id: PacketId, reason: ReasonCode) {
     let _ = writer.send(ack_item(kind, packet_id, reason));
@@ -358,7 +403,7 @@ fn ack_item(kind: AckKind, packet_id: PacketId, reason: ReasonCode) -> Outbound 
 
 /// Sends held acknowledgements released together as one item: however many there are, they
 /// count once against the writer's backlog (`Config::writer_backlog_limit`).
-fn send_released(writer: &ClientHandle, acks: Vec<super::flow::HeldAck>) {
+fn send_released(persist: &Persistence, writer: &ClientHandle, acks: Vec<super::flow::HeldAck>) {
     let mut items: Vec<Outbound> = acks
         .into_iter()
         .map(|ack| ack_item(ack.kind, ack.packet_id, ack.reason))
@@ -368,7 +413,15 @@ fn send_released(writer: &ClientHandle, acks: Vec<super::flow::HeldAck>) {
         1 => items.pop().expect("one item"),
         _ => Outbound::Batch(items),
     };
-    let _ = writer.send(item);
+    if persist.is_on() {
+        // Behind the commit of what their PUBLISH (or PUBREL) stored, as any acknowledgement.
+        let writer = writer.clone();
+        persist.when_stored(move || {
+            let _ = writer.send(item);
+        });
+    } else {
+        let _ = writer.send(item);
+    }
 }
 
 /// Counts one message dropped for a session, and logs the start of its drop episode.

@@ -36,8 +36,8 @@ impl QueueBudget {
         true
     }
 
-    /// Takes `size` bytes whatever the limit (a session that keeps up, see
-    /// `Outbox::enqueue`).
+    /// Takes `size` bytes whatever the limit: a session that keeps up (see `Outbox::enqueue`),
+    /// or messages read back from the store (acknowledged already, never dropped).
     pub fn take_anyway(&self, size: usize) {
         let used = self.used.load(Ordering::Relaxed);
         self.used

@@ -5,6 +5,7 @@
 //! identifiers that session gets) and `SubscriptionIds`. Must not: copy the PUBLISH: every
 //! delivery of one message shares one `Arc<Message>`.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,9 @@ pub struct Message {
     pub publish: Publish,
     /// When the Message Expiry Interval runs out; `None` never expires.
     pub expires_at: Option<Instant>,
+    /// Its id in the store once a persistent session has queued it (0: not stored). Only the
+    /// router sets it.
+    pub stored: AtomicU64,
 }
 
 impl Message {
@@ -27,6 +31,7 @@ impl Message {
             None => Message {
                 publish,
                 expires_at: None,
+                stored: AtomicU64::new(0),
             },
         }
     }
@@ -39,6 +44,7 @@ impl Message {
         Message {
             publish,
             expires_at,
+            stored: AtomicU64::new(0),
         }
     }
 
@@ -115,6 +121,8 @@ pub struct Delivery {
     /// The message has an expiry: a copy of that one bit spares the router a read of the
     /// shared message, which other threads keep pulling into their caches, per delivery.
     pub may_expire: bool,
+    /// Its delivery id in the store (0: not stored: QoS 0, or a session that is not kept).
+    pub stored: u64,
 }
 
 impl Delivery {
@@ -131,6 +139,7 @@ impl Delivery {
             retain,
             subscription_ids,
             may_expire,
+            stored: 0,
         }
     }
 

@@ -7,6 +7,7 @@ mod actor;
 mod budget;
 mod flow;
 pub mod message;
+mod persist;
 mod retained;
 mod session;
 mod shared;
@@ -123,6 +124,12 @@ pub(crate) enum Msg {
     Shutdown {
         reply: Sender<()>,
     },
+    /// Queued messages of a session read back from the store (from the storage thread).
+    StoredWindow {
+        slot: u32,
+        client_id: Arc<str>,
+        window: crate::storage::Window,
+    },
     /// Messages waiting in a session's queue (a lazy bridge asks about its own).
     Queued {
         client_id: String,
@@ -142,8 +149,10 @@ impl QueueHandle {
     pub fn start(config: &Config) -> std::io::Result<(QueueHandle, JoinHandle<()>)> {
         let (tx, rx): (Sender<Msg>, Receiver<Msg>) =
             crossbeam_channel::bounded(config.router_queue_capacity);
-        let actor = QueueActor::new(rx, config);
+        let mut actor = QueueActor::new(rx, config);
         let stats = actor.stats();
+        let (persistence, recovered) = persist::Persistence::start(config)?;
+        actor.restore(persistence, recovered);
         let thread = thread::Builder::new()
             .name("queue".into())
             .spawn(move || actor.run())?;

@@ -18,6 +18,7 @@ use log::debug;
 use super::budget::QueueBudget;
 use super::flow::{DropLog, HeldAcks};
 use super::message::{Delivery, Message, SubscriptionIds};
+use super::persist::Journal;
 use crate::client::{AckKind, ClientHandle, Outbound};
 use crate::mqtt::{PacketId, ProtocolVersion, PublishView, QoS, SubscriptionOptions, Will};
 
@@ -117,6 +118,9 @@ pub(super) struct Session {
     /// window at a time as the client takes them, so that a large retained set is streamed
     /// at the client's pace instead of overflowing its queue.
     pub retained_feeds: VecDeque<RetainedFeed>,
+    /// Recovered from the store and not reconnected since: the client's read ACL is not known
+    /// (it is not stored), so what is queued meanwhile is checked when the client returns.
+    pub acl_unchecked: bool,
 }
 
 /// Retained messages for one subscription, still to be queued.
@@ -187,6 +191,7 @@ impl Session {
             held_acks: HeldAcks::default(),
             holding: Vec::new(),
             retained_feeds: VecDeque::new(),
+            acl_unchecked: false,
             read_acl: None,
             watched: false,
         }
@@ -327,6 +332,8 @@ pub(super) struct Outbox {
     /// Messages dropped because the queue or the budget was full, since the session began.
     pub dropped: u64,
     pub drops: DropLog,
+    /// The store's copy of this queue, for a kept session with persistence on.
+    pub journal: Option<Journal>,
 }
 
 /// What an acknowledgement from the client did.
@@ -375,6 +382,7 @@ impl Outbox {
             bytes_seen: 0,
             dropped: 0,
             drops: DropLog::default(),
+            journal: None,
         }
     }
 
@@ -395,8 +403,10 @@ impl Outbox {
     /// that only publishers ignoring flow control reach; once the congestion has outlasted the
     /// hold limit (`overflowing`), the session's own limits apply again. At a limit, a QoS 1/2
     /// message takes the place of the oldest queued QoS 0 one; otherwise the new message is
-    /// dropped. Every queued byte is also taken from the broker's budget.
-    fn enqueue(&mut self, delivery: Delivery, online: bool) -> Enqueued {
+    /// dropped. Every queued byte is also taken from the broker's budget. A kept session with
+    /// persistence on stores each QoS 1/2 message it queues, and a long queue of one lives on
+    /// disk (counted in messages against the limits, not in bytes: it takes no memory).
+    fn enqueue(&mut self, mut delivery: Delivery, online: bool) -> Enqueued {
         let qos0 = delivery.qos == QoS::AtMostOnce;
         if !online && qos0 && !self.queue_qos0_offline {
             return Enqueued::Skipped;
@@ -408,12 +418,20 @@ impl Outbox {
         } else {
             (self.max_queued, self.max_queued_bytes)
         };
-        while self.queued.len() >= max_len
+        let on_disk = self.journal.as_ref().map_or(0, Journal::on_disk);
+        while self.queued.len() as u64 + on_disk >= max_len as u64
             || (max_bytes > 0 && self.queued_bytes + size > max_bytes)
         {
             if qos0 || !self.drop_oldest_qos0() {
                 self.count_drop(qos0);
                 return Enqueued::Dropped;
+            }
+        }
+        if let Some(journal) = self.journal.as_mut() {
+            if !qos0 && journal.spills(online, self.queued.len()) {
+                // A long queue of a kept session lives on disk; windows come back as it drains.
+                journal.spill(delivery);
+                return Enqueued::Accepted;
             }
         }
         if !self.budget.take(size, qos0) {
@@ -424,6 +442,9 @@ impl Outbox {
                 return Enqueued::OverBudget;
             }
             self.budget.take_anyway(size);
+        }
+        if let Some(journal) = &self.journal {
+            journal.queued(&mut delivery);
         }
         self.push(delivery, size);
         if holding && self.is_congested() {
@@ -438,12 +459,17 @@ impl Outbox {
     }
 
     /// Queues a retained message fed in after a SUBSCRIBE (the feed keeps the queue short, so
-    /// only the broker's budget can refuse it, and then it is dropped).
-    fn push_retained(&mut self, delivery: Delivery) {
+    /// only the broker's budget can refuse it, and then it is dropped). A kept session stores
+    /// it as any other message, unless part of its queue is on disk: that part comes first and
+    /// is read back after what memory holds, so this one stays in memory only.
+    fn push_retained(&mut self, mut delivery: Delivery) {
         let size = queued_size(&delivery);
         if !self.budget.take(size, delivery.qos == QoS::AtMostOnce) {
             self.count_drop(delivery.qos == QoS::AtMostOnce);
             return;
+        }
+        if let Some(journal) = self.journal.as_ref().filter(|j| j.on_disk() == 0) {
+            journal.queued(&mut delivery);
         }
         self.push(delivery, size);
     }
@@ -543,6 +569,7 @@ impl Outbox {
                 if delivery.qos != QoS::AtMostOnce {
                     self.allocate_packet_id();
                 }
+                self.finished(&delivery);
                 continue;
             }
             if let Some(max) = online.max_packet_size {
@@ -553,6 +580,7 @@ impl Outbox {
                     if delivery.qos != QoS::AtMostOnce {
                         self.allocate_packet_id();
                     }
+                    self.finished(&delivery);
                     continue;
                 }
             }
@@ -566,6 +594,9 @@ impl Outbox {
                     delivery: delivery.clone(),
                     stage: Stage::Published,
                 });
+                if let Some(journal) = &self.journal {
+                    journal.sent(&delivery, packet_id);
+                }
                 Some(packet_id)
             };
             batch.push(Outbound::Publish {
@@ -584,6 +615,9 @@ impl Outbox {
             (false, true) => Some(Instant::now()),
             (false, false) => self.stalled_since.or_else(|| Some(Instant::now())),
         };
+        if let Some(journal) = self.journal.as_mut() {
+            journal.refill(self.queued.len());
+        }
         // If the connection is going, in-flight messages stay for the next one.
         let _ = writer.deliver(batch);
     }
@@ -620,10 +654,15 @@ impl Outbox {
         match (kind, flight.delivery.qos, flight.stage) {
             (AckKind::PubAck, QoS::AtLeastOnce, Stage::Published)
             | (AckKind::PubComp, QoS::ExactlyOnce, Stage::Released) => {
-                self.inflight.remove(index);
+                if let Some(done) = self.inflight.remove(index) {
+                    self.finished(&done.delivery);
+                }
             }
             (AckKind::PubRec, QoS::ExactlyOnce, Stage::Published) => {
                 flight.stage = Stage::Released;
+                if let Some(journal) = &self.journal {
+                    journal.released(&flight.delivery, packet_id);
+                }
                 if let Some(writer) = writer {
                     let _ = writer.send(Outbound::Ack(AckKind::PubRel, packet_id));
                 }
@@ -637,6 +676,51 @@ impl Outbox {
             _ => return AckOutcome::WrongKind,
         }
         AckOutcome::Matched
+    }
+
+    /// Drops the queued messages `keep` refuses, with their stored copies.
+    pub fn drop_queued_unless(&mut self, keep: impl Fn(&Delivery) -> bool) {
+        for delivery in std::mem::take(&mut self.queued) {
+            if keep(&delivery) {
+                self.queued.push_back(delivery);
+            } else {
+                self.forget(&delivery);
+                self.finished(&delivery);
+            }
+        }
+    }
+
+    /// A message leaves the session for good: its stored copy goes too.
+    fn finished(&self, delivery: &Delivery) {
+        if let Some(journal) = &self.journal {
+            journal.done(delivery);
+        }
+    }
+
+    /// Puts back a message recovered from the store: in flight with the packet id it went out
+    /// with (`released`: its PUBREL too), or queued. Call in the order they were queued.
+    pub fn restore(&mut self, delivery: Delivery, packet_id: Option<PacketId>, released: bool) {
+        match packet_id {
+            Some(packet_id) => {
+                self.inflight.push_back(InFlight {
+                    packet_id,
+                    serial: self.id_serial,
+                    delivery,
+                    stage: if released {
+                        Stage::Released
+                    } else {
+                        Stage::Published
+                    },
+                });
+                self.id_serial += 1;
+                self.next_packet_id = packet_id.get().checked_add(1).unwrap_or(1);
+            }
+            None => {
+                let size = queued_size(&delivery);
+                self.budget.take_anyway(size);
+                self.push(delivery, size);
+            }
+        }
     }
 
     #[cfg(test)]

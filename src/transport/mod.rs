@@ -12,6 +12,7 @@
 //! the read half calls its `Waker` so that the writer thread flushes it.
 
 mod certificate;
+pub mod quic;
 mod tcp;
 mod tls;
 mod websocket;
@@ -176,6 +177,7 @@ impl Acceptor {
 #[derive(Clone, Default)]
 pub struct Reloader {
     acceptors: Arc<parking_lot::Mutex<Vec<Arc<Acceptor>>>>,
+    quic: Arc<parking_lot::Mutex<Vec<quic::QuicReloader>>>,
 }
 
 impl Reloader {
@@ -183,6 +185,10 @@ impl Reloader {
         if acceptor.is_tls() {
             self.acceptors.lock().push(acceptor);
         }
+    }
+
+    pub fn add_quic(&self, reloader: quic::QuicReloader) {
+        self.quic.lock().push(reloader);
     }
 
     /// Reloads every TLS listener; a listener whose files fail to load keeps its old ones,
@@ -193,6 +199,13 @@ impl Reloader {
         for acceptor in acceptors {
             if let Err(e) = acceptor.reload() {
                 log::error!("TLS reload failed, the old certificate stays in use: {e}");
+                first_error.get_or_insert(e);
+            }
+        }
+        let quic = self.quic.lock().clone();
+        for listener in quic {
+            if let Err(e) = listener.reload() {
+                log::error!("QUIC reload failed, the old certificate stays in use: {e}");
                 first_error.get_or_insert(e);
             }
         }

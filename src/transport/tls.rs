@@ -210,7 +210,7 @@ fn read_error(path: &Path, e: impl std::fmt::Display) -> io::Error {
 }
 
 /// Builds the rustls configuration `settings` describe, reading every file it names.
-fn server_config(settings: &TlsSettings) -> io::Result<ServerConfig> {
+pub(super) fn server_config(settings: &TlsSettings) -> io::Result<ServerConfig> {
     let provider = Arc::new(CryptoProvider {
         cipher_suites: cipher_suites(settings.ciphers.as_deref()),
         ..rustls::crypto::ring::default_provider()

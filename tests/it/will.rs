@@ -82,9 +82,12 @@ fn retained_will_is_kept() {
         let (mut late, _) = RawClient::connect(broker.addr, "late", ProtocolVersion::V3_1_1, true);
         late.subscribe(1, &[("will/retained", QoS::AtMostOnce)]);
         if let Ok(Packet::Publish(m)) = late.try_recv(Duration::from_millis(200)) {
-            assert!(m.retain);
             assert_eq!(&m.payload[..], b"last");
-            return;
+            // A subscriber that came just before the will gets it live (retain flag cleared);
+            // the next one must get the kept copy.
+            if m.retain {
+                return;
+            }
         }
         assert!(std::time::Instant::now() < deadline, "no retained will");
     }

@@ -89,9 +89,23 @@ impl QueueActor {
         let session = self.sessions[slot as usize]
             .as_mut()
             .expect("slot was just filled or resumed");
-        session.expiry = request.session_expiry;
+        session.expiry = match self.persistent_client_expiration {
+            // mosquitto's persistent_client_expiration: a 3.1/3.1.1 session that would never
+            // expire is dropped after this long offline.
+            Some(limit) if !version.is_v5() && request.session_expiry == u32::MAX => limit,
+            _ => request.session_expiry,
+        };
         session.last_connection = request.connection_id;
         session.read_acl = request.read_acl;
+        if std::mem::take(&mut session.acl_unchecked) {
+            // Queued while the client was away after a restart, before its ACL was known.
+            if let Some(acl) = &session.read_acl {
+                session
+                    .outbox
+                    .drop_queued_unless(|d| acl.may_read(&d.message.publish.topic));
+            }
+        }
+        persist_connected(&self.persist, slot, session, version, request.will.as_ref());
         // Acknowledgements held for the previous connection are gone with it: the client
         // resends those PUBLISH packets.
         session.held_acks.clear();
@@ -172,6 +186,9 @@ impl QueueActor {
                 session.client_id, session.outbox.dropped
             );
         }
+        if let Some(journal) = session.outbox.journal.take() {
+            journal.delete();
+        }
         self.by_client_id.remove(&session.client_id);
         self.free_slots.push(slot);
         debug!("session of client {} ended", session.client_id);
@@ -199,6 +216,9 @@ impl QueueActor {
                 disconnect.reason == ReasonCode::DisconnectWithWillMessage
             }
         };
+        if let Some(journal) = &session.outbox.journal {
+            journal.save(session.expiry, true, None);
+        }
         drop(online.writer);
         session.held_acks.clear();
         self.release_held(from.slot, true);
@@ -327,9 +347,34 @@ impl QueueActor {
     }
 }
 
+/// Gives a session that outlives its connection a journal and writes its record; a session
+/// that no longer does (resumed with expiry 0) is removed from the store.
+fn persist_connected(
+    persist: &Persistence,
+    slot: u32,
+    session: &mut Session,
+    version: crate::mqtt::ProtocolVersion,
+    will: Option<&Will>,
+) {
+    if session.expiry == 0 {
+        if let Some(old) = session.outbox.journal.take() {
+            old.delete();
+        }
+        return;
+    }
+    if session.outbox.journal.is_none() {
+        session.outbox.journal = persist.journal(slot, &session.client_id, session.expiry, version);
+    }
+    if let Some(journal) = session.outbox.journal.as_mut() {
+        journal.set_version(version);
+        journal.save(session.expiry, false, will);
+    }
+}
+
 /// How long an offline session is kept: what the client asked for, but at most
-/// `persistent_client_expiration` when that is set (mosquitto 2.0 takes the shorter of the two,
-/// so a 3.1/3.1.1 session with clean session 0, which never expires, goes after that long).
+/// `persistent_client_expiration` when that is set. mosquitto 2.0 takes the shorter of the two
+/// for every session: `handle_connect` already gives a 3.1/3.1.1 session that never expires
+/// the limit; this caps an MQTT 5 session that asked for longer (or changed it on DISCONNECT).
 fn capped_session_expiry(requested: u32, limit: Option<u32>) -> u32 {
     match limit {
         Some(limit) => requested.min(limit),

@@ -79,6 +79,12 @@ impl QueueActor {
                 // connection as mosquitto 2.0 ends it (a client that never sends PUBREL).
                 if first {
                     session.incoming_qos2.insert(packet_id);
+                    // With persistence, the held message itself is stored before PUBREC
+                    // goes (the acknowledgement waits for the commit), so that a PUBREL after
+                    // a crash still routes it, once.
+                    if let Some(journal) = &session.outbox.journal {
+                        journal.inbound_qos2(packet_id, Some(&message));
+                    }
                     session.incoming_qos2_held.insert(packet_id, message);
                 } else if !session.incoming_qos2_resent.insert(packet_id) {
                     warn!(
@@ -114,6 +120,7 @@ impl QueueActor {
     pub(super) fn route(&mut self, publisher: u32, message: Arc<Message>) -> usize {
         if message.publish.retain {
             self.retained.update(&message);
+            self.persist.retain(&message);
         }
 
         self.over_budget = false;
@@ -273,7 +280,7 @@ impl QueueActor {
                     session.pump();
                 }
                 if let Some(online) = &session.online {
-                    send_ack(&online.writer, kind, packet_id, reason);
+                    ack_when_stored(&self.persist, &online.writer, kind, packet_id, reason);
                 }
             } else {
                 self.next_held_seq += 1;
@@ -350,7 +357,11 @@ impl QueueActor {
             };
             match held {
                 Held::Ack(seq) => {
-                    send_released(&online.writer, publisher.held_acks.release(seq));
+                    send_released(
+                        &self.persist,
+                        &online.writer,
+                        publisher.held_acks.release(seq),
+                    );
                     if publisher.held_acks.gated && publisher.held_acks.len() < held_acks_limit / 2
                     {
                         publisher.held_acks.gated = false;
@@ -383,16 +394,34 @@ impl QueueActor {
                 let Some(session) = attached(&mut self.sessions, from) else {
                     return;
                 };
-                session.incoming_qos2.remove(&packet_id);
+                let known = session.incoming_qos2.remove(&packet_id);
                 session.incoming_qos2_resent.remove(&packet_id);
+                let held = session.incoming_qos2_held.remove(&packet_id);
+                // With persistence, routing the released message and forgetting it are one
+                // commit, and PUBCOMP waits for it (`acknowledge` sends it after the commit):
+                // a crash before leaves the message held for the PUBREL the client resends, a
+                // crash after leaves it queued for the subscribers, never both nor neither.
+                // PUBCOMP also frees the id for the client: not before the store forgot it,
+                // or a new message reusing it after a crash would be taken for a resend.
+                let journaled = match (known, &session.outbox.journal) {
+                    (true, Some(journal)) => {
+                        self.persist.group_start();
+                        journal.inbound_qos2(packet_id, None);
+                        true
+                    }
+                    _ => false,
+                };
                 // The released message goes out now, then PUBCOMP (held while it fills
                 // congested queues, as PUBACK is). An unknown id is answered with a plain
                 // PUBCOMP too, as mosquitto answers it (0x92 would be allowed).
-                match session.incoming_qos2_held.remove(&packet_id) {
+                match held {
                     Some(message) => {
                         self.route(from.slot, message);
                     }
                     None => self.congested.clear(),
+                }
+                if journaled {
+                    self.persist.group_end();
                 }
                 self.acknowledge(from.slot, AckKind::PubComp, packet_id, ReasonCode::Success);
             }

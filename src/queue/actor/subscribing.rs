@@ -71,6 +71,9 @@ impl QueueActor {
                 .filters
                 .insert(filter.clone(), subscription)
                 .is_some();
+            if let Some(journal) = &session.outbox.journal {
+                journal.subscribed(&filter, &subscription);
+            }
             reasons.push(ReasonCode::granted(options.qos));
             if let Some(inner) = shared {
                 let joined = self.shared.join(&filter, &inner, from.slot, subscription);
@@ -158,7 +161,11 @@ impl QueueActor {
         let mut reasons = Vec::new();
         let mut existed_all = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
-            existed_all.push(session.filters.remove(filter.as_str()).is_some());
+            let existed = session.filters.remove(filter.as_str()).is_some();
+            if let (true, Some(journal)) = (existed, &session.outbox.journal) {
+                journal.unsubscribed(filter);
+            }
+            existed_all.push(existed);
         }
         for (filter, existed) in unsubscribe.filters.iter().zip(existed_all) {
             if existed {

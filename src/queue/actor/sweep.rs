@@ -46,7 +46,11 @@ impl QueueActor {
                     session.client_id,
                     self.flow_hold_limit * 2
                 );
-                send_released(&online.writer, session.held_acks.release_all());
+                send_released(
+                    &self.persist,
+                    &online.writer,
+                    session.held_acks.release_all(),
+                );
                 if std::mem::take(&mut session.held_acks.gated) {
                     online.writer.release_reader();
                 }

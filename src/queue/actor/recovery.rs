@@ -1,0 +1,191 @@
+//! The router's start from a store: sessions, subscriptions, queues, in-flight state, held
+//! inbound QoS 2 messages and retained messages put back as they were.
+//!
+//! Owns: turning `storage::Recovered` into router state before the first message is handled.
+//! Must not: touch the disk (the storage actor read it) or send anything (no client is
+//! connected yet; resends happen when each client reconnects).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::info;
+
+use super::*;
+use crate::storage::schema::unix_now;
+use crate::storage::{Recovered, RecoveredEntry, Window};
+
+/// A stored queue row as the delivery it was.
+fn stored_delivery(recovered: &RecoveredEntry) -> Delivery {
+    let entry = &recovered.entry;
+    let ids = match entry.subscription_ids.as_slice() {
+        [] => SubscriptionIds::None,
+        [one] => SubscriptionIds::One(*one),
+        many => SubscriptionIds::Many(many.into()),
+    };
+    let mut delivery = Delivery::new(Arc::clone(&recovered.message), entry.qos, entry.retain, ids);
+    delivery.stored = recovered.id;
+    delivery
+}
+
+impl QueueActor {
+    /// Takes over the store and the state recovered from it.
+    pub(in crate::queue) fn restore(&mut self, persist: Persistence, recovered: Recovered) {
+        self.persist = persist;
+        let Recovered {
+            sessions, retained, ..
+        } = recovered;
+        for message in retained {
+            self.retained.update(&message);
+        }
+        let count = sessions.len();
+        let now = unix_now();
+        for saved in sessions {
+            let record = saved.record;
+            let client_id = Arc::clone(&record.client_id);
+            let mut session =
+                Session::new(Arc::clone(&client_id), record.expiry, self.limits.clone());
+            session.acl_unchecked = true;
+            // Held inbound QoS 2 messages wait for their PUBREL again, which routes them.
+            for (packet_id, message) in saved.inbound_qos2 {
+                session.incoming_qos2.insert(packet_id);
+                if let Some(message) = message {
+                    session.incoming_qos2_held.insert(packet_id, message);
+                }
+            }
+            for recovered in saved.entries {
+                session.outbox.restore(
+                    stored_delivery(&recovered),
+                    recovered.entry.packet_id,
+                    recovered.entry.released,
+                );
+            }
+            let slot = self.insert_session(session);
+            self.by_client_id.insert(Arc::clone(&client_id), slot);
+            let mut journal = self
+                .persist
+                .journal(slot, &client_id, record.expiry, record.version);
+            if let Some(journal) = journal.as_mut() {
+                journal.set_on_disk(saved.on_disk, saved.cursor);
+            }
+            if let Some(session) = self.sessions[slot as usize].as_mut() {
+                session.outbox.journal = journal;
+            }
+            for (filter, options, identifier) in saved.subscriptions {
+                self.restore_subscription(slot, filter, options, identifier);
+            }
+            match record.offline_since {
+                // Expiry goes on from when the connection ended, on the wall clock.
+                Some(since) => {
+                    if record.expiry != u32::MAX {
+                        let gone = now.saturating_sub(since);
+                        let left = u64::from(record.expiry).saturating_sub(gone).max(1);
+                        self.arm_session_expiry(slot, Duration::from_secs(left));
+                    }
+                }
+                // Connected when the broker stopped: the connection was lost, as far as the
+                // client can tell, so its will goes out and its expiry starts now.
+                None => {
+                    if let Some(will) = record.will {
+                        self.schedule_will(slot, will);
+                    }
+                    self.schedule_session_end(slot);
+                    if let Some(session) = self.sessions[slot as usize].as_ref() {
+                        if let Some(journal) = &session.outbox.journal {
+                            journal.save(session.expiry, true, None);
+                        }
+                    }
+                }
+            }
+        }
+        if self.persist.is_on() {
+            info!("recovered {count} sessions from the store");
+        }
+    }
+
+    /// The next window of a session's stored queue has been read: it joins the queue in memory.
+    pub(in crate::queue) fn handle_stored_window(
+        &mut self,
+        slot: u32,
+        client_id: &str,
+        window: Window,
+    ) {
+        let Some(session) = self
+            .sessions
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        if &*session.client_id != client_id {
+            return;
+        }
+        let Some(journal) = session.outbox.journal.as_mut() else {
+            return;
+        };
+        if !journal.window_arrived(&window) {
+            return;
+        }
+        for recovered in &window.entries {
+            // Read back from disk: checked against the client's read ACL now (it may have been
+            // queued before the client's ACL was known, after a restart).
+            let delivery = stored_delivery(recovered);
+            if recovered.entry.packet_id.is_none()
+                && !session.may_read(&delivery.message.publish.topic)
+            {
+                if let Some(journal) = &session.outbox.journal {
+                    journal.done(&delivery);
+                }
+                continue;
+            }
+            session.outbox.restore(
+                delivery,
+                recovered.entry.packet_id,
+                recovered.entry.released,
+            );
+        }
+        self.mark_dirty(slot);
+    }
+
+    fn restore_subscription(
+        &mut self,
+        slot: u32,
+        filter: String,
+        options: crate::mqtt::SubscriptionOptions,
+        identifier: Option<u32>,
+    ) {
+        let subscription = Subscription {
+            options,
+            identifier,
+        };
+        if let Some(session) = self.sessions[slot as usize].as_mut() {
+            session.filters.insert(filter.clone(), subscription);
+        }
+        match split_shared(&filter).map(|(_, inner)| inner.to_owned()) {
+            Some(inner) => {
+                let joined = self.shared.join(&filter, &inner, slot, subscription);
+                if joined.new_group {
+                    self.subscriptions
+                        .insert(&inner, Target::Group(joined.group), subscription);
+                }
+            }
+            None => {
+                self.subscriptions
+                    .insert(&filter, Target::Session(slot), subscription);
+            }
+        }
+    }
+
+    fn arm_session_expiry(&mut self, slot: u32, after: Duration) {
+        let token = self.sessions[slot as usize]
+            .as_ref()
+            .map_or(0, |s| s.last_connection);
+        self.timers.arm(
+            after,
+            Timer {
+                kind: TimerKind::SessionExpiry,
+                slot,
+                token,
+            },
+        );
+    }
+}
