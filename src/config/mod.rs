@@ -145,8 +145,10 @@ pub struct Config {
     /// A store that cannot be read at start is moved aside and the broker starts empty
     /// (`--reset-corrupt-store` or `RESET_CORRUPT_STORE=true`; default false: refuse to start).
     pub reset_corrupt_store: bool,
-    /// MQTT 3.1/3.1.1 sessions that would never expire are removed after this long offline
-    /// (`PERSISTENT_CLIENT_EXPIRATION`, in seconds; default: never, as mosquitto).
+    /// Offline sessions are removed after this long at most: MQTT 3.1/3.1.1 sessions that would
+    /// never expire, and MQTT 5 ones that asked for longer, as mosquitto 2.0 does
+    /// (`PERSISTENT_CLIENT_EXPIRATION`, in seconds; `persistent_client_expiration` in the file;
+    /// default: never, as mosquitto).
     pub persistent_client_expiration: Option<Duration>,
 }
 
