@@ -337,6 +337,8 @@ impl Parsed {
                 // 0 means no limit in mosquitto; the protocol allows 65535 at most.
                 let n: usize = number(value)?;
                 config.max_inflight_messages = if n == 0 { 65_535 } else { n.min(65_535) };
+                // mosquitto announces the same number as Receive Maximum (MQTT 5 CONNACK).
+                config.receive_maximum = config.max_inflight_messages as u16;
             }
             "max_queued_messages" => {
                 let n: usize = number(value)?;
@@ -686,6 +688,7 @@ mod tests {
         .unwrap();
         let c = &parsed.config;
         assert_eq!(c.max_inflight_messages, 20);
+        assert_eq!(c.receive_maximum, 20);
         assert_eq!(c.max_queued_messages, 200);
         assert_eq!(c.max_queued_bytes, 100_000);
         assert_eq!(c.max_packet_size, 4096);
@@ -705,6 +708,7 @@ mod tests {
             .unwrap()
             .config;
         assert_eq!(c.max_inflight_messages, 65_535);
+        assert_eq!(c.receive_maximum, 65_535);
         assert_eq!(c.max_packet_size, 268_435_460);
         assert_eq!(c.max_keep_alive, u16::MAX);
     }
