@@ -404,11 +404,14 @@ impl Connection {
         let _ = self.flush_pub_acks();
         let id = &self.accepted.client_id;
         let peer = self.peer;
-        let writer = &self.accepted.writer;
+        // The socket is closed only after the router has this connection's end in its queue:
+        // a client that reconnects as soon as it sees the close finds its session already
+        // updated (a DISCONNECT's new expiry, the will), not a takeover of a live one.
+        let mut close_after = false;
         let ending = match closed {
             Closed::ByClient(disconnect) => {
                 info!("client {id} disconnected from {peer}");
-                writer.close(None);
+                close_after = true;
                 Ending::Disconnect(disconnect)
             }
             Closed::Lost(e) => {
@@ -421,12 +424,12 @@ impl Connection {
                     "client {id} from {peer} timed out: no packet within 1.5 x {}s keepalive",
                     self.accepted.keep_alive
                 );
-                writer.close(None);
+                close_after = true;
                 Ending::Abnormal
             }
             Closed::Dropped(why) => {
                 warn!("client {id} from {peer} disconnected: {why}");
-                writer.close(None);
+                close_after = true;
                 Ending::Abnormal
             }
             Closed::Violation(reason, why) => {
@@ -443,6 +446,9 @@ impl Connection {
             }
         };
         let _ = self.queue.disconnect(self.accepted.from, ending);
+        if close_after {
+            self.accepted.writer.close(None);
+        }
     }
 
     /// Closes the connection, sending an MQTT 5 client DISCONNECT with `reason` [MQTT-4.13.2-1].
