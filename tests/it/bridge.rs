@@ -362,12 +362,24 @@ fn terminate(broker: &mut ChildBroker) {
 /// its PUBREL; a repeated PUBLISH of one not yet released is the same message).
 struct Collector {
     client: RawClient,
+    /// How many messages of each QoS the test sent ("1-0".., "2-0"..), for the diagnostics.
+    each: usize,
     pending: HashMap<u16, String>,
     qos1: HashMap<String, usize>,
     qos2: HashMap<String, usize>,
 }
 
 impl Collector {
+    fn new(client: RawClient, each: usize) -> Collector {
+        Collector {
+            client,
+            each,
+            pending: HashMap::new(),
+            qos1: HashMap::new(),
+            qos2: HashMap::new(),
+        }
+    }
+
     fn receive_until(&mut self, done: impl Fn(&Collector) -> bool, within: Duration) {
         let deadline = Instant::now() + within;
         while !done(self) {
@@ -399,7 +411,7 @@ impl Collector {
                 Ok(_) => {}
                 Err(e) => {
                     let missing = |seen: &HashMap<String, usize>, qos: u8| {
-                        (0..EACH)
+                        (0..self.each)
                             .map(|n| format!("{qos}-{n}"))
                             .filter(|p| !seen.contains_key(p))
                             .collect::<Vec<_>>()
@@ -412,6 +424,26 @@ impl Collector {
                 }
             }
         }
+    }
+
+    /// Once everything has arrived: no QoS 2 message arrived twice, and no straggler follows
+    /// (one would be a duplicate; it is given a moment to show).
+    fn assert_qos2_once(&mut self) {
+        let quiet = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < quiet {
+            match self.client.try_recv(Duration::from_millis(100)) {
+                Ok(Packet::Publish(publish)) if publish.qos == QoS::ExactlyOnce => {
+                    let payload = String::from_utf8_lossy(&publish.payload).into_owned();
+                    panic!("QoS 2 {payload} again");
+                }
+                _ => {}
+            }
+        }
+        let twice: Vec<_> = self.qos2.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "QoS 2 delivered more than once: {twice:?}"
+        );
     }
 }
 
@@ -471,33 +503,76 @@ fn remote_stopped_mid_stream_loses_nothing() {
         connect_packet("collector", ProtocolVersion::V3_1_1, false),
     )
     .0;
-    let mut collector = Collector {
-        client,
-        pending: HashMap::new(),
-        qos1: HashMap::new(),
-        qos2: HashMap::new(),
-    };
+    let mut collector = Collector::new(client, EACH);
     collector.receive_until(
         |c| c.qos1.len() == EACH && c.qos2.len() == EACH,
         Duration::from_secs(40),
     );
-    // A straggler would be a duplicate: give it a moment to show.
-    let quiet = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < quiet {
-        match collector.client.try_recv(Duration::from_millis(100)) {
-            Ok(Packet::Publish(publish)) if publish.qos == QoS::ExactlyOnce => {
-                let payload = String::from_utf8_lossy(&publish.payload).into_owned();
-                panic!("QoS 2 {payload} again");
-            }
-            _ => {}
+    collector.assert_qos2_once();
+    drop(local);
+}
+
+/// Messages of each QoS in the restart test.
+const KEPT: usize = 40;
+
+#[test]
+fn queued_messages_survive_a_sigkill_while_the_remote_is_down() {
+    use crate::child_broker::{ChildBroker as Process, TempDir as Store};
+    // The remote (our binary, persistent) first holds a session for the collector, then goes
+    // away until the end.
+    let remote_store = Store::new("bridge-durable-remote");
+    let remote_port = free_port();
+    let remote = Process::start(remote_store.path(), remote_port, &[]);
+    let mut collector = v311(remote.addr, "collector", false);
+    collector.subscribe(1, &[("r/#", QoS::ExactlyOnce)]);
+    collector.disconnect();
+    assert!(remote.terminate().success());
+
+    // The local broker, persistent, bridged to the remote that is down.
+    let local_store = Store::new("bridge-durable-local");
+    let dir = TempDir::new("bridge-durable-conf");
+    let conf_path = dir.file(
+        "bridge.conf",
+        &format!(
+            "connection r\naddress 127.0.0.1:{remote_port}\nremote_clientid site-a\n\
+             restart_timeout 1\ntopic r/# out 2\n"
+        ),
+    );
+    let args = ["-c", conf_path.to_str().expect("a UTF-8 path")];
+    let local_port = free_port();
+    let local = Process::start_with_args(local_store.path(), local_port, &[], &args);
+    let mut publisher = v311(local.addr, "publisher", true);
+    let mut id = 0u16;
+    for n in 0..KEPT {
+        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            id += 1;
+            let payload = format!("{}-{n}", qos as u8);
+            // Returns once acknowledged (PUBACK, or PUBREC then PUBCOMP).
+            publisher.publish(
+                &format!("r/{}", qos as u8),
+                payload.as_bytes(),
+                qos,
+                false,
+                id,
+            );
         }
     }
-    let twice: Vec<_> = collector.qos2.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "QoS 2 delivered more than once: {twice:?}"
+    // Acknowledged, so stored: SIGKILL, then the same store again.
+    local.kill();
+    let local = Process::start_with_args(local_store.path(), local_port, &[], &args);
+    let remote = Process::start(remote_store.path(), remote_port, &[]);
+    let client = RawClient::connect_with(
+        remote.addr,
+        connect_packet("collector", ProtocolVersion::V3_1_1, false),
+    )
+    .0;
+    let mut collector = Collector::new(client, KEPT);
+    collector.receive_until(
+        |c| c.qos1.len() == KEPT && c.qos2.len() == KEPT,
+        Duration::from_secs(25),
     );
-    drop(local);
+    collector.assert_qos2_once();
+    drop((local, remote));
 }
 
 /// The remote side of a bridge played by the test, packet by packet.
