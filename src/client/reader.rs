@@ -204,7 +204,15 @@ impl Connection {
                 body = Vec::new();
             }
             // Each packet may queue an answer; a client that never reads would make the queue
-            // grow without end.
+            // grow without end. One that reads slowly is not read until its answers drain
+            // (TCP then pushes back on it alone); one that still has not caught up after the
+            // write timeout is disconnected.
+            if self.accepted.writer.backlog() > config.writer_backlog_limit / 2 {
+                if self.flush_pub_acks().is_err() {
+                    break Closed::RouterGone;
+                }
+                self.wait_for_writer(config);
+            }
             let backlog = self.accepted.writer.backlog();
             if backlog > config.writer_backlog_limit {
                 break Closed::Violation(
@@ -220,6 +228,17 @@ impl Connection {
         };
         stats.add_received(&mut tally);
         self.finish(closed);
+    }
+
+    /// Waits, at most `write_timeout`, until this client's writer has written down to a
+    /// quarter of the backlog limit.
+    fn wait_for_writer(&self, config: &Config) {
+        let deadline = Instant::now() + config.write_timeout;
+        while self.accepted.writer.backlog() > config.writer_backlog_limit / 4
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Acts on one packet; `Some` when the connection is to end.
