@@ -71,40 +71,14 @@ impl TlsAcceptor {
         deadline: Instant,
     ) -> io::Result<Transport> {
         let config = Arc::clone(&self.config.lock());
-        let mut conn = ServerConnection::new(config).map_err(invalid)?;
-        let mut sock = &*socket;
-        loop {
-            while conn.wants_write() {
-                socket.set_write_timeout(Some(remaining(deadline)?))?;
-                conn.write_tls(&mut sock)?;
-            }
-            if !conn.is_handshaking() {
-                break;
-            }
-            socket.set_read_timeout(Some(remaining(deadline)?))?;
-            if conn.read_tls(&mut sock)? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            if let Err(e) = conn.process_new_packets() {
-                // The alert that tells the peer why.
-                let _ = conn.write_tls(&mut sock);
-                return Err(invalid(e));
-            }
-        }
+        let mut conn = Connection::from(ServerConnection::new(config).map_err(invalid)?);
+        handshake(&mut conn, &socket, deadline)?;
         let certificate_username = self.username(&conn)?;
-        let (input, write) = split(conn.into(), Arc::clone(&socket));
-        Ok(Transport {
-            input,
-            output: Output {
-                write,
-                link: socket,
-            },
-            certificate_username,
-        })
+        Ok(transport(socket, conn, certificate_username))
     }
 
     /// The username the client certificate gives, when the listener asks for one.
-    fn username(&self, conn: &ServerConnection) -> io::Result<Option<String>> {
+    fn username(&self, conn: &Connection) -> io::Result<Option<String>> {
         let settings = &self.settings;
         if !settings.use_identity_as_username && !settings.use_subject_as_username {
             return Ok(None);
@@ -169,22 +143,17 @@ fn transport(
     }
 }
 
-/// The client side (a bridge to a remote broker): runs the handshake of `conn` on `socket`
-/// until `deadline`, then splits the session in two as for an accepted connection.
-pub fn connect(
-    socket: Arc<TcpStream>,
-    conn: rustls::ClientConnection,
-    deadline: Instant,
-) -> io::Result<Transport> {
-    let mut conn = Connection::from(conn);
-    let mut sock = &*socket;
+/// Runs `conn`'s handshake on `socket` until `deadline`: the reads and writes it needs, each
+/// bounded by the time left. A failure sends the alert that tells the peer why.
+fn handshake(conn: &mut Connection, socket: &TcpStream, deadline: Instant) -> io::Result<()> {
+    let mut sock = socket;
     loop {
         while conn.wants_write() {
             socket.set_write_timeout(Some(remaining(deadline)?))?;
             conn.write_tls(&mut sock)?;
         }
         if !conn.is_handshaking() {
-            break;
+            return Ok(());
         }
         socket.set_read_timeout(Some(remaining(deadline)?))?;
         if conn.read_tls(&mut sock)? == 0 {
@@ -195,6 +164,17 @@ pub fn connect(
             return Err(invalid(e));
         }
     }
+}
+
+/// The client side (a bridge to a remote broker): runs the handshake of `conn` on `socket`
+/// until `deadline`, then splits the session in two as for an accepted connection.
+pub fn connect(
+    socket: Arc<TcpStream>,
+    conn: rustls::ClientConnection,
+    deadline: Instant,
+) -> io::Result<Transport> {
+    let mut conn = Connection::from(conn);
+    handshake(&mut conn, &socket, deadline)?;
     Ok(transport(socket, conn, None))
 }
 
