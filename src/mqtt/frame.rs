@@ -24,20 +24,21 @@ use super::{DecodeError, Packet, ProtocolVersion};
 /// Body bytes reserved before any arrive; a larger body grows the buffer as it is read.
 const BODY_RESERVE: usize = 64 * 1024;
 
-const CONNECT: u8 = 1;
-const CONNACK: u8 = 2;
-const PUBLISH: u8 = 3;
-const PUBACK: u8 = 4;
-const PUBREC: u8 = 5;
-const PUBREL: u8 = 6;
-const PUBCOMP: u8 = 7;
-const SUBSCRIBE: u8 = 8;
-const SUBACK: u8 = 9;
-const UNSUBSCRIBE: u8 = 10;
-const UNSUBACK: u8 = 11;
-const PINGREQ: u8 = 12;
-const PINGRESP: u8 = 13;
-const DISCONNECT: u8 = 14;
+/// Control packet types, the high four bits of the first byte (shared with the QUIC streams).
+pub(crate) const CONNECT: u8 = 1;
+pub(crate) const CONNACK: u8 = 2;
+pub(crate) const PUBLISH: u8 = 3;
+pub(crate) const PUBACK: u8 = 4;
+pub(crate) const PUBREC: u8 = 5;
+pub(crate) const PUBREL: u8 = 6;
+pub(crate) const PUBCOMP: u8 = 7;
+pub(crate) const SUBSCRIBE: u8 = 8;
+pub(crate) const SUBACK: u8 = 9;
+pub(crate) const UNSUBSCRIBE: u8 = 10;
+pub(crate) const UNSUBACK: u8 = 11;
+pub(crate) const PINGREQ: u8 = 12;
+pub(crate) const PINGRESP: u8 = 13;
+pub(crate) const DISCONNECT: u8 = 14;
 const AUTH: u8 = 15;
 
 /// Reads one whole packet from a blocking reader. `version` is the connection's protocol (any

@@ -18,20 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::mqtt::frame::{
+    PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE,
+};
 use crate::mqtt::topic::{matches, split_shared};
 
 /// The id of a QUIC stream (quinn's `StreamId` as an integer), as the halves see it.
 pub type StreamTag = u64;
-
-const PUBLISH: u8 = 3;
-const PUBACK: u8 = 4;
-const PUBREC: u8 = 5;
-const PUBREL: u8 = 6;
-const PUBCOMP: u8 = 7;
-const SUBSCRIBE: u8 = 8;
-const SUBACK: u8 = 9;
-const UNSUBSCRIBE: u8 = 10;
-const UNSUBACK: u8 = 11;
 
 /// Answers remembered per connection at most; past it the oldest are forgotten (their answer
 /// then goes on the control stream). The protocol bounds them far below this.
