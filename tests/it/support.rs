@@ -81,23 +81,11 @@ fn start_broker_on_with_listeners(
 
 /// A broker that also serves Prometheus `/metrics`; returns the metrics address too.
 pub fn start_broker_with_metrics(config: Config) -> (TestBroker, SocketAddr) {
-    let _ = env_logger::builder().is_test(true).try_init();
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    let mut broker = Broker::new(listener, config).expect("start the broker");
-    let metrics = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    let metrics_addr = broker.serve_metrics(metrics).expect("serve metrics");
-    let addr = broker.local_addr().expect("local address");
-    let stopper = broker.stopper();
-    let thread = thread::Builder::new()
-        .name("test-acceptor".into())
-        .spawn(move || broker.run())
-        .expect("spawn the acceptor");
-    let broker = TestBroker {
-        addr,
-        stopper,
-        thread: Some(thread),
-    };
-    (broker, metrics_addr)
+    // A `protocol metrics` listener, as the config file makes one.
+    let mut metrics = Listener::mqtt(SocketAddr::from(([127, 0, 0, 1], 0)));
+    metrics.protocol = mqtt_broker::config::Protocol::Metrics;
+    let (broker, addrs, _) = start_broker_with_listeners(config, vec![metrics]);
+    (broker, addrs[0])
 }
 
 impl TestBroker {
