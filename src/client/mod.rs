@@ -6,6 +6,7 @@
 //! it) or block the router: the router only ever uses the non-blocking methods here.
 
 mod access;
+mod futex_table;
 mod gate;
 mod handshake;
 mod pool;

@@ -52,6 +52,8 @@ pub(super) struct ThreadPool {
     parked: Mutex<Vec<Arc<Slot>>>,
     /// Spare threads started and not yet parked.
     starting: AtomicUsize,
+    /// Threads of this pool alive now, busy or parked: the futex table is sized by it.
+    alive: AtomicUsize,
     /// `SPARES`, or another number in tests.
     spares: usize,
     keep: Duration,
@@ -68,6 +70,7 @@ impl ThreadPool {
         ThreadPool {
             parked: Mutex::new(Vec::new()),
             starting: AtomicUsize::new(0),
+            alive: AtomicUsize::new(0),
             spares,
             keep,
         }
@@ -93,11 +96,27 @@ impl ThreadPool {
             slot.thread.unpark();
             return Ok(());
         }
-        thread::Builder::new()
+        self.start_thread(stack_size, Some(job))
+    }
+
+    /// Starts a pool thread that runs `first`, or parks at once as a spare.
+    fn start_thread(&'static self, stack_size: usize, first: Option<Job>) -> io::Result<()> {
+        let alive = self.alive.fetch_add(1, Ordering::AcqRel) + 1;
+        super::futex_table::fit(alive);
+        let started = thread::Builder::new()
             .name("client".into())
             .stack_size(stack_size)
-            .spawn(move || self.work(Some(job), stack_size))?;
-        Ok(())
+            .spawn(move || {
+                self.work(first, stack_size);
+                self.alive.fetch_sub(1, Ordering::AcqRel);
+            });
+        match started {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.alive.fetch_sub(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
     }
 
     /// Starts a spare thread when fewer than `SPARES` are parked or starting. Best effort: a
@@ -111,11 +130,7 @@ impl ThreadPool {
             self.starting.fetch_sub(1, Ordering::AcqRel);
             return;
         }
-        let spare = thread::Builder::new()
-            .name("client".into())
-            .stack_size(stack_size)
-            .spawn(move || self.work(None, stack_size));
-        if spare.is_err() {
+        if self.start_thread(stack_size, None).is_err() {
             self.starting.fetch_sub(1, Ordering::AcqRel);
         }
     }
