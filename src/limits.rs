@@ -6,9 +6,10 @@
 
 use std::fs;
 
-/// Memory maps one client's two threads take: per thread a stack and its guard page, and the
-/// signal stack and its guard page that Rust's runtime gives every thread.
-const MAPS_PER_CLIENT: u64 = 8;
+/// Memory maps one client's two threads take: per thread a stack and its guard page (client
+/// threads are started without the signal stack Rust's runtime gives its own threads: see
+/// `client::os_thread`).
+const MAPS_PER_CLIENT: u64 = 4;
 /// Memory maps kept free for everything else: the allocator's arenas, large messages (each
 /// allocation of 128 KiB or more is a map of its own), the executable and its libraries.
 const MAPS_RESERVED: u64 = 4096;
@@ -16,8 +17,9 @@ const MAPS_RESERVED: u64 = 4096;
 const FILES_RESERVED: u64 = 64;
 
 /// The default connection limit: what the machine allows, less reserves. Running out of memory
-/// maps is the one limit that cannot be met gracefully (Rust's runtime aborts the process when
-/// a new thread cannot map its signal stack), so the broker refuses connections before it.
+/// maps is the one limit that cannot be met gracefully (an allocation that finds no map aborts
+/// the process, as does a thread of Rust's runtime that cannot map its signal stack), so the
+/// broker refuses connections before it.
 pub fn default_max_connections() -> usize {
     client_capacity().map_or(usize::MAX, |(clients, _)| {
         usize::try_from(clients).unwrap_or(usize::MAX)

@@ -9,6 +9,7 @@ mod access;
 mod futex_table;
 mod gate;
 mod handshake;
+mod os_thread;
 mod pool;
 mod reader;
 mod writer;

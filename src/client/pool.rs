@@ -103,20 +103,18 @@ impl ThreadPool {
     fn start_thread(&'static self, stack_size: usize, first: Option<Job>) -> io::Result<()> {
         let alive = self.alive.fetch_add(1, Ordering::AcqRel) + 1;
         super::futex_table::fit(alive);
-        let started = thread::Builder::new()
-            .name("client".into())
-            .stack_size(stack_size)
-            .spawn(move || {
+        let started = super::os_thread::start(
+            c"client",
+            stack_size,
+            Box::new(move || {
                 self.work(first, stack_size);
                 self.alive.fetch_sub(1, Ordering::AcqRel);
-            });
-        match started {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                self.alive.fetch_sub(1, Ordering::AcqRel);
-                Err(e)
-            }
+            }),
+        );
+        if started.is_err() {
+            self.alive.fetch_sub(1, Ordering::AcqRel);
         }
+        started
     }
 
     /// Starts a spare thread when fewer than `SPARES` are parked or starting. Best effort: a
