@@ -9,6 +9,7 @@
 //! Must not: block on a client (writers are only reached through the non-blocking
 //! `ClientHandle` methods) or do socket I/O.
 
+mod commits;
 mod lifecycle;
 mod recovery;
 mod routing;
@@ -321,6 +322,7 @@ impl QueueActor {
                 client_id,
                 window,
             } => self.handle_stored_window(slot, &client_id, window),
+            Msg::Storage(event) => self.handle_store_event(event),
             Msg::Queued { client_id, reply } => {
                 // With persistence, a long queue is partly on disk: it counts too.
                 let queued = self

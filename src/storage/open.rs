@@ -189,6 +189,12 @@ fn open_and_recover_inner(path: &Path) -> Result<(Database, Recovered), OpenErro
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 pub(super) fn create_database(path: &Path) -> Result<Database, DatabaseError> {
+    #[cfg(test)]
+    if let Some(file) = super::test_disk::open(path)? {
+        return Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(file);
+    }
     Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
