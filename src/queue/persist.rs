@@ -136,6 +136,7 @@ impl Persistence {
             window_requested: false,
             committed: Arc::clone(&self.committed),
             waiting: false,
+            offline_since: None,
         })
     }
 
@@ -207,6 +208,8 @@ pub(super) struct Journal {
     committed: Arc<Committed>,
     /// This session is on the list of those waiting for a commit.
     waiting: bool,
+    /// When its connection ended, as last written (kept when the record is written again).
+    offline_since: Option<u64>,
 }
 
 impl Journal {
@@ -307,13 +310,31 @@ impl Journal {
         true
     }
 
-    /// Writes the session record; `offline` when its connection has just ended.
-    pub fn save(&self, expiry: u32, offline: bool, will: Option<&Will>) {
+    /// Writes the session record; `offline` when its connection has just ended. The will of
+    /// an offline session is one waiting out its delay: due `will_delay_interval` after the
+    /// connection ended, on the wall clock (recovery publishes it, or waits for the rest).
+    pub fn save(&mut self, expiry: u32, offline: bool, will: Option<&Will>) {
+        self.offline_since = offline.then(storage::schema::unix_now);
+        self.write_record(expiry, will);
+    }
+
+    /// A recovered record went offline at `since`.
+    pub fn set_offline_since(&mut self, since: Option<u64>) {
+        self.offline_since = since;
+    }
+
+    /// The delayed will has been published: the record is written again without it (and
+    /// with the time the connection ended, on which its expiry depends).
+    pub fn will_published(&self, expiry: u32) {
+        self.write_record(expiry, None);
+    }
+
+    fn write_record(&self, expiry: u32, will: Option<&Will>) {
         self.storage.save_session(SessionRecord {
             client_id: Arc::clone(&self.client_id),
             version: self.version,
             expiry,
-            offline_since: offline.then(storage::schema::unix_now),
+            offline_since: self.offline_since,
             will: will.cloned(),
         });
     }

@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use log::{debug, error, info, warn};
 use redb::{Database, Durability, ReadableTable};
 
-use super::rows::{DbResult, Tables};
+use super::rows::{DbResult, Dequeued, Tables};
 use super::schema::{
     encode_message, encode_subscription, QueueEntry, ENTRY_PACKET_ID, ENTRY_STAGE,
 };
@@ -555,8 +555,12 @@ impl Batch {
             Op::Dequeue { client_id, id } => {
                 if let Some((_, entry)) = self.entries.remove(id) {
                     self.unref(entry.message_id);
-                } else if let Some(message) = t.dequeue(client_id, *id)? {
-                    self.unref(message);
+                } else if let Dequeued::Removed(message) = t.dequeue(client_id, *id)? {
+                    // A row removed must be committed even when its message was inside it
+                    // (nothing else to change): a batch of such removals alone is a write.
+                    if let Some(message) = message {
+                        self.unref(message);
+                    }
                     self.wrote = true;
                 }
             }

@@ -22,7 +22,7 @@ use super::schema::{
 };
 use super::window::WINDOW;
 use super::StorageOptions;
-use crate::mqtt::{PacketId, SubscriptionOptions};
+use crate::mqtt::{PacketId, SubscriptionOptions, Will};
 use crate::queue::message::Message;
 
 /// The database file inside the persistence directory.
@@ -33,6 +33,9 @@ pub const STORE_FILE: &str = "mqtt-broker.redb";
 pub struct Recovered {
     pub sessions: Vec<RecoveredSession>,
     pub retained: Vec<Arc<Message>>,
+    /// Wills of sessions that expired while the broker was down: due at the latest when
+    /// their session ended, so published at start.
+    pub wills: Vec<Will>,
     /// The next message or delivery id to give out.
     pub next_id: u64,
 }
@@ -226,6 +229,7 @@ fn recover_tables(t: &mut Tables<'_>) -> Result<Recovered, Failure> {
 
     let mut messages: HashMap<u64, Option<Arc<Message>>> = HashMap::new();
     let mut sessions = Vec::with_capacity(records.len());
+    let mut wills = Vec::new();
     for record in records {
         let client_id = Arc::clone(&record.client_id);
         let expired = match record.offline_since {
@@ -236,6 +240,7 @@ fn recover_tables(t: &mut Tables<'_>) -> Result<Recovered, Failure> {
         };
         if expired {
             t.delete_session(&client_id, &mut deltas)?;
+            wills.extend(record.will);
             continue;
         }
         let mut subscriptions = Vec::new();
@@ -353,6 +358,7 @@ fn recover_tables(t: &mut Tables<'_>) -> Result<Recovered, Failure> {
     Ok(Recovered {
         sessions,
         retained,
+        wills,
         next_id,
     })
 }

@@ -416,3 +416,59 @@ fn a_group_is_never_split_across_commits() {
     drop(handle);
     thread.join().expect("storage thread");
 }
+
+/// A batch that only removes queue rows whose message is inside them (an acknowledged
+/// one2one message) is a write like any other: committed, not dropped.
+#[test]
+fn removing_a_row_alone_in_its_batch_is_committed() {
+    let disk = PowerCutDisk::default();
+    let db = Database::builder()
+        .create_with_backend(disk.clone())
+        .expect("create the store");
+    let _ = recover(&db).ok().expect("an empty store recovers");
+    let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
+    let actor = StorageActor::new(rx, db, "dequeue-disk".into(), true, disk.reopener());
+    let thread = thread::spawn(move || actor.run());
+    let handle = StorageHandle {
+        tx,
+        ids: Arc::new(AtomicU64::new(1)),
+    };
+    let client: Arc<str> = Arc::from("sub");
+    handle.save_session(SessionRecord {
+        client_id: Arc::clone(&client),
+        version: ProtocolVersion::V5,
+        expiry: 600,
+        offline_since: Some(super::schema::unix_now()),
+        will: None,
+    });
+    let entry = QueueEntry {
+        message_id: handle.next_id(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        packet_id: None,
+        released: false,
+        subscription_ids: Vec::new(),
+    };
+    let delivery = handle.next_id();
+    handle.enqueue(Arc::clone(&client), delivery, entry, message(1), true);
+    let (done_tx, done) = crossbeam_channel::unbounded();
+    let committed = |done_tx: &crossbeam_channel::Sender<()>| {
+        let done_tx = done_tx.clone();
+        Box::new(move || {
+            let _ = done_tx.send(());
+        })
+    };
+    handle.after_commit(committed(&done_tx));
+    assert!(done.recv_timeout(Duration::from_secs(20)).is_ok());
+    assert_eq!(held_and_queued(&disk).1, vec![1], "queued");
+    handle.dequeue(Arc::clone(&client), delivery);
+    handle.after_commit(committed(&done_tx));
+    assert!(done.recv_timeout(Duration::from_secs(20)).is_ok());
+    assert_eq!(
+        held_and_queued(&disk).1,
+        Vec::<u64>::new(),
+        "removed for good"
+    );
+    drop(handle);
+    thread.join().expect("storage thread");
+}
