@@ -38,7 +38,9 @@ impl QueueActor {
     /// batch: they leave the kept sessions' queues and the retained store too, and a refused
     /// QoS 2 PUBLISH no longer awaits its PUBREL (one that comes is answered as for an unknown
     /// packet id). Copies already handed to online subscribers stay delivered, as they do for
-    /// sessions that are not kept.
+    /// sessions that are not kept. Copies that went to disk only (a long queue's spill) were
+    /// never written; the session's count of them is then too high until its next window
+    /// read finds fewer rows and corrects it.
     fn forget_refused(&mut self, refusals: &[Refusal]) {
         let refused: HashSet<*const Message> =
             refusals.iter().map(|r| Arc::as_ptr(&r.message)).collect();
