@@ -168,6 +168,16 @@ impl Persistence {
         }
     }
 
+    /// As `when_stored`, for an acknowledgement to the publisher in session `slot`: an MQTT 5
+    /// PUBLISH of the same publisher acknowledged after it is not refused ahead of it when a
+    /// commit fails (acknowledgements keep their order [MQTT-4.6.0-2]).
+    pub fn when_stored_for(&self, slot: u32, f: impl FnOnce() + Send + 'static) {
+        match &self.storage {
+            Some(storage) => storage.after_commit_for(slot, Box::new(f)),
+            None => f(),
+        }
+    }
+
     /// Starts a group of changes that are committed together or not at all (ended by
     /// `group_end`; the storage thread waits for the end before it commits).
     pub fn group_start(&self) {

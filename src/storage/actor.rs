@@ -46,7 +46,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// What waits for the commit of a batch, in the order it was sent.
 enum Later {
-    Callback(AfterCommit),
+    /// With the publisher's slot when it is an acknowledgement.
+    Callback(Option<u32>, AfterCommit),
     /// An MQTT 5 publisher's acknowledgement: refused when the commit fails.
     Ack {
         refusal: Refusal,
@@ -190,7 +191,7 @@ impl StorageActor {
     fn split(&self, ops: &mut Vec<Op>, writes: &mut Vec<Op>, callbacks: &mut Vec<Later>) {
         for op in ops.drain(..) {
             match op {
-                Op::AfterCommit(f) => callbacks.push(Later::Callback(f)),
+                Op::AfterCommit(slot, f) => callbacks.push(Later::Callback(slot, f)),
                 Op::AckPublish {
                     refusal,
                     stored,
@@ -298,7 +299,7 @@ impl StorageActor {
         }
         for later in callbacks {
             match later {
-                Later::Callback(f) => f(),
+                Later::Callback(_, f) => f(),
                 Later::Ack { stored, .. } => stored(),
                 Later::Window {
                     client_id,
@@ -332,13 +333,29 @@ impl StorageActor {
         let mut refusals = Vec::new();
         let mut answers = Vec::new();
         let mut kept = Vec::with_capacity(callbacks.len());
+        // Publishers with an acknowledgement that waits for the disk: their later PUBLISHes
+        // wait too, so that their acknowledgements keep their order [MQTT-4.6.0-2].
+        let mut waiting: HashSet<u32> = HashSet::new();
         for later in callbacks.drain(..) {
             match later {
                 Later::Ack {
                     refusal, refused, ..
-                } => {
+                } if !waiting.contains(&refusal.slot) => {
                     refusals.push(refusal);
                     answers.push(refused);
+                }
+                Later::Ack {
+                    refusal,
+                    stored,
+                    refused,
+                } => kept.push(Later::Ack {
+                    refusal,
+                    stored,
+                    refused,
+                }),
+                Later::Callback(Some(slot), f) => {
+                    waiting.insert(slot);
+                    kept.push(Later::Callback(Some(slot), f));
                 }
                 other => kept.push(other),
             }
@@ -478,7 +495,7 @@ impl Batch {
     fn apply(&mut self, t: &mut Tables<'_>, op: &Op) -> DbResult<()> {
         match op {
             Op::Enqueue { .. } | Op::SetInflight { .. } | Op::Dequeue { .. } => {}
-            Op::AfterCommit(_) | Op::AckPublish { .. } | Op::ReadWindow { .. } | Op::Group(_) => {}
+            Op::AfterCommit(..) | Op::AckPublish { .. } | Op::ReadWindow { .. } | Op::Group(_) => {}
             _ => self.wrote = true,
         }
         match op {
@@ -589,7 +606,7 @@ impl Batch {
                     }
                 }
             }
-            Op::AfterCommit(_) | Op::AckPublish { .. } | Op::ReadWindow { .. } | Op::Group(_) => {}
+            Op::AfterCommit(..) | Op::AckPublish { .. } | Op::ReadWindow { .. } | Op::Group(_) => {}
         }
         Ok(())
     }

@@ -136,7 +136,8 @@ pub(crate) enum Op {
     /// The operations between `Group(true)` and `Group(false)` go into one transaction
     /// whatever the batch size (a QoS 2 message released: its routing and its removal).
     Group(bool),
-    AfterCommit(AfterCommit),
+    /// `Some(slot)`: an acknowledgement to the publisher in that router slot.
+    AfterCommit(Option<u32>, AfterCommit),
     /// Reads queue rows of a session after delivery id `after` once everything sent before is
     /// committed, and hands them to `reply`.
     ReadWindow {
@@ -299,7 +300,13 @@ impl StorageHandle {
     /// Runs `f` on the storage thread once every change sent before it is committed (synced,
     /// unless sync is off).
     pub fn after_commit(&self, f: AfterCommit) {
-        self.send(Op::AfterCommit(f));
+        self.send(Op::AfterCommit(None, f));
+    }
+
+    /// As `after_commit`, for an acknowledgement to the publisher in router slot `slot`: an
+    /// MQTT 5 PUBLISH of the same publisher behind it is not refused before it runs.
+    pub fn after_commit_for(&self, slot: u32, f: AfterCommit) {
+        self.send(Op::AfterCommit(Some(slot), f));
     }
 
     /// Runs `stored` once the changes of `refusal.message` (sent before, in the same open

@@ -333,7 +333,8 @@ impl QueueActor {
                         );
                     }
                     (Some(online), None) => {
-                        ack_when_stored(&self.persist, &online.writer, kind, packet_id, reason);
+                        let writer = &online.writer;
+                        ack_when_stored(&self.persist, publisher, writer, kind, packet_id, reason);
                     }
                     (None, _) => {}
                 }
@@ -403,8 +404,8 @@ impl QueueActor {
         }
         let holding = std::mem::take(&mut session.holding);
         let held_acks_limit = self.held_acks_limit;
-        for (publisher, held) in holding {
-            let Some(publisher) = self.sessions[publisher as usize].as_mut() else {
+        for (publisher_slot, held) in holding {
+            let Some(publisher) = self.sessions[publisher_slot as usize].as_mut() else {
                 continue;
             };
             let Some(online) = &publisher.online else {
@@ -414,6 +415,7 @@ impl QueueActor {
                 Held::Ack(seq) => {
                     send_released(
                         &self.persist,
+                        publisher_slot,
                         &online.writer,
                         publisher.held_acks.release(seq),
                     );
