@@ -574,3 +574,48 @@ fn a_failed_commit_refuses_in_order_per_publisher() {
     drop(handle);
     thread.join().expect("storage thread");
 }
+
+/// A broker that stops while its disk still fails does not hang on the commit: once every
+/// handle is gone and the commit has failed a few times, the storage thread gives up on what
+/// nobody was told was stored.
+#[test]
+fn a_stopping_broker_gives_up_on_a_commit_that_keeps_failing() {
+    let disk = PowerCutDisk::default();
+    let db = Database::builder()
+        .create_with_backend(disk.clone())
+        .expect("create the store");
+    let _ = recover(&db).ok().expect("an empty store recovers");
+    let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
+    let actor = StorageActor::new(rx, db, "stopping-disk".into(), true, disk.reopener());
+    let thread = thread::spawn(move || actor.run());
+    let handle = StorageHandle {
+        tx,
+        ids: Arc::new(AtomicU64::new(1)),
+    };
+    disk.fail(true);
+    handle.save_session(SessionRecord {
+        client_id: Arc::from("sub"),
+        version: ProtocolVersion::V3_1_1,
+        expiry: u32::MAX,
+        offline_since: Some(1),
+        will: None,
+    });
+    let (acked_tx, acked) = crossbeam_channel::unbounded::<()>();
+    handle.after_commit(Box::new(move || {
+        let _ = acked_tx.send(());
+    }));
+    drop(handle);
+    let (joined_tx, joined) = crossbeam_channel::bounded(1);
+    thread::spawn(move || {
+        let _ = joined_tx.send(thread.join().is_ok());
+    });
+    assert_eq!(
+        joined.recv_timeout(Duration::from_secs(30)),
+        Ok(true),
+        "the storage thread ends"
+    );
+    assert!(
+        acked.try_recv().is_err(),
+        "nothing unstored was acknowledged"
+    );
+}
