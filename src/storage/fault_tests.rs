@@ -255,7 +255,7 @@ fn a_failed_commit_refuses_mqtt5_publishes_and_holds_mqtt3_ones_until_the_disk_w
     let first: Vec<String> = {
         // Unacknowledged, so that the restart finds them in the store.
         let mut got = Vec::new();
-        while let Some(packet) = sub.try_recv(Duration::from_millis(1500)) {
+        while let Some(packet) = sub.try_recv(Duration::from_secs(3)) {
             if let Packet::Publish(publish) = packet {
                 got.push(String::from_utf8_lossy(&publish.payload).into_owned());
             }
@@ -269,7 +269,7 @@ fn a_failed_commit_refuses_mqtt5_publishes_and_holds_mqtt3_ones_until_the_disk_w
     let broker = Running::start(&dir, &faults);
     let mut sub = Client::connect(broker.addr, "kept", v5, 600);
     assert_eq!(
-        payloads(&mut sub, Duration::from_millis(1500)),
+        payloads(&mut sub, Duration::from_secs(3)),
         ["before", "held", "after"],
         "the store agrees"
     );
