@@ -9,6 +9,7 @@
 //! Must not: block on a client (writers are only reached through the non-blocking
 //! `ClientHandle` methods) or do socket I/O.
 
+mod commits;
 mod lifecycle;
 mod recovery;
 mod routing;
@@ -321,6 +322,7 @@ impl QueueActor {
                 client_id,
                 window,
             } => self.handle_stored_window(slot, &client_id, window),
+            Msg::Storage(event) => self.handle_store_event(event),
             Msg::Queued { client_id, reply } => {
                 // With persistence, a long queue is partly on disk: it counts too.
                 let queued = self
@@ -366,6 +368,7 @@ fn ack_reason(v5: bool, matched: usize) -> ReasonCode {
 /// Sends PUBACK or PUBREC for a received PUBLISH once what routing it stored is committed.
 fn ack_when_stored(
     persist: &Persistence,
+    publisher: u32,
     writer: &ClientHandle,
     kind: AckKind,
     packet_id: PacketId,
@@ -373,7 +376,9 @@ fn ack_when_stored(
 ) {
     if persist.is_on() {
         let writer = writer.clone();
-        persist.when_stored(move || send_ack(&writer, kind, packet_id, reason));
+        persist.when_stored_for(publisher, move || {
+            send_ack(&writer, kind, packet_id, reason)
+        });
     } else {
         send_ack(writer, kind, packet_id, reason);
     }
@@ -403,7 +408,12 @@ fn ack_item(kind: AckKind, packet_id: PacketId, reason: ReasonCode) -> Outbound 
 
 /// Sends held acknowledgements released together as one item: however many there are, they
 /// count once against the writer's backlog (`Config::writer_backlog_limit`).
-fn send_released(persist: &Persistence, writer: &ClientHandle, acks: Vec<super::flow::HeldAck>) {
+fn send_released(
+    persist: &Persistence,
+    publisher: u32,
+    writer: &ClientHandle,
+    acks: Vec<super::flow::HeldAck>,
+) {
     let mut items: Vec<Outbound> = acks
         .into_iter()
         .map(|ack| ack_item(ack.kind, ack.packet_id, ack.reason))
@@ -416,7 +426,7 @@ fn send_released(persist: &Persistence, writer: &ClientHandle, acks: Vec<super::
     if persist.is_on() {
         // Behind the commit of what their PUBLISH (or PUBREL) stored, as any acknowledgement.
         let writer = writer.clone();
-        persist.when_stored(move || {
+        persist.when_stored_for(publisher, move || {
             let _ = writer.send(item);
         });
     } else {

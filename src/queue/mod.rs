@@ -130,6 +130,8 @@ pub(crate) enum Msg {
         client_id: Arc<str>,
         window: crate::storage::Window,
     },
+    /// A commit done or failed (from the storage thread).
+    Storage(crate::storage::StoreEvent),
     /// Messages waiting in a session's queue (a lazy bridge asks about its own).
     Queued {
         client_id: String,
@@ -151,7 +153,7 @@ impl QueueHandle {
             crossbeam_channel::bounded(config.router_queue_capacity);
         let mut actor = QueueActor::new(rx, config);
         let stats = actor.stats();
-        let (persistence, recovered) = persist::Persistence::start(config)?;
+        let (persistence, recovered) = persist::Persistence::start(config, Arc::clone(&stats))?;
         actor.restore(persistence, recovered);
         let thread = thread::Builder::new()
             .name("queue".into())

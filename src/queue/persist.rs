@@ -7,7 +7,7 @@
 //! message sent on the storage actor's bounded channel.
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -21,8 +21,19 @@ use super::Msg;
 use crate::config::Config;
 use crate::mqtt::{PacketId, ProtocolVersion, QoS, Will};
 use crate::storage::{
-    self, QueueEntry, Recovered, SessionRecord, StorageHandle, StorageOptions, Window, WINDOW,
+    self, QueueEntry, Recovered, Refusal, SessionRecord, StorageHandle, StorageOptions, Window,
+    WINDOW,
 };
+use crate::sys::Stats;
+
+/// Where stored QoS 2 deliveries stand: every delivery id up to `upto` is committed, and the
+/// sessions in `waiting` have one that is not yet (woken when it is). Set by the router only
+/// (from `StoreEvent::Committed`, in the order of the storage thread's events).
+#[derive(Default)]
+struct Committed {
+    upto: AtomicU64,
+    waiting: parking_lot::Mutex<Vec<u32>>,
+}
 
 /// Persistence as the router holds it: off, or the storage actor's handle.
 #[derive(Default)]
@@ -33,12 +44,13 @@ pub(super) struct Persistence {
     /// thread never waits for the router (which may be waiting for it). At most one request
     /// per session is outstanding.
     replies: Option<(Sender<Msg>, Receiver<Msg>)>,
+    committed: Arc<Committed>,
 }
 
 impl Persistence {
     /// Opens and recovers the store when `persistence_dir` is set. The error names the file
     /// and what to do.
-    pub fn start(config: &Config) -> io::Result<(Persistence, Recovered)> {
+    pub fn start(config: &Config, stats: Arc<Stats>) -> io::Result<(Persistence, Recovered)> {
         let Some(dir) = &config.persistence_dir else {
             return Ok((Persistence::default(), Recovered::default()));
         };
@@ -47,13 +59,55 @@ impl Persistence {
             sync: config.persistence_sync,
             reset_corrupt: config.reset_corrupt_store,
         };
-        let (storage, thread, recovered) = storage::start(&options).map_err(io::Error::other)?;
+        let (replies_tx, replies_rx) = crossbeam_channel::unbounded();
+        let events = replies_tx.clone();
+        let notify = Box::new(move |event| {
+            let _ = events.send(Msg::Storage(event));
+        });
+        let (storage, thread, recovered) =
+            storage::start(&options, notify, stats).map_err(io::Error::other)?;
+        let committed = Committed::default();
+        // Everything recovered is stored.
+        committed
+            .upto
+            .store(recovered.next_id.saturating_sub(1), Ordering::Relaxed);
         let persistence = Persistence {
             storage: Some(storage),
             thread: Some(thread),
-            replies: Some(crossbeam_channel::unbounded()),
+            replies: Some((replies_tx, replies_rx)),
+            committed: Arc::new(committed),
         };
         Ok((persistence, recovered))
+    }
+
+    /// The storage thread has committed every delivery up to `upto`: returns the sessions
+    /// that waited for it, to be pumped.
+    pub fn committed(&self, upto: u64) -> Vec<u32> {
+        self.committed.upto.fetch_max(upto, Ordering::Relaxed);
+        std::mem::take(&mut *self.committed.waiting.lock())
+    }
+
+    /// Acknowledges an MQTT 5 PUBLISH whose changes were sent since `group_start`: `stored`
+    /// runs once they are committed (at once with persistence off); if the commit fails,
+    /// they are dropped from it and `refused` runs instead (the router hears of it as
+    /// `StoreEvent::Refused`).
+    pub fn ack_publish(
+        &self,
+        refusal: Refusal,
+        stored: impl FnOnce() + Send + 'static,
+        refused: impl FnOnce() + Send + 'static,
+    ) {
+        match &self.storage {
+            Some(storage) => storage.ack_publish(refusal, Box::new(stored), Box::new(refused)),
+            None => stored(),
+        }
+    }
+
+    /// Clears a retained message in the store (one refused by a failed commit).
+    pub fn clear_retained(&self, topic: &str) {
+        if let Some(storage) = &self.storage {
+            storage.retain(topic.to_owned(), None);
+        }
     }
 
     pub fn is_on(&self) -> bool {
@@ -80,6 +134,9 @@ impl Persistence {
             on_disk: 0,
             cursor: 0,
             window_requested: false,
+            committed: Arc::clone(&self.committed),
+            waiting: false,
+            offline_since: None,
         })
     }
 
@@ -107,6 +164,16 @@ impl Persistence {
     pub fn when_stored(&self, f: impl FnOnce() + Send + 'static) {
         match &self.storage {
             Some(storage) => storage.after_commit(Box::new(f)),
+            None => f(),
+        }
+    }
+
+    /// As `when_stored`, for an acknowledgement to the publisher in session `slot`: an MQTT 5
+    /// PUBLISH of the same publisher acknowledged after it is not refused ahead of it when a
+    /// commit fails (acknowledgements keep their order [MQTT-4.6.0-2]).
+    pub fn when_stored_for(&self, slot: u32, f: impl FnOnce() + Send + 'static) {
+        match &self.storage {
+            Some(storage) => storage.after_commit_for(slot, Box::new(f)),
             None => f(),
         }
     }
@@ -148,9 +215,37 @@ pub(super) struct Journal {
     cursor: u64,
     /// A window of them has been asked for and not arrived yet.
     window_requested: bool,
+    committed: Arc<Committed>,
+    /// This session is on the list of those waiting for a commit.
+    waiting: bool,
+    /// When its connection ended, as last written (kept when the record is written again).
+    offline_since: Option<u64>,
 }
 
 impl Journal {
+    /// Whether a queued delivery may go out now. A stored QoS 2 delivery waits for the commit
+    /// that stored it: sent before and lost to a crash, its PUBLISH would be routed again
+    /// after the restart (its PUBREL resent by the publisher) and arrive twice. The session is
+    /// woken when that commit is done (`Persistence::committed`).
+    pub fn may_send(&mut self, delivery: &Delivery) -> bool {
+        if delivery.qos != QoS::ExactlyOnce
+            || delivery.stored == 0
+            || delivery.stored <= self.committed.upto.load(Ordering::Relaxed)
+        {
+            return true;
+        }
+        if !self.waiting {
+            self.waiting = true;
+            self.committed.waiting.lock().push(self.slot);
+        }
+        false
+    }
+
+    /// Woken by a commit: the next wait registers again.
+    pub fn woken(&mut self) {
+        self.waiting = false;
+    }
+
     pub fn set_version(&mut self, version: ProtocolVersion) {
         self.version = version;
     }
@@ -225,13 +320,31 @@ impl Journal {
         true
     }
 
-    /// Writes the session record; `offline` when its connection has just ended.
-    pub fn save(&self, expiry: u32, offline: bool, will: Option<&Will>) {
+    /// Writes the session record; `offline` when its connection has just ended. The will of
+    /// an offline session is one waiting out its delay: due `will_delay_interval` after the
+    /// connection ended, on the wall clock (recovery publishes it, or waits for the rest).
+    pub fn save(&mut self, expiry: u32, offline: bool, will: Option<&Will>) {
+        self.offline_since = offline.then(storage::schema::unix_now);
+        self.write_record(expiry, will);
+    }
+
+    /// A recovered record went offline at `since`.
+    pub fn set_offline_since(&mut self, since: Option<u64>) {
+        self.offline_since = since;
+    }
+
+    /// The delayed will has been published: the record is written again without it (and
+    /// with the time the connection ended, on which its expiry depends).
+    pub fn will_published(&self, expiry: u32) {
+        self.write_record(expiry, None);
+    }
+
+    fn write_record(&self, expiry: u32, will: Option<&Will>) {
         self.storage.save_session(SessionRecord {
             client_id: Arc::clone(&self.client_id),
             version: self.version,
             expiry,
-            offline_since: offline.then(storage::schema::unix_now),
+            offline_since: self.offline_since,
             will: will.cloned(),
         });
     }

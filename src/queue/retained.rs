@@ -133,6 +133,30 @@ impl RetainedStore {
         }
     }
 
+    /// Clears `topic` if `message` is still its retained message (one a failed commit
+    /// refused); returns whether it was.
+    pub fn remove_if(&mut self, message: &Arc<Message>) -> bool {
+        let levels: Vec<&str> = message.publish.topic.split('/').collect();
+        let mut node = &self.root;
+        for level in &levels {
+            match node.child(level) {
+                Some(child) => node = child,
+                None => return false,
+            }
+        }
+        if !node
+            .message
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, message))
+        {
+            return false;
+        }
+        if self.root.remove(&levels) {
+            self.count -= 1;
+        }
+        true
+    }
+
     /// Every live retained message whose topic `filter` matches, in mosquitto's order;
     /// expired ones are removed on the way [MQTT-3.3.2-5].
     pub fn matching(&mut self, filter: &str, now: Instant) -> Vec<Arc<Message>> {

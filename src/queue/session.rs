@@ -552,9 +552,17 @@ impl Outbox {
         let mut byte_room = writer.byte_room();
         let mut batch = Vec::new();
         let mut taken = false;
+        let mut awaits_commit = false;
         while let Some(next) = self.queued.front() {
             if next.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
                 break;
+            }
+            // A stored QoS 2 delivery goes out once its commit is done (`Journal::may_send`).
+            if let Some(journal) = self.journal.as_mut() {
+                if !journal.may_send(next) {
+                    awaits_commit = true;
+                    break;
+                }
             }
             if room == 0 || byte_room == 0 {
                 break;
@@ -610,7 +618,7 @@ impl Outbox {
             writer.request_drain_notice();
         }
         // The progress clock: it runs while messages wait and the client takes none.
-        self.stalled_since = match (self.queued.is_empty(), taken) {
+        self.stalled_since = match (self.queued.is_empty() || awaits_commit, taken) {
             (true, _) => None,
             (false, true) => Some(Instant::now()),
             (false, false) => self.stalled_since.or_else(|| Some(Instant::now())),

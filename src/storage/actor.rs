@@ -11,23 +11,31 @@
 //! queued and removed within one batch (sent and acknowledged while the previous commit was
 //! syncing) cancels out in memory and never reaches the file; nor does its message if no other
 //! session holds it. A group of operations (`Op::Group`) is never split across batches.
+//!
+//! A failed commit (a full disk) is retried every second, with what arrived meanwhile; each
+//! failed attempt refuses the MQTT 5 PUBLISHes in it (`Op::AckPublish`): their rows are taken
+//! out, the router is told to forget them and their publishers get an error code. Nothing
+//! else is acknowledged until the disk takes it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use log::{debug, error, info, warn};
 use redb::{Database, Durability, ReadableTable};
 
-use super::rows::{DbResult, Tables};
+use super::rows::{DbResult, Dequeued, Tables};
 use super::schema::{
     encode_message, encode_subscription, QueueEntry, ENTRY_PACKET_ID, ENTRY_STAGE,
 };
 use super::window::{read_window, Window, WINDOW};
-use super::{AfterCommit, Op};
+use super::{AfterCommit, Notify, Op, Refusal, StoreEvent};
+use crate::mqtt::QoS;
 use crate::queue::message::Message;
+use crate::sys::Stats;
 
 /// The most operations applied in one transaction.
 const MAX_BATCH: usize = 16 * 1024;
@@ -38,7 +46,14 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// What waits for the commit of a batch, in the order it was sent.
 enum Later {
-    Callback(AfterCommit),
+    /// With the publisher's slot when it is an acknowledgement.
+    Callback(Option<u32>, AfterCommit),
+    /// An MQTT 5 publisher's acknowledgement: refused when the commit fails.
+    Ack {
+        refusal: Refusal,
+        stored: AfterCommit,
+        refused: AfterCommit,
+    },
     Window {
         client_id: Arc<str>,
         after: u64,
@@ -58,6 +73,12 @@ fn group_change(op: &Op) -> i32 {
 /// Opens the database again after a failed commit.
 pub(super) type Reopen = Box<dyn FnMut() -> Result<Database, redb::DatabaseError> + Send>;
 
+/// Failed attempts after which a stopping broker gives up on a commit.
+const GIVE_UP_AT_SHUTDOWN: u32 = 3;
+
+/// The most message ids of refused PUBLISHes remembered (their later copies are dropped too).
+const REFUSED_IDS_KEPT: usize = 64 * 1024;
+
 pub(super) struct StorageActor {
     rx: Receiver<Op>,
     db: Option<Database>,
@@ -66,6 +87,12 @@ pub(super) struct StorageActor {
     /// With sync off, how long a commit may stay unsynced (`SYNC_EVERY`).
     sync_every: Duration,
     reopen: Reopen,
+    /// Tells the router about commits (`StoreEvent`).
+    notify: Option<Notify>,
+    stats: Option<Arc<Stats>>,
+    /// Message ids of PUBLISHes refused during a failed commit: a copy of one that reaches
+    /// the storage thread afterwards (before the router has forgotten it) is not stored.
+    refused_ids: HashSet<u64>,
 }
 
 impl StorageActor {
@@ -77,7 +104,17 @@ impl StorageActor {
             sync,
             sync_every: SYNC_EVERY,
             reopen,
+            notify: None,
+            stats: None,
+            refused_ids: HashSet::new(),
         }
+    }
+
+    /// Where commits are reported (the router) and counted (`/metrics`).
+    pub fn with_events(mut self, notify: Notify, stats: Arc<Stats>) -> Self {
+        self.notify = Some(notify);
+        self.stats = Some(stats);
+        self
     }
 
     /// Another interval for the periodic sync when sync is off (tests).
@@ -106,22 +143,10 @@ impl StorageActor {
                     Err(_) => break,
                 },
             };
-            // Groups open in this batch: it is not cut before they end (the router sends a
-            // group's operations at once, so the rest is on its way).
-            let mut open_groups = group_change(&first);
+            let open_groups = group_change(&first);
             ops.push(first);
-            while ops.len() < MAX_BATCH || open_groups > 0 {
-                let next = if open_groups > 0 {
-                    self.rx.recv().ok()
-                } else {
-                    self.rx.try_recv().ok()
-                };
-                let Some(op) = next else {
-                    break;
-                };
-                open_groups += group_change(&op);
-                ops.push(op);
-            }
+            // A group left open by a stopping router is committed as it is.
+            let _ = self.gather(&mut ops, open_groups, MAX_BATCH);
             let wrote = self.commit(&mut ops);
             if wrote && !self.sync && unsynced_since.is_none() {
                 unsynced_since = Some(Instant::now());
@@ -139,14 +164,43 @@ impl StorageActor {
         debug!("storage stopped");
     }
 
-    /// Commits the changes in `ops`, retrying until the disk takes them, then runs the
-    /// callbacks. Returns whether anything was written.
-    fn commit(&mut self, ops: &mut Vec<Op>) -> bool {
-        let mut callbacks: Vec<Later> = Vec::new();
-        let mut writes = Vec::with_capacity(ops.len());
+    /// Takes what is waiting, up to `limit` operations, but never stops inside a group
+    /// (`open_groups` are open already): the router sends a group's operations at once, so
+    /// the rest is on its way.
+    /// Returns false once every handle is gone and nothing is left (the broker stops).
+    fn gather(&self, ops: &mut Vec<Op>, mut open_groups: i32, limit: usize) -> bool {
+        while ops.len() < limit || open_groups > 0 {
+            let next = if open_groups > 0 {
+                self.rx.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                self.rx.try_recv()
+            };
+            match next {
+                Ok(op) => {
+                    open_groups += group_change(&op);
+                    ops.push(op);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+        true
+    }
+
+    /// Sorts operations into changes and what waits for their commit.
+    fn split(&self, ops: &mut Vec<Op>, writes: &mut Vec<Op>, callbacks: &mut Vec<Later>) {
         for op in ops.drain(..) {
             match op {
-                Op::AfterCommit(f) => callbacks.push(Later::Callback(f)),
+                Op::AfterCommit(slot, f) => callbacks.push(Later::Callback(slot, f)),
+                Op::AckPublish {
+                    refusal,
+                    stored,
+                    refused,
+                } => callbacks.push(Later::Ack {
+                    refusal,
+                    stored,
+                    refused,
+                }),
                 Op::ReadWindow {
                     client_id,
                     after,
@@ -157,42 +211,96 @@ impl StorageActor {
                     reply,
                 }),
                 Op::Group(_) => {}
+                Op::Enqueue { ref entry, .. }
+                    if !self.refused_ids.is_empty()
+                        && self.refused_ids.contains(&entry.message_id) => {}
                 write => writes.push(write),
             }
         }
-        let wrote = !writes.is_empty();
-        if wrote {
-            let mut failures = 0u32;
-            loop {
-                match self.apply(&writes) {
-                    Ok(()) => break,
-                    Err(e) => {
-                        failures += 1;
-                        // Nothing in this batch is acknowledged until it is stored: the
-                        // publishers wait, the channel fills, and the router (then the
-                        // readers) push back.
-                        if failures == 1 || failures.is_multiple_of(60) {
-                            error!(
-                                "STORAGE COMMIT FAILED for {} ({e}): acknowledgements are held \
-                                 until it succeeds; retrying every second (failure {failures})",
-                                self.path.display()
-                            );
-                        }
-                        std::thread::sleep(RETRY_EVERY);
-                        self.reopen_after_failure();
+    }
+
+    /// Commits the changes in `ops`, then runs the callbacks. A failed commit is retried every
+    /// second with whatever arrived meanwhile; each failure refuses the MQTT 5 PUBLISHes in it
+    /// (their changes are taken out, their publishers answered with an error), while the
+    /// rest (older clients' messages, session changes) waits for the disk. Returns whether
+    /// anything was written.
+    fn commit(&mut self, ops: &mut Vec<Op>) -> bool {
+        let mut callbacks: Vec<Later> = Vec::new();
+        let mut writes = Vec::with_capacity(ops.len());
+        self.split(ops, &mut writes, &mut callbacks);
+        let mut failures = 0u32;
+        let mut refused = 0usize;
+        while !writes.is_empty() {
+            let started = Instant::now();
+            match self.apply(&writes) {
+                Ok(committed) => {
+                    if let (true, Some(stats)) = (committed, &self.stats) {
+                        stats.commits.committed(started.elapsed());
+                    }
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if let Some(stats) = &self.stats {
+                        stats.commits.failed();
+                    }
+                    // Loud once per episode (and a reminder every minute), never per message.
+                    if failures == 1 || failures.is_multiple_of(60) {
+                        error!(
+                            "STORAGE COMMIT FAILED for {} ({e}): nothing more is acknowledged \
+                             until it is stored. MQTT 5 publishers get PUBACK/PUBREC 0x80 \
+                             (unspecified error) for messages that could not be stored; MQTT \
+                             3.1/3.1.1 publishers' acknowledgements are held. Retrying every \
+                             second (attempt {failures}); free space on the disk to recover",
+                            self.path.display()
+                        );
+                    }
+                    refused += self.refuse(&mut writes, &mut callbacks);
+                    std::thread::sleep(RETRY_EVERY);
+                    self.reopen_after_failure();
+                    // What arrived meanwhile joins the next attempt: new MQTT 5 PUBLISHes are
+                    // refused when it fails instead of waiting behind it.
+                    let room = MAX_BATCH.saturating_sub(writes.len() + callbacks.len());
+                    let mut more = Vec::new();
+                    let running = self.gather(&mut more, 0, room);
+                    self.split(&mut more, &mut writes, &mut callbacks);
+                    if !running && failures >= GIVE_UP_AT_SHUTDOWN {
+                        // The broker is stopping and every client is gone: nothing of this
+                        // was acknowledged, so nothing acknowledged is lost.
+                        error!(
+                            "storage: the broker stops with {} changes not stored in {} (the \
+                             disk still fails); none of them was acknowledged",
+                            writes.len(),
+                            self.path.display()
+                        );
+                        return false;
                     }
                 }
             }
-            if failures > 0 {
-                info!(
-                    "storage commit to {} succeeded again after {failures} failures",
-                    self.path.display()
-                );
+        }
+        if failures > 0 {
+            info!(
+                "storage commit to {} succeeded again after {failures} failed attempts; {refused} \
+                 MQTT 5 PUBLISHes were refused meanwhile",
+                self.path.display()
+            );
+        }
+        // Stored QoS 2 deliveries go out only once committed: tell the router how far.
+        let mut last_delivery = 0;
+        let mut exactly_once = false;
+        for op in &writes {
+            if let Op::Enqueue { id, entry, .. } = op {
+                last_delivery = last_delivery.max(*id);
+                exactly_once |= entry.qos == QoS::ExactlyOnce;
             }
+        }
+        if let (true, Some(notify)) = (exactly_once, &self.notify) {
+            notify(StoreEvent::Committed(last_delivery));
         }
         for later in callbacks {
             match later {
-                Later::Callback(f) => f(),
+                Later::Callback(_, f) => f(),
+                Later::Ack { stored, .. } => stored(),
                 Later::Window {
                     client_id,
                     after,
@@ -215,7 +323,83 @@ impl StorageActor {
                 }
             }
         }
-        wrote
+        !writes.is_empty()
+    }
+
+    /// After a failed commit: takes the MQTT 5 PUBLISHes waiting for it out of it (their
+    /// queue rows, retained and held QoS 2 copies), tells the router, then answers their
+    /// publishers with an error. Returns how many were refused.
+    fn refuse(&mut self, writes: &mut Vec<Op>, callbacks: &mut Vec<Later>) -> usize {
+        let mut refusals = Vec::new();
+        let mut answers = Vec::new();
+        let mut kept = Vec::with_capacity(callbacks.len());
+        // Publishers with an acknowledgement that waits for the disk: their later PUBLISHes
+        // wait too, so that their acknowledgements keep their order [MQTT-4.6.0-2].
+        let mut waiting: HashSet<u32> = HashSet::new();
+        for later in callbacks.drain(..) {
+            match later {
+                Later::Ack {
+                    refusal, refused, ..
+                } if !waiting.contains(&refusal.slot) => {
+                    refusals.push(refusal);
+                    answers.push(refused);
+                }
+                Later::Ack {
+                    refusal,
+                    stored,
+                    refused,
+                } => kept.push(Later::Ack {
+                    refusal,
+                    stored,
+                    refused,
+                }),
+                Later::Callback(Some(slot), f) => {
+                    waiting.insert(slot);
+                    kept.push(Later::Callback(Some(slot), f));
+                }
+                other => kept.push(other),
+            }
+        }
+        *callbacks = kept;
+        if refusals.is_empty() {
+            return 0;
+        }
+        if self.refused_ids.len() > REFUSED_IDS_KEPT {
+            self.refused_ids.clear();
+        }
+        let messages: HashSet<*const Message> =
+            refusals.iter().map(|r| Arc::as_ptr(&r.message)).collect();
+        for refusal in &refusals {
+            let id = refusal.message.stored.load(Ordering::Relaxed);
+            if id != 0 {
+                self.refused_ids.insert(id);
+            }
+        }
+        let refused_ids = &self.refused_ids;
+        let of_refused = |m: &Arc<Message>| messages.contains(&Arc::as_ptr(m));
+        writes.retain(|op| match op {
+            Op::Enqueue { message, entry, .. } => {
+                !(of_refused(message) || refused_ids.contains(&entry.message_id))
+            }
+            Op::Retain {
+                message: Some(message),
+                ..
+            }
+            | Op::InboundQos2 {
+                message: Some(message),
+                ..
+            } => !of_refused(message),
+            _ => true,
+        });
+        let count = refusals.len();
+        // The router first: a publisher that reacts to its answer finds it already forgotten.
+        if let Some(notify) = &self.notify {
+            notify(StoreEvent::Refused(refusals));
+        }
+        for answer in answers {
+            answer();
+        }
+        count
     }
 
     /// After a failed commit redb may refuse further transactions until reopened.
@@ -244,7 +428,9 @@ impl StorageActor {
         }
     }
 
-    fn apply(&mut self, writes: &[Op]) -> DbResult<()> {
+    /// Writes `writes` in one transaction; returns whether it was committed (false: they
+    /// cancelled out and nothing was written).
+    fn apply(&mut self, writes: &[Op]) -> DbResult<bool> {
         let Some(db) = &self.db else {
             return Err(redb::Error::Corrupted("the store is not open".into()));
         };
@@ -271,7 +457,7 @@ impl StorageActor {
             // no fsync.
             txn.abort()?;
         }
-        Ok(())
+        Ok(wrote)
     }
 }
 
@@ -309,7 +495,7 @@ impl Batch {
     fn apply(&mut self, t: &mut Tables<'_>, op: &Op) -> DbResult<()> {
         match op {
             Op::Enqueue { .. } | Op::SetInflight { .. } | Op::Dequeue { .. } => {}
-            Op::AfterCommit(_) | Op::ReadWindow { .. } | Op::Group(_) => {}
+            Op::AfterCommit(..) | Op::AckPublish { .. } | Op::ReadWindow { .. } | Op::Group(_) => {}
             _ => self.wrote = true,
         }
         match op {
@@ -386,8 +572,12 @@ impl Batch {
             Op::Dequeue { client_id, id } => {
                 if let Some((_, entry)) = self.entries.remove(id) {
                     self.unref(entry.message_id);
-                } else if let Some(message) = t.dequeue(client_id, *id)? {
-                    self.unref(message);
+                } else if let Dequeued::Removed(message) = t.dequeue(client_id, *id)? {
+                    // A row removed must be committed even when its message was inside it
+                    // (nothing else to change): a batch of such removals alone is a write.
+                    if let Some(message) = message {
+                        self.unref(message);
+                    }
                     self.wrote = true;
                 }
             }
@@ -416,7 +606,7 @@ impl Batch {
                     }
                 }
             }
-            Op::AfterCommit(_) | Op::ReadWindow { .. } | Op::Group(_) => {}
+            Op::AfterCommit(..) | Op::AckPublish { .. } | Op::ReadWindow { .. } | Op::Group(_) => {}
         }
         Ok(())
     }

@@ -11,14 +11,19 @@
 //! Layout: `schema` (tables and record encodings), `rows` (changes to the tables inside one
 //! write transaction), `actor` (the batch loop: group commit, sync policy, failed commits),
 //! `open` (opening, recovery, damaged files), `window` (stored queues read back a window at a
-//! time), `power_cut_tests` (power loss and full disk, on a simulated disk).
+//! time), `power_cut_tests` (power loss and full disk, on a simulated disk), `test_disk` and
+//! `fault_tests` (the whole broker on a store file with faults switched on by the test).
 
 mod actor;
+#[cfg(test)]
+mod fault_tests;
 mod open;
 #[cfg(test)]
 mod power_cut_tests;
 mod rows;
 pub mod schema;
+#[cfg(test)]
+pub(crate) mod test_disk;
 mod window;
 
 use std::path::PathBuf;
@@ -52,6 +57,28 @@ pub const STORAGE_QUEUE_CAPACITY: usize = 8192;
 
 /// Something to do once the changes sent before it are committed.
 pub type AfterCommit = Box<dyn FnOnce() + Send>;
+
+/// What the storage thread tells the router (on a channel the router reads beside its
+/// inbox, in the order it happened).
+pub enum StoreEvent {
+    /// Every delivery with an id up to this one is committed (sent after a commit that
+    /// stored a QoS 2 delivery: those go out only once stored).
+    Committed(u64),
+    /// A commit failed: these MQTT 5 PUBLISHes were answered with an error instead of being
+    /// stored, and nothing of them will be stored; the router forgets them too.
+    Refused(Vec<Refusal>),
+}
+
+/// Told to the router about a PUBLISH that could not be stored.
+pub type Notify = Box<dyn Fn(StoreEvent) + Send>;
+
+/// An MQTT 5 PUBLISH whose acknowledgement may say that it was not stored.
+pub struct Refusal {
+    pub message: Arc<Message>,
+    /// The router's session slot of the publisher, and the PUBLISH's packet id.
+    pub slot: u32,
+    pub packet_id: PacketId,
+}
 
 pub(crate) enum Op {
     SaveSession(SessionRecord),
@@ -97,10 +124,20 @@ pub(crate) enum Op {
         packet_id: PacketId,
         message: Option<Arc<Message>>,
     },
+    /// The acknowledgement of an MQTT 5 PUBLISH, whose changes were sent before it in the same
+    /// group: `stored` runs after the commit that holds them; if that commit fails, they are
+    /// taken out of it, `refused` runs instead (an error code to the publisher) and the
+    /// router is told (`StoreEvent::Refused`).
+    AckPublish {
+        refusal: Refusal,
+        stored: AfterCommit,
+        refused: AfterCommit,
+    },
     /// The operations between `Group(true)` and `Group(false)` go into one transaction
     /// whatever the batch size (a QoS 2 message released: its routing and its removal).
     Group(bool),
-    AfterCommit(AfterCommit),
+    /// `Some(slot)`: an acknowledgement to the publisher in that router slot.
+    AfterCommit(Option<u32>, AfterCommit),
     /// Reads queue rows of a session after delivery id `after` once everything sent before is
     /// committed, and hands them to `reply`.
     ReadWindow {
@@ -122,14 +159,20 @@ pub struct StorageHandle {
 
 /// Opens (and recovers) the store in `options.dir` and starts the storage thread. The error
 /// names the file and what to do about it.
+/// `notify` tells the router what it must know of commits (`StoreEvent`); `stats` counts
+/// commit times and failures.
 pub fn start(
     options: &StorageOptions,
+    notify: Notify,
+    stats: Arc<crate::sys::Stats>,
 ) -> Result<(StorageHandle, JoinHandle<()>, Recovered), String> {
     let (db, path, recovered) = open::open(options)?;
     let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
     let file = path.clone();
     let reopen = Box::new(move || open::create_database(&file));
-    let actor = actor::StorageActor::new(rx, db, path, options.sync, reopen);
+    stats.commits.enable();
+    let actor =
+        actor::StorageActor::new(rx, db, path, options.sync, reopen).with_events(notify, stats);
     let thread = thread::Builder::new()
         .name("storage".into())
         .spawn(move || actor.run())
@@ -257,6 +300,22 @@ impl StorageHandle {
     /// Runs `f` on the storage thread once every change sent before it is committed (synced,
     /// unless sync is off).
     pub fn after_commit(&self, f: AfterCommit) {
-        self.send(Op::AfterCommit(f));
+        self.send(Op::AfterCommit(None, f));
+    }
+
+    /// As `after_commit`, for an acknowledgement to the publisher in router slot `slot`: an
+    /// MQTT 5 PUBLISH of the same publisher behind it is not refused before it runs.
+    pub fn after_commit_for(&self, slot: u32, f: AfterCommit) {
+        self.send(Op::AfterCommit(Some(slot), f));
+    }
+
+    /// Runs `stored` once the changes of `refusal.message` (sent before, in the same open
+    /// group) are committed; or, if that commit fails, drops them from it and runs `refused`.
+    pub fn ack_publish(&self, refusal: Refusal, stored: AfterCommit, refused: AfterCommit) {
+        self.send(Op::AckPublish {
+            refusal,
+            stored,
+            refused,
+        });
     }
 }

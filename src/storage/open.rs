@@ -22,7 +22,7 @@ use super::schema::{
 };
 use super::window::WINDOW;
 use super::StorageOptions;
-use crate::mqtt::{PacketId, SubscriptionOptions};
+use crate::mqtt::{PacketId, SubscriptionOptions, Will};
 use crate::queue::message::Message;
 
 /// The database file inside the persistence directory.
@@ -33,6 +33,9 @@ pub const STORE_FILE: &str = "mqtt-broker.redb";
 pub struct Recovered {
     pub sessions: Vec<RecoveredSession>,
     pub retained: Vec<Arc<Message>>,
+    /// Wills of sessions that expired while the broker was down: due at the latest when
+    /// their session ended, so published at start.
+    pub wills: Vec<Will>,
     /// The next message or delivery id to give out.
     pub next_id: u64,
 }
@@ -189,6 +192,12 @@ fn open_and_recover_inner(path: &Path) -> Result<(Database, Recovered), OpenErro
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 pub(super) fn create_database(path: &Path) -> Result<Database, DatabaseError> {
+    #[cfg(test)]
+    if let Some(file) = super::test_disk::open(path)? {
+        return Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(file);
+    }
     Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
@@ -220,6 +229,7 @@ fn recover_tables(t: &mut Tables<'_>) -> Result<Recovered, Failure> {
 
     let mut messages: HashMap<u64, Option<Arc<Message>>> = HashMap::new();
     let mut sessions = Vec::with_capacity(records.len());
+    let mut wills = Vec::new();
     for record in records {
         let client_id = Arc::clone(&record.client_id);
         let expired = match record.offline_since {
@@ -230,6 +240,7 @@ fn recover_tables(t: &mut Tables<'_>) -> Result<Recovered, Failure> {
         };
         if expired {
             t.delete_session(&client_id, &mut deltas)?;
+            wills.extend(record.will);
             continue;
         }
         let mut subscriptions = Vec::new();
@@ -347,6 +358,7 @@ fn recover_tables(t: &mut Tables<'_>) -> Result<Recovered, Failure> {
     Ok(Recovered {
         sessions,
         retained,
+        wills,
         next_id,
     })
 }

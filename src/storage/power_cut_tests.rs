@@ -416,3 +416,206 @@ fn a_group_is_never_split_across_commits() {
     drop(handle);
     thread.join().expect("storage thread");
 }
+
+/// A batch that only removes queue rows whose message is inside them (an acknowledged
+/// one2one message) is a write like any other: committed, not dropped.
+#[test]
+fn removing_a_row_alone_in_its_batch_is_committed() {
+    let disk = PowerCutDisk::default();
+    let db = Database::builder()
+        .create_with_backend(disk.clone())
+        .expect("create the store");
+    let _ = recover(&db).ok().expect("an empty store recovers");
+    let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
+    let actor = StorageActor::new(rx, db, "dequeue-disk".into(), true, disk.reopener());
+    let thread = thread::spawn(move || actor.run());
+    let handle = StorageHandle {
+        tx,
+        ids: Arc::new(AtomicU64::new(1)),
+    };
+    let client: Arc<str> = Arc::from("sub");
+    handle.save_session(SessionRecord {
+        client_id: Arc::clone(&client),
+        version: ProtocolVersion::V5,
+        expiry: 600,
+        offline_since: Some(super::schema::unix_now()),
+        will: None,
+    });
+    let entry = QueueEntry {
+        message_id: handle.next_id(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        packet_id: None,
+        released: false,
+        subscription_ids: Vec::new(),
+    };
+    let delivery = handle.next_id();
+    handle.enqueue(Arc::clone(&client), delivery, entry, message(1), true);
+    let (done_tx, done) = crossbeam_channel::unbounded();
+    let committed = |done_tx: &crossbeam_channel::Sender<()>| {
+        let done_tx = done_tx.clone();
+        Box::new(move || {
+            let _ = done_tx.send(());
+        })
+    };
+    handle.after_commit(committed(&done_tx));
+    assert!(done.recv_timeout(Duration::from_secs(20)).is_ok());
+    assert_eq!(held_and_queued(&disk).1, vec![1], "queued");
+    handle.dequeue(Arc::clone(&client), delivery);
+    handle.after_commit(committed(&done_tx));
+    assert!(done.recv_timeout(Duration::from_secs(20)).is_ok());
+    assert_eq!(
+        held_and_queued(&disk).1,
+        Vec::<u64>::new(),
+        "removed for good"
+    );
+    drop(handle);
+    thread.join().expect("storage thread");
+}
+
+/// A failed commit refuses the MQTT 5 PUBLISHes waiting for it, except those behind an
+/// acknowledgement of the same publisher that waits for the disk: acknowledgements keep their
+/// order [MQTT-4.6.0-2]. The refused message's row is not stored; the others are.
+#[test]
+fn a_failed_commit_refuses_in_order_per_publisher() {
+    let disk = PowerCutDisk::default();
+    let db = Database::builder()
+        .create_with_backend(disk.clone())
+        .expect("create the store");
+    let _ = recover(&db).ok().expect("an empty store recovers");
+    let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    let notify: super::Notify = Box::new(move |event| {
+        if let super::StoreEvent::Refused(refusals) = event {
+            let slots: Vec<u32> = refusals.iter().map(|r| r.slot).collect();
+            let _ = events_tx.send(slots);
+        }
+    });
+    let actor = StorageActor::new(rx, db, "refusing-disk".into(), true, disk.reopener())
+        .with_events(notify, Arc::default());
+    let thread = thread::spawn(move || actor.run());
+    let handle = StorageHandle {
+        tx,
+        ids: Arc::new(AtomicU64::new(1)),
+    };
+    let client: Arc<str> = Arc::from("sub");
+    handle.save_session(SessionRecord {
+        client_id: Arc::clone(&client),
+        version: ProtocolVersion::V5,
+        expiry: 600,
+        offline_since: Some(super::schema::unix_now()),
+        will: None,
+    });
+    let (answers_tx, answers) = crossbeam_channel::unbounded();
+    let answer = |what: &'static str| -> super::AfterCommit {
+        let answers_tx = answers_tx.clone();
+        Box::new(move || {
+            let _ = answers_tx.send(what);
+        })
+    };
+    handle.after_commit(answer("ready"));
+    assert_eq!(answers.recv_timeout(Duration::from_secs(20)), Ok("ready"));
+
+    disk.fail(true);
+    let publish = |n: u64, slot: u32, stored: &'static str, refused: &'static str| {
+        let message = message(n);
+        handle.group(true);
+        let entry = QueueEntry {
+            message_id: handle.next_id(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            packet_id: None,
+            released: false,
+            subscription_ids: Vec::new(),
+        };
+        handle.enqueue(
+            Arc::clone(&client),
+            handle.next_id(),
+            entry,
+            Arc::clone(&message),
+            true,
+        );
+        let refusal = super::Refusal {
+            message,
+            slot,
+            packet_id: crate::mqtt::PacketId::new(1).expect("non-zero"),
+        };
+        handle.ack_publish(refusal, answer(stored), answer(refused));
+        handle.group(false);
+    };
+    // Publisher 5: an acknowledgement released earlier (by flow control) still waits for the
+    // disk, then a new PUBLISH. Publisher 6: a new PUBLISH only.
+    handle.after_commit_for(5, answer("5: earlier ack"));
+    publish(1, 5, "5: stored", "5: refused");
+    publish(2, 6, "6: stored", "6: refused");
+    assert_eq!(
+        answers.recv_timeout(Duration::from_secs(20)),
+        Ok("6: refused")
+    );
+    assert_eq!(events.recv_timeout(Duration::from_secs(20)), Ok(vec![6]));
+    assert!(
+        answers.recv_timeout(Duration::from_millis(1500)).is_err(),
+        "publisher 5 waits for the disk, in order"
+    );
+    disk.fail(false);
+    assert_eq!(
+        answers.recv_timeout(Duration::from_secs(20)),
+        Ok("5: earlier ack")
+    );
+    assert_eq!(
+        answers.recv_timeout(Duration::from_secs(20)),
+        Ok("5: stored")
+    );
+    assert_eq!(
+        held_and_queued(&disk).1,
+        vec![1],
+        "the refused message was not stored, the other was"
+    );
+    drop(handle);
+    thread.join().expect("storage thread");
+}
+
+/// A broker that stops while its disk still fails does not hang on the commit: once every
+/// handle is gone and the commit has failed a few times, the storage thread gives up on what
+/// nobody was told was stored.
+#[test]
+fn a_stopping_broker_gives_up_on_a_commit_that_keeps_failing() {
+    let disk = PowerCutDisk::default();
+    let db = Database::builder()
+        .create_with_backend(disk.clone())
+        .expect("create the store");
+    let _ = recover(&db).ok().expect("an empty store recovers");
+    let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
+    let actor = StorageActor::new(rx, db, "stopping-disk".into(), true, disk.reopener());
+    let thread = thread::spawn(move || actor.run());
+    let handle = StorageHandle {
+        tx,
+        ids: Arc::new(AtomicU64::new(1)),
+    };
+    disk.fail(true);
+    handle.save_session(SessionRecord {
+        client_id: Arc::from("sub"),
+        version: ProtocolVersion::V3_1_1,
+        expiry: u32::MAX,
+        offline_since: Some(1),
+        will: None,
+    });
+    let (acked_tx, acked) = crossbeam_channel::unbounded::<()>();
+    handle.after_commit(Box::new(move || {
+        let _ = acked_tx.send(());
+    }));
+    drop(handle);
+    let (joined_tx, joined) = crossbeam_channel::bounded(1);
+    thread::spawn(move || {
+        let _ = joined_tx.send(thread.join().is_ok());
+    });
+    assert_eq!(
+        joined.recv_timeout(Duration::from_secs(30)),
+        Ok(true),
+        "the storage thread ends"
+    );
+    assert!(
+        acked.try_recv().is_err(),
+        "nothing unstored was acknowledged"
+    );
+}

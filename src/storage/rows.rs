@@ -95,16 +95,19 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// Removes one queue row; returns the message it pointed at.
-    pub fn dequeue(&mut self, client_id: &str, id: u64) -> DbResult<Option<u64>> {
+    /// Removes one queue row; says whether there was one and the message it pointed at.
+    pub fn dequeue(&mut self, client_id: &str, id: u64) -> DbResult<Dequeued> {
         let removed = self.queue.remove((client_id, id))?;
-        Ok(removed.and_then(|row| {
-            let row = row.value();
-            match inline_message(row) {
-                Some(_) => None,
-                None => QueueEntry::decode(row).ok().map(|e| e.message_id),
+        Ok(match removed {
+            None => Dequeued::Absent,
+            Some(row) => {
+                let row = row.value();
+                match inline_message(row) {
+                    Some(_) => Dequeued::Removed(None),
+                    None => Dequeued::Removed(QueueEntry::decode(row).ok().map(|e| e.message_id)),
+                }
             }
-        }))
+        })
     }
 
     /// Adds the counted reference changes; a message left with none is deleted.
@@ -167,4 +170,13 @@ impl<'t> Tables<'t> {
         }
         Ok(())
     }
+}
+
+/// What removing a queue row did.
+pub enum Dequeued {
+    /// There was no such row.
+    Absent,
+    /// The row was removed; with the id of the message it referred to, unless the message
+    /// was inside the row.
+    Removed(Option<u64>),
 }

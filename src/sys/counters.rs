@@ -206,6 +206,8 @@ pub struct Stats {
     gauges: [AtomicU64; GAUGES],
     /// A metrics listener is open: the router refreshes the gauges every second.
     watched: AtomicBool,
+    /// Storage commit times and failures (persistence on).
+    pub commits: super::commits::CommitStats,
 }
 
 impl Default for Stats {
@@ -223,6 +225,7 @@ impl Default for Stats {
             sessions_expired: AtomicU64::new(0),
             gauges: std::array::from_fn(|_| AtomicU64::new(0)),
             watched: AtomicBool::new(false),
+            commits: Default::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ use std::thread::{self, JoinHandle};
 
 use log::{debug, info, warn};
 
+use super::commits::{CommitSnapshot, COMMIT_BUCKETS};
 use super::counters::{DropReason, Stats};
 use crate::mqtt::ReasonCode;
 
@@ -312,7 +313,38 @@ pub fn render(stats: &Stats) -> String {
         "Payload bytes of the messages held.",
         g.stored_bytes,
     );
+    if stats.commits.enabled() {
+        storage_commits(&mut f, &stats.commits.snapshot());
+    }
     out
+}
+
+/// With persistence on: the storage commit histogram and the failed commits.
+fn storage_commits(f: &mut Family<'_>, c: &CommitSnapshot) {
+    let name = "mqtt_storage_commit_seconds";
+    f.head(
+        name,
+        "histogram",
+        "Time to write and sync one storage commit (a batch of changes, one fsync).",
+    );
+    for (bound, count) in COMMIT_BUCKETS.iter().zip(c.cumulative) {
+        let _ = writeln!(f.out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(f.out, "{name}_bucket{{le=\"+Inf\"}} {}", c.count);
+    let _ = writeln!(f.out, "{name}_sum {}", c.sum_seconds);
+    let _ = writeln!(f.out, "{name}_count {}", c.count);
+    f.one(
+        "mqtt_storage_commits_total",
+        "counter",
+        "Storage commits that succeeded.",
+        c.count,
+    );
+    f.one(
+        "mqtt_storage_commits_failed_total",
+        "counter",
+        "Storage commit attempts that failed (a full disk, an I/O error); each is retried.",
+        c.failed,
+    );
 }
 
 #[cfg(test)]
@@ -341,6 +373,27 @@ mod tests {
         assert!(text
             .contains("mqtt_connections_refused_total{reason=\"bad_user_name_or_password\"} 1\n"));
         assert!(text.contains("mqtt_connections_refused_total{reason=\"connection_limit\"} 0\n"));
+        assert!(
+            !text.contains("mqtt_storage"),
+            "persistence off: no storage metrics"
+        );
+    }
+
+    #[test]
+    fn storage_commits_are_a_histogram_with_persistence_on() {
+        let stats = Stats::default();
+        stats.commits.enable();
+        stats.commits.committed(std::time::Duration::from_millis(2));
+        stats.commits.failed();
+        let text = render(&stats);
+        assert!(text.contains("# TYPE mqtt_storage_commit_seconds histogram\n"));
+        assert!(text.contains("mqtt_storage_commit_seconds_bucket{le=\"0.001\"} 0\n"));
+        assert!(text.contains("mqtt_storage_commit_seconds_bucket{le=\"0.0025\"} 1\n"));
+        assert!(text.contains("mqtt_storage_commit_seconds_bucket{le=\"+Inf\"} 1\n"));
+        assert!(text.contains("mqtt_storage_commit_seconds_sum 0.002\n"));
+        assert!(text.contains("mqtt_storage_commit_seconds_count 1\n"));
+        assert!(text.contains("mqtt_storage_commits_total 1\n"));
+        assert!(text.contains("mqtt_storage_commits_failed_total 1\n"));
     }
 
     #[test]

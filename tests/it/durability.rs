@@ -790,3 +790,80 @@ fn sys_topics_are_not_stored() {
     watcher.subscribe(1, &[("$SYS/#", QoS::AtMostOnce)]);
     watcher.expect_nothing(Duration::from_millis(500));
 }
+
+/// An MQTT 5 session that went away with a delayed will: the will is stored with the session,
+/// due `will_delay_interval` after the disconnection on the wall clock (or when the session
+/// ends, if sooner). A broker killed meanwhile publishes at start what fell due while it was
+/// down, waits out the rest of the others' delays, and publishes none twice.
+#[test]
+fn delayed_wills_survive_sigkill_and_fall_due_on_the_wall_clock() {
+    use crate::support::will;
+    let dir = TempDir::new("wills");
+    let port = free_port();
+    let broker = ChildBroker::start(dir.path(), port, &[]);
+    let mut watcher = connect_packet("watcher", ProtocolVersion::V5, true);
+    watcher.properties.session_expiry_interval = Some(3600);
+    let (mut client, _) = RawClient::connect_with(broker.addr, watcher.clone());
+    client.subscribe(1, &[("will/#", QoS::AtLeastOnce)]);
+    client.disconnect();
+    // (name, will delay, session expiry): "soon" falls due while the broker is down, "ends"
+    // with its session (which expires while the broker is down), "later" after the restart.
+    let leavers = [("soon", 2, 3600), ("ends", 3600, 1), ("later", 15, 3600)];
+    for (name, delay, expiry) in leavers {
+        let mut connect = connect_packet(name, ProtocolVersion::V5, true);
+        connect.properties.session_expiry_interval = Some(expiry);
+        connect.will = will(
+            &format!("will/{name}"),
+            name.as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        );
+        if let Some(will) = connect.will.as_mut() {
+            will.properties.will_delay_interval = Some(delay);
+        }
+        let (client, _) = RawClient::connect_with(broker.addr, connect);
+        client.drop_connection();
+    }
+    // The disconnections are handled and stored (a PUBACK follows the commit of everything
+    // before it).
+    thread::sleep(Duration::from_millis(300));
+    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V5, true);
+    publisher.publish("other", b"x", QoS::AtLeastOnce, false, 1);
+    broker.kill();
+    let killed = Instant::now();
+
+    thread::sleep(Duration::from_millis(2500));
+    let broker = ChildBroker::start(dir.path(), port, &[]);
+    watcher.clean_start = false;
+    let (mut client, _) = RawClient::connect_with(broker.addr, watcher.clone());
+    let topics = |got: &[Publish]| -> Vec<String> {
+        let mut topics: Vec<String> = got.iter().map(|p| p.topic.clone()).collect();
+        topics.sort();
+        topics
+    };
+    let got = receive_all(&mut client, Duration::from_millis(1000), |got| {
+        got.len() >= 2
+    });
+    assert_eq!(topics(&got), ["will/ends", "will/soon"], "due at start");
+    if killed.elapsed() < Duration::from_secs(12) {
+        let early = receive_all(&mut client, Duration::from_millis(500), |_| false);
+        assert!(early.is_empty(), "published before its delay: {early:?}");
+    }
+    // "later" is published when its delay, counted from its disconnection, has passed.
+    let got = receive_all(&mut client, Duration::from_secs(30), |got| !got.is_empty());
+    assert_eq!(topics(&got), ["will/later"]);
+    assert!(
+        killed.elapsed() >= Duration::from_secs(10),
+        "not before its delay"
+    );
+    client.disconnect();
+
+    // Published wills are not stored any more: a second crash publishes none again.
+    thread::sleep(Duration::from_millis(300));
+    broker.kill();
+    let broker = ChildBroker::start(dir.path(), port, &[]);
+    let (mut client, _) = RawClient::connect_with(broker.addr, watcher);
+    let again = receive_all(&mut client, Duration::from_millis(1500), |_| false);
+    assert!(again.is_empty(), "published again: {again:?}");
+    drop(broker);
+}

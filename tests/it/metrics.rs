@@ -20,7 +20,7 @@ const PARSE: &str = r#"
 import sys
 from prometheus_client.parser import text_string_to_metric_families
 for family in text_string_to_metric_families(sys.stdin.read()):
-    assert family.type in ("counter", "gauge"), (family.name, family.type)
+    assert family.type in ("counter", "gauge", "histogram"), (family.name, family.type)
     assert family.documentation, family.name
     for s in family.samples:
         labels = ",".join('%s="%s"' % kv for kv in sorted(s.labels.items()))
@@ -188,5 +188,64 @@ fn connections_over_the_limit_are_counted_as_refused() {
     });
     assert_eq!(value(&samples, "mqtt_sockets_accepted_total{}"), 2.0);
     assert_eq!(value(&samples, "mqtt_connections_total{}"), 1.0);
+    broker.stop();
+}
+
+/// With persistence on, every commit is timed: `mqtt_storage_commit_seconds` is a histogram
+/// (cumulative buckets ending in `+Inf`, `_sum`, `_count`) that moves with stored traffic,
+/// beside the commit counters. With persistence off, none of it is exported.
+#[test]
+fn storage_commit_latency_is_a_histogram_with_persistence_on() {
+    let (plain, plain_metrics) = start_broker_with_metrics(Config::default());
+    let samples = scrape(plain_metrics);
+    assert!(
+        !samples.keys().any(|k| k.starts_with("mqtt_storage")),
+        "persistence off: no storage metrics"
+    );
+    plain.stop();
+
+    let dir = crate::child_broker::TempDir::new("metrics-store");
+    let config = Config {
+        persistence_dir: Some(dir.path().to_path_buf()),
+        ..Config::default()
+    };
+    let (broker, metrics) = start_broker_with_metrics(config);
+    let before = scrape(metrics);
+    let count = |s: &BTreeMap<String, f64>| value(s, "mqtt_storage_commit_seconds_count{}");
+    // A kept session that is offline: every QoS 1 message to it is committed before PUBACK.
+    let (mut sub, _) = RawClient::connect(broker.addr, "kept", ProtocolVersion::V3_1_1, false);
+    sub.subscribe(1, &[("s/#", QoS::AtLeastOnce)]);
+    sub.disconnect();
+    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V3_1_1, true);
+    for id in 1..=5 {
+        publisher.publish("s/x", b"stored", QoS::AtLeastOnce, false, id);
+    }
+    let after = scrape(metrics);
+    assert!(
+        count(&after) >= count(&before) + 5.0,
+        "one commit per acknowledged message at least (they were sent one at a time): {} -> {}",
+        count(&before),
+        count(&after)
+    );
+    assert_eq!(value(&after, "mqtt_storage_commits_total{}"), count(&after));
+    assert_eq!(value(&after, "mqtt_storage_commits_failed_total{}"), 0.0);
+    assert_eq!(
+        value(&after, "mqtt_storage_commit_seconds_bucket{le=\"+Inf\"}"),
+        count(&after)
+    );
+    let sum = value(&after, "mqtt_storage_commit_seconds_sum{}");
+    assert!(sum > 0.0 && sum < 60.0, "{sum} s in all");
+    // Buckets are cumulative.
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k.strip_prefix("mqtt_storage_commit_seconds_bucket{le=\"")?;
+            let le = le.strip_suffix("\"}")?;
+            Some((le.parse::<f64>().ok()?, *v))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(buckets.len() >= 10, "{buckets:?}");
+    assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
     broker.stop();
 }

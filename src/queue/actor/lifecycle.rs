@@ -216,15 +216,14 @@ impl QueueActor {
                 disconnect.reason == ReasonCode::DisconnectWithWillMessage
             }
         };
-        if let Some(journal) = &session.outbox.journal {
-            journal.save(session.expiry, true, None);
-        }
         drop(online.writer);
         session.held_acks.clear();
         self.release_held(from.slot, true);
         if let (true, Some(will)) = (publish_will, online.will) {
             self.schedule_will(from.slot, will);
         }
+        // Stored with the will still waiting out its delay, so that it survives a crash.
+        self.save_offline(from.slot);
         self.schedule_session_end(from.slot);
     }
 
@@ -282,6 +281,9 @@ impl QueueActor {
             match timer.kind {
                 TimerKind::WillDelay => {
                     if let Some(will) = session.delayed_will.take() {
+                        if let Some(journal) = &session.outbox.journal {
+                            journal.will_published(session.expiry);
+                        }
                         self.publish_will(timer.slot, will);
                     }
                 }
@@ -296,7 +298,7 @@ impl QueueActor {
 
     pub(super) fn publish_will(&mut self, slot: u32, will: Will) {
         // As mosquitto 2.0: a will is checked against the ACL when it is sent, not at CONNECT.
-        let session = self.sessions[slot as usize].as_ref();
+        let session = self.sessions.get(slot as usize).and_then(Option::as_ref);
         if session.is_some_and(|s| !s.may_write(&will.topic)) {
             debug!("will to {} denied by the ACL", will.topic);
             return;

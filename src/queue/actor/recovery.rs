@@ -32,8 +32,14 @@ impl QueueActor {
     pub(in crate::queue) fn restore(&mut self, persist: Persistence, recovered: Recovered) {
         self.persist = persist;
         let Recovered {
-            sessions, retained, ..
+            sessions,
+            retained,
+            wills,
+            ..
         } = recovered;
+        // Wills that fell due while the broker was down: published once everything is back,
+        // so that every subscriber that should receive them does.
+        let mut due_wills: Vec<(u32, Will)> = Vec::new();
         for message in retained {
             self.retained.update(&message);
         }
@@ -66,6 +72,7 @@ impl QueueActor {
                 .journal(slot, &client_id, record.expiry, record.version);
             if let Some(journal) = journal.as_mut() {
                 journal.set_on_disk(saved.on_disk, saved.cursor);
+                journal.set_offline_since(record.offline_since);
             }
             if let Some(session) = self.sessions[slot as usize].as_mut() {
                 session.outbox.journal = journal;
@@ -76,10 +83,30 @@ impl QueueActor {
             match record.offline_since {
                 // Expiry goes on from when the connection ended, on the wall clock.
                 Some(since) => {
+                    let gone = now.saturating_sub(since);
                     if record.expiry != u32::MAX {
-                        let gone = now.saturating_sub(since);
                         let left = u64::from(record.expiry).saturating_sub(gone).max(1);
                         self.arm_session_expiry(slot, Duration::from_secs(left));
+                    }
+                    // A will waiting out its delay when the broker stopped: due at the end
+                    // of the delay counted from the disconnection (or at the session's end,
+                    // whichever comes first: the session's expiry timer publishes it then).
+                    if let Some(will) = record.will {
+                        let delay = u64::from(will.properties.will_delay_interval.unwrap_or(0));
+                        if gone >= delay {
+                            due_wills.push((slot, will));
+                        } else if let Some(session) = self.sessions[slot as usize].as_mut() {
+                            session.delayed_will = Some(will);
+                            let token = session.last_connection;
+                            self.timers.arm(
+                                Duration::from_secs(delay - gone),
+                                Timer {
+                                    kind: TimerKind::WillDelay,
+                                    slot,
+                                    token,
+                                },
+                            );
+                        }
                     }
                 }
                 // Connected when the broker stopped: the connection was lost, as far as the
@@ -88,17 +115,37 @@ impl QueueActor {
                     if let Some(will) = record.will {
                         self.schedule_will(slot, will);
                     }
+                    self.save_offline(slot);
                     self.schedule_session_end(slot);
-                    if let Some(session) = self.sessions[slot as usize].as_ref() {
-                        if let Some(journal) = &session.outbox.journal {
-                            journal.save(session.expiry, true, None);
-                        }
-                    }
                 }
             }
         }
+        for (slot, will) in due_wills {
+            if let Some(session) = self.sessions[slot as usize].as_ref() {
+                if let Some(journal) = &session.outbox.journal {
+                    journal.will_published(session.expiry);
+                }
+            }
+            self.publish_will(slot, will);
+        }
+        // Sessions that expired while the broker was down (gone from the store already):
+        // their wills were due at the latest when they ended.
+        for will in wills {
+            self.publish_will(u32::MAX, will);
+        }
         if self.persist.is_on() {
             info!("recovered {count} sessions from the store");
+        }
+    }
+
+    /// Writes the record of a session whose connection has just ended, with its will if it
+    /// waits out a delay.
+    pub(in crate::queue) fn save_offline(&mut self, slot: u32) {
+        if let Some(session) = self.sessions[slot as usize].as_mut() {
+            let will = session.delayed_will.as_ref();
+            if let Some(journal) = session.outbox.journal.as_mut() {
+                journal.save(session.expiry, true, will);
+            }
         }
     }
 

@@ -42,7 +42,7 @@ impl QueueActor {
             } else {
                 ReasonCode::Success
             };
-            self.acknowledge(from.slot, kind, packet_id, reason);
+            self.acknowledge(from.slot, kind, packet_id, reason, None);
             return;
         }
         if publish_denied(&message.publish.topic) {
@@ -56,9 +56,20 @@ impl QueueActor {
                 }
             }
             (QoS::AtLeastOnce, Some(packet_id)) => {
+                // With persistence, an MQTT 5 publisher can be told that its message was not
+                // stored: its changes form a group with the acknowledgement, so that a failed
+                // commit holds all of them or none (`storage::Op::AckPublish`).
+                let refusable = (v5 && self.persist.is_on()).then(|| Arc::clone(&message));
+                if refusable.is_some() {
+                    self.persist.group_start();
+                }
+                let grouped = refusable.is_some();
                 let matched = self.route(from.slot, message);
                 let reason = self.publish_reason(v5, matched);
-                self.acknowledge(from.slot, AckKind::PubAck, packet_id, reason);
+                self.acknowledge(from.slot, AckKind::PubAck, packet_id, reason, refusable);
+                if grouped {
+                    self.persist.group_end();
+                }
             }
             (QoS::ExactlyOnce, Some(packet_id)) => {
                 let first = !session.incoming_qos2.contains(&packet_id);
@@ -77,6 +88,10 @@ impl QueueActor {
                 // then (method B of 4.3.3, as mosquitto delivers it). A resent PUBLISH whose
                 // id awaits PUBREL is only acknowledged again; resent a second time, it ends the
                 // connection as mosquitto 2.0 ends it (a client that never sends PUBREL).
+                let refusable = (first && v5 && self.persist.is_on()).then(|| Arc::clone(&message));
+                if refusable.is_some() {
+                    self.persist.group_start();
+                }
                 if first {
                     session.incoming_qos2.insert(packet_id);
                     // With persistence, the held message itself is stored before PUBREC
@@ -99,7 +114,17 @@ impl QueueActor {
                 }
                 // PUBREC says success whether or not anyone subscribed, as from mosquitto.
                 self.congested.clear();
-                self.acknowledge(from.slot, AckKind::PubRec, packet_id, ReasonCode::Success);
+                let grouped = refusable.is_some();
+                self.acknowledge(
+                    from.slot,
+                    AckKind::PubRec,
+                    packet_id,
+                    ReasonCode::Success,
+                    refusable,
+                );
+                if grouped {
+                    self.persist.group_end();
+                }
             }
             (_, None) => debug!("PUBLISH with QoS > 0 and no packet id cannot be decoded"),
         }
@@ -255,12 +280,16 @@ impl QueueActor {
 
     /// Acknowledges a QoS 1 or 2 PUBLISH just routed: at once, or, when it was queued for
     /// congested sessions (or earlier acknowledgements are held), once they have drained.
+    /// With persistence, after the commit of what it stored; `refusable` (an MQTT 5
+    /// PUBLISH, inside its group): answered 0x80 instead if that commit fails. A held
+    /// acknowledgement is not refusable: it waits for the disk like an MQTT 3.1.1 one.
     pub(super) fn acknowledge(
         &mut self,
         publisher: u32,
         kind: AckKind,
         packet_id: PacketId,
         reason: ReasonCode,
+        refusable: Option<Arc<Message>>,
     ) {
         let congested = std::mem::take(&mut self.congested);
         let seq = self.next_held_seq;
@@ -279,8 +308,35 @@ impl QueueActor {
                 if session.dirty {
                     session.pump();
                 }
-                if let Some(online) = &session.online {
-                    ack_when_stored(&self.persist, &online.writer, kind, packet_id, reason);
+                match (&session.online, refusable) {
+                    (Some(online), Some(message)) => {
+                        let writer = online.writer.clone();
+                        let refused_writer = online.writer.clone();
+                        let refusal = crate::storage::Refusal {
+                            message,
+                            slot: publisher,
+                            packet_id,
+                        };
+                        self.persist.ack_publish(
+                            refusal,
+                            move || send_ack(&writer, kind, packet_id, reason),
+                            // [MQTT-3.4.2.1] / 3.5.2.1: a reason code of 0x80 or more says
+                            // the message was not accepted; the publisher may send it again.
+                            move || {
+                                send_ack(
+                                    &refused_writer,
+                                    kind,
+                                    packet_id,
+                                    ReasonCode::UnspecifiedError,
+                                )
+                            },
+                        );
+                    }
+                    (Some(online), None) => {
+                        let writer = &online.writer;
+                        ack_when_stored(&self.persist, publisher, writer, kind, packet_id, reason);
+                    }
+                    (None, _) => {}
                 }
             } else {
                 self.next_held_seq += 1;
@@ -348,8 +404,8 @@ impl QueueActor {
         }
         let holding = std::mem::take(&mut session.holding);
         let held_acks_limit = self.held_acks_limit;
-        for (publisher, held) in holding {
-            let Some(publisher) = self.sessions[publisher as usize].as_mut() else {
+        for (publisher_slot, held) in holding {
+            let Some(publisher) = self.sessions[publisher_slot as usize].as_mut() else {
                 continue;
             };
             let Some(online) = &publisher.online else {
@@ -359,6 +415,7 @@ impl QueueActor {
                 Held::Ack(seq) => {
                     send_released(
                         &self.persist,
+                        publisher_slot,
                         &online.writer,
                         publisher.held_acks.release(seq),
                     );
@@ -423,7 +480,13 @@ impl QueueActor {
                 if journaled {
                     self.persist.group_end();
                 }
-                self.acknowledge(from.slot, AckKind::PubComp, packet_id, ReasonCode::Success);
+                self.acknowledge(
+                    from.slot,
+                    AckKind::PubComp,
+                    packet_id,
+                    ReasonCode::Success,
+                    None,
+                );
             }
             return;
         }

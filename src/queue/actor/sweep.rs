@@ -48,6 +48,7 @@ impl QueueActor {
                 );
                 send_released(
                     &self.persist,
+                    slot,
                     &online.writer,
                     session.held_acks.release_all(),
                 );
