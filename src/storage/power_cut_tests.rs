@@ -550,9 +550,13 @@ fn a_failed_commit_refuses_in_order_per_publisher() {
     };
     // Publisher 5: an acknowledgement released earlier (by flow control) still waits for the
     // disk, then a new PUBLISH. Publisher 6: a new PUBLISH only.
+    // One group, so that the storage thread takes it in one batch: the earlier
+    // acknowledgement taken alone would have no change to wait for and run at once.
+    handle.group(true);
     handle.after_commit_for(5, answer("5: earlier ack"));
     publish(1, 5, "5: stored", "5: refused");
     publish(2, 6, "6: stored", "6: refused");
+    handle.group(false);
     assert_eq!(
         answers.recv_timeout(Duration::from_secs(20)),
         Ok("6: refused")
