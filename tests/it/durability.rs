@@ -902,18 +902,21 @@ fn a_recovered_delayed_will_is_checked_against_its_clients_acl() {
     let (mut client, _) = RawClient::connect_with(broker.addr, watcher.clone());
     client.subscribe(1, &[("will/#", QoS::AtLeastOnce)]);
     client.disconnect();
-    // (client id, will topic, will delay): "soon" falls due while the broker is down, "later"
-    // after the restart.
+    // (client id, will topic, will delay, session expiry): "soon" falls due while the broker
+    // is down, "later" after the restart, "ends" with its session, which expires while the
+    // broker is down (gone from the store at start).
     let leavers = [
-        ("alice-1", "will/alice/soon", 1),
-        ("alice-2", "will/secret/soon", 1),
-        ("alice-3", "will/alice/later", 4),
-        ("alice-4", "will/secret/later", 4),
+        ("alice-1", "will/alice/soon", 1, 3600),
+        ("alice-2", "will/secret/soon", 1, 3600),
+        ("alice-3", "will/alice/later", 4, 3600),
+        ("alice-4", "will/secret/later", 4, 3600),
+        ("alice-5", "will/alice/ends", 3600, 1),
+        ("alice-6", "will/secret/ends", 3600, 1),
     ];
-    for (id, topic, delay) in leavers {
+    for (id, topic, delay, expiry) in leavers {
         let mut connect = connect_packet(id, ProtocolVersion::V5, true);
         connect.username = Some("alice".into());
-        connect.properties.session_expiry_interval = Some(3600);
+        connect.properties.session_expiry_interval = Some(expiry);
         connect.will = will(topic, id.as_bytes(), QoS::AtLeastOnce, false);
         if let Some(will) = connect.will.as_mut() {
             will.properties.will_delay_interval = Some(delay);
@@ -934,7 +937,7 @@ fn a_recovered_delayed_will_is_checked_against_its_clients_acl() {
     watcher.clean_start = false;
     let (mut client, connack) = RawClient::connect_with(broker.addr, watcher);
     assert!(connack.session_present, "{:?}", broker.log());
-    let mut got = receive_all(&mut client, Duration::from_secs(10), |got| got.len() >= 2);
+    let mut got = receive_all(&mut client, Duration::from_secs(10), |got| got.len() >= 3);
     // Anything denied would be due with the allowed ones: give it time to show up.
     got.extend(receive_all(
         &mut client,
@@ -945,7 +948,7 @@ fn a_recovered_delayed_will_is_checked_against_its_clients_acl() {
     topics.sort_unstable();
     assert_eq!(
         topics,
-        ["will/alice/later", "will/alice/soon"],
+        ["will/alice/ends", "will/alice/later", "will/alice/soon"],
         "{:?}",
         broker.log()
     );
