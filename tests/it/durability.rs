@@ -732,8 +732,8 @@ fn expiry_goes_on_while_the_broker_is_down_and_clean_sessions_are_not_kept() {
     client.expect_nothing(Duration::from_millis(300));
 }
 
-/// The read ACL is not stored: messages queued for a recovered session before its client
-/// reconnects are checked against the client's ACL when it returns.
+/// Messages routed to a recovered session before its client reconnects are checked against
+/// the client's read ACL (rebuilt from the identity stored with the session).
 #[test]
 fn messages_queued_before_the_client_returns_after_a_restart_are_checked_against_its_acl() {
     let dir = TempDir::new("acl-restart");
