@@ -121,42 +121,46 @@ impl Stopper {
     }
 }
 
-/// The authorizers the router needs to rebuild the ACLs of recovered sessions: the shared
-/// one, or with `per_listener_settings` those of the first listener (`first`, bound) and of
-/// each further configured one with a fixed port (a listener on port 0 gets a new port each
-/// start, so no stored session names it).
-#[allow(clippy::type_complexity)]
-fn preload_authorizers(
-    config: &Config,
-    first: &Listener,
-) -> io::Result<(
-    Option<Option<Arc<Authorizer>>>,
-    Vec<(SocketAddr, Option<Arc<Authorizer>>)>,
-    auth::Authorizers,
-)> {
+/// The authorizers loaded before the router starts.
+struct Preloaded {
+    /// Without `per_listener_settings`: the one every listener shares.
+    shared: Option<Option<Arc<Authorizer>>>,
+    /// With it: each configured listener's, by address.
+    listeners: Vec<(SocketAddr, Option<Arc<Authorizer>>)>,
+    /// The same, for the router to rebuild the ACLs of recovered sessions.
+    authorizers: auth::Authorizers,
+}
+
+/// Loads the shared authorizer, or with `per_listener_settings` those of the first listener
+/// (`first`, bound) and of each further configured one with a fixed port (a listener on port
+/// 0 gets a new port each start, so no stored session names it).
+fn preload_authorizers(config: &Config, first: &Listener) -> io::Result<Preloaded> {
     let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
     if !config.per_listener_settings {
         let shared = Authorizer::load(&config.security).map_err(invalid)?;
-        return Ok((
-            Some(shared.clone()),
-            Vec::new(),
-            auth::Authorizers::shared(shared),
-        ));
+        return Ok(Preloaded {
+            shared: Some(shared.clone()),
+            listeners: Vec::new(),
+            authorizers: auth::Authorizers::shared(shared),
+        });
     }
-    let mut preloaded = Vec::new();
+    let mut listeners = Vec::new();
     let others = config.listeners.iter().skip(1);
     for listener in std::iter::once(first).chain(others) {
         if listener.addr.port() == 0 || listener.protocol == Protocol::Metrics {
             continue;
         }
-        if preloaded.iter().any(|(addr, _)| *addr == listener.addr) {
+        if listeners.iter().any(|(addr, _)| *addr == listener.addr) {
             continue;
         }
         let authorizer = Authorizer::load(&listener.security).map_err(invalid)?;
-        preloaded.push((listener.addr, authorizer));
+        listeners.push((listener.addr, authorizer));
     }
-    let authorizers = auth::Authorizers::per_listener(preloaded.clone());
-    Ok((None, preloaded, authorizers))
+    Ok(Preloaded {
+        shared: None,
+        authorizers: auth::Authorizers::per_listener(listeners.clone()),
+        listeners,
+    })
 }
 
 /// Refuses what a TCP listener cannot serve: a QUIC listener needs a UDP socket
@@ -187,8 +191,8 @@ impl Broker {
         settings.addr = addr;
         // Loaded before the router starts: sessions recovered from the store answer to the
         // authorizer of the listener they connected through.
-        let (shared_authorizer, preloaded, authorizers) = preload_authorizers(&config, &settings)?;
-        let (queue, queue_thread) = QueueHandle::start(&config, &authorizers)?;
+        let preloaded = preload_authorizers(&config, &settings)?;
+        let (queue, queue_thread) = QueueHandle::start(&config, &preloaded.authorizers)?;
         let bridges = crate::bridge::Bridges::start(&config, &queue)?;
         let mut broker = Broker {
             listeners: Vec::new(),
@@ -200,8 +204,8 @@ impl Broker {
                 addrs: Arc::new(Mutex::new(Vec::new())),
             },
             reloader: Reloader::default(),
-            shared_authorizer,
-            preloaded,
+            shared_authorizer: preloaded.shared,
+            preloaded: preloaded.listeners,
             metrics: Vec::new(),
             bridges,
             quic: Vec::new(),
