@@ -40,6 +40,9 @@ pub struct Broker {
     reloader: Reloader,
     /// The authorizer every listener shares unless `per_listener_settings` (loaded once).
     shared_authorizer: Option<Option<Arc<Authorizer>>>,
+    /// With `per_listener_settings`: the authorizers loaded for the configured listeners
+    /// before the router started (by address), used when each is added.
+    preloaded: Vec<(SocketAddr, Option<Arc<Authorizer>>)>,
     /// Prometheus listeners (`protocol metrics`); they stop when `run` returns.
     metrics: Vec<crate::sys::metrics::MetricsServer>,
     /// The `connection` blocks' bridges, started with the router, stopped before it.
@@ -118,6 +121,48 @@ impl Stopper {
     }
 }
 
+/// The authorizers loaded before the router starts.
+struct Preloaded {
+    /// Without `per_listener_settings`: the one every listener shares.
+    shared: Option<Option<Arc<Authorizer>>>,
+    /// With it: each configured listener's, by address.
+    listeners: Vec<(SocketAddr, Option<Arc<Authorizer>>)>,
+    /// The same, for the router to rebuild the ACLs of recovered sessions.
+    authorizers: auth::Authorizers,
+}
+
+/// Loads the shared authorizer, or with `per_listener_settings` those of the first listener
+/// (`first`, bound) and of each further configured one with a fixed port (a listener on port
+/// 0 gets a new port each start, so no stored session names it).
+fn preload_authorizers(config: &Config, first: &Listener) -> io::Result<Preloaded> {
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+    if !config.per_listener_settings {
+        let shared = Authorizer::load(&config.security).map_err(invalid)?;
+        return Ok(Preloaded {
+            shared: Some(shared.clone()),
+            listeners: Vec::new(),
+            authorizers: auth::Authorizers::shared(shared),
+        });
+    }
+    let mut listeners = Vec::new();
+    let others = config.listeners.iter().skip(1);
+    for listener in std::iter::once(first).chain(others) {
+        if listener.addr.port() == 0 || listener.protocol == Protocol::Metrics {
+            continue;
+        }
+        if listeners.iter().any(|(addr, _)| *addr == listener.addr) {
+            continue;
+        }
+        let authorizer = Authorizer::load(&listener.security).map_err(invalid)?;
+        listeners.push((listener.addr, authorizer));
+    }
+    Ok(Preloaded {
+        shared: None,
+        authorizers: auth::Authorizers::per_listener(listeners.clone()),
+        listeners,
+    })
+}
+
 /// Refuses what a TCP listener cannot serve: a QUIC listener needs a UDP socket
 /// (`add_quic_listener`).
 fn check_transport(settings: &Listener) -> io::Result<()> {
@@ -144,7 +189,10 @@ impl Broker {
             .cloned()
             .unwrap_or_else(|| Listener::mqtt(addr));
         settings.addr = addr;
-        let (queue, queue_thread) = QueueHandle::start(&config)?;
+        // Loaded before the router starts: sessions recovered from the store answer to the
+        // authorizer of the listener they connected through.
+        let preloaded = preload_authorizers(&config, &settings)?;
+        let (queue, queue_thread) = QueueHandle::start(&config, &preloaded.authorizers)?;
         let bridges = crate::bridge::Bridges::start(&config, &queue)?;
         let mut broker = Broker {
             listeners: Vec::new(),
@@ -156,7 +204,8 @@ impl Broker {
                 addrs: Arc::new(Mutex::new(Vec::new())),
             },
             reloader: Reloader::default(),
-            shared_authorizer: None,
+            shared_authorizer: preloaded.shared,
+            preloaded: preloaded.listeners,
             metrics: Vec::new(),
             bridges,
             quic: Vec::new(),
@@ -184,6 +233,7 @@ impl Broker {
         let authorizer = self.authorizer_for(&settings)?;
         let mut config = self.base.clone();
         config.authorizer = authorizer;
+        config.listener_addr = Some(settings.addr);
         self.stopper.addrs.lock().push(settings.addr);
         self.listeners.push(Bound {
             socket,
@@ -225,6 +275,7 @@ impl Broker {
         let authorizer = self.authorizer_for(&settings)?;
         let mut config = self.base.clone();
         config.authorizer = authorizer;
+        config.listener_addr = Some(settings.addr);
         self.quic.push(QuicBound {
             socket,
             settings: quic,
@@ -241,7 +292,13 @@ impl Broker {
 
     fn authorizer_for(&mut self, settings: &Listener) -> io::Result<Option<Arc<Authorizer>>> {
         let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
-        let authorizer = if self.base.per_listener_settings {
+        let preloaded = self
+            .preloaded
+            .iter()
+            .find(|(addr, _)| *addr == settings.addr);
+        let authorizer = if let Some((_, authorizer)) = preloaded {
+            authorizer.clone()
+        } else if self.base.per_listener_settings {
             Authorizer::load(&settings.security).map_err(invalid)?
         } else {
             match &self.shared_authorizer {

@@ -11,6 +11,7 @@
 
 pub mod acl;
 pub mod http_hook;
+pub mod identity;
 pub mod passwd_tool;
 pub mod password_file;
 
@@ -27,6 +28,7 @@ use parking_lot::{Mutex, RwLock};
 
 pub use acl::{Access, Acl};
 pub use http_hook::HttpHook;
+pub use identity::{Authorizers, Identity, RecoveredAcl};
 pub use password_file::PasswordFile;
 
 use crate::config::Security;

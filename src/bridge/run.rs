@@ -186,6 +186,7 @@ impl Supervisor {
             server_keep_alive: None,
             writer,
             read_acl: None,
+            identity: Default::default(),
         }
     }
 

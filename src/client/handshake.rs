@@ -181,6 +181,7 @@ pub(super) fn handshake(
         server_keep_alive,
         writer: writer.clone(),
         read_acl: auth.as_ref().and_then(ClientAuth::read_acl),
+        identity: crate::auth::Identity::of(connect.username.as_deref(), config),
     };
     let from = match queue.connect(request) {
         Ok(from) => {

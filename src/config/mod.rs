@@ -138,6 +138,9 @@ pub struct Config {
     /// Not a setting: the authorizer of the listener this copy of the config was made for,
     /// set by `Broker` (None: everyone may connect and do anything).
     pub authorizer: Option<std::sync::Arc<crate::auth::Authorizer>>,
+    /// Not a setting: the address of the listener this copy of the config was made for, set
+    /// by `Broker`; stored with persistent sessions to find their authorizer after a restart.
+    pub listener_addr: Option<std::net::SocketAddr>,
     /// fsync each commit before the acknowledgements that wait for it
     /// (`PERSISTENCE_SYNC`, default true). Off: a commit reaches the disk up to a second later,
     /// and a crash or power cut loses what was acknowledged in that second.
@@ -189,6 +192,7 @@ impl Default for Config {
             upgrade_outgoing_qos: false,
             queue_qos0_messages: false,
             authorizer: None,
+            listener_addr: None,
             persistence_sync: true,
             reset_corrupt_store: false,
             persistent_client_expiration: None,

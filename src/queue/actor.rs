@@ -505,6 +505,7 @@ mod tests {
             server_keep_alive: None,
             writer,
             read_acl: None,
+            identity: Default::default(),
         };
         tx.send(Msg::Connect {
             request: Box::new(request),

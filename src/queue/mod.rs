@@ -64,6 +64,9 @@ pub struct ConnectRequest {
     pub writer: ClientHandle,
     /// The client's identity for read checks per delivery (None: no ACL file).
     pub read_acl: Option<crate::auth::ReadAcl>,
+    /// Its username and listener, stored with a persistent session to rebuild `read_acl`
+    /// after a restart.
+    pub identity: crate::auth::Identity,
 }
 
 /// How a connection ended.
@@ -148,13 +151,17 @@ pub struct QueueHandle {
 
 impl QueueHandle {
     /// Starts the router on its own thread.
-    pub fn start(config: &Config) -> std::io::Result<(QueueHandle, JoinHandle<()>)> {
+    /// `authorizers` are the listeners' (for the ACLs of sessions recovered from the store).
+    pub fn start(
+        config: &Config,
+        authorizers: &crate::auth::Authorizers,
+    ) -> std::io::Result<(QueueHandle, JoinHandle<()>)> {
         let (tx, rx): (Sender<Msg>, Receiver<Msg>) =
             crossbeam_channel::bounded(config.router_queue_capacity);
         let mut actor = QueueActor::new(rx, config);
         let stats = actor.stats();
         let (persistence, recovered) = persist::Persistence::start(config, Arc::clone(&stats))?;
-        actor.restore(persistence, recovered);
+        actor.restore(persistence, recovered, authorizers);
         let thread = thread::Builder::new()
             .name("queue".into())
             .spawn(move || actor.run())?;

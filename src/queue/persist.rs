@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::message::{Delivery, Message};
 use super::session::Subscription;
 use super::Msg;
+use crate::auth::Identity;
 use crate::config::Config;
 use crate::mqtt::{PacketId, ProtocolVersion, QoS, Will};
 use crate::storage::{
@@ -137,6 +138,7 @@ impl Persistence {
             committed: Arc::clone(&self.committed),
             waiting: false,
             offline_since: None,
+            identity: None,
         })
     }
 
@@ -220,6 +222,8 @@ pub(super) struct Journal {
     waiting: bool,
     /// When its connection ended, as last written (kept when the record is written again).
     offline_since: Option<u64>,
+    /// Who its client is (username, listener), written with the record.
+    identity: Option<Identity>,
 }
 
 impl Journal {
@@ -248,6 +252,11 @@ impl Journal {
 
     pub fn set_version(&mut self, version: ProtocolVersion) {
         self.version = version;
+    }
+
+    /// The client attached (or recovered) is `identity`: written with every record from now.
+    pub fn set_identity(&mut self, identity: Option<Identity>) {
+        self.identity = identity;
     }
 
     /// Recovery left `on_disk` queued messages on disk, after delivery id `cursor`.
@@ -346,6 +355,7 @@ impl Journal {
             expiry,
             offline_since: self.offline_since,
             will: will.cloned(),
+            identity: self.identity.clone(),
         });
     }
 

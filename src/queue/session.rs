@@ -118,8 +118,10 @@ pub(super) struct Session {
     /// window at a time as the client takes them, so that a large retained set is streamed
     /// at the client's pace instead of overflowing its queue.
     pub retained_feeds: VecDeque<RetainedFeed>,
-    /// Recovered from the store and not reconnected since: the client's read ACL is not known
-    /// (it is not stored), so what is queued meanwhile is checked when the client returns.
+    /// Recovered from the store without the identity its ACL needs (a record written before
+    /// identities were stored, or its listener is gone) while ACLs are configured, and not
+    /// reconnected since: what is queued meanwhile is checked when the client returns, and
+    /// its will is not published.
     pub acl_unchecked: bool,
 }
 
@@ -163,11 +165,15 @@ pub(super) enum Enqueued {
 }
 
 impl Session {
-    /// May this session's client publish to `topic` (its will; true without an ACL)?
-    pub fn may_write(&self, topic: &str) -> bool {
-        self.read_acl
-            .as_ref()
-            .is_none_or(|acl| acl.may_write(topic))
+    /// May this session's client's will go to `topic` (true without an ACL)? Never when the
+    /// session was recovered without the identity its ACL needs: fail closed.
+    pub fn may_send_will(&self, topic: &str) -> bool {
+        will_permitted(
+            &self.client_id,
+            self.read_acl.as_ref(),
+            self.acl_unchecked,
+            topic,
+        )
     }
 
     /// May this session receive a message published to `topic` (its ACL; true without one)?
@@ -801,6 +807,28 @@ fn delivery_size(delivery: &Delivery, version: ProtocolVersion) -> usize {
         topic_alias: None,
     }
     .encoded_len(version)
+}
+
+/// May the will of `client_id` (with `acl`, or none) go to `topic`? `unknown`: its identity was
+/// lost while ACLs are configured, so it may not (logged).
+pub(super) fn will_permitted(
+    client_id: &str,
+    acl: Option<&crate::auth::ReadAcl>,
+    unknown: bool,
+    topic: &str,
+) -> bool {
+    if unknown {
+        log::warn!(
+            "client {client_id}: will to {topic} not published: the session was recovered \
+             without the client's identity, so the ACL cannot be checked"
+        );
+        return false;
+    }
+    if acl.is_some_and(|acl| !acl.may_write(topic)) {
+        log::debug!("client {client_id}: will to {topic} denied by the ACL");
+        return false;
+    }
+    true
 }
 
 #[cfg(test)]

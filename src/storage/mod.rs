@@ -81,7 +81,7 @@ pub struct Refusal {
 }
 
 pub(crate) enum Op {
-    SaveSession(SessionRecord),
+    SaveSession(Box<SessionRecord>),
     DeleteSession(Arc<str>),
     SaveSubscription {
         client_id: Arc<str>,
@@ -196,7 +196,7 @@ impl StorageHandle {
     }
 
     pub fn save_session(&self, record: SessionRecord) {
-        self.send(Op::SaveSession(record));
+        self.send(Op::SaveSession(Box::new(record)));
     }
 
     /// Removes a session with its subscriptions, queue and held inbound QoS 2 messages.

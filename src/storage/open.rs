@@ -22,7 +22,7 @@ use super::schema::{
 };
 use super::window::WINDOW;
 use super::StorageOptions;
-use crate::mqtt::{PacketId, SubscriptionOptions, Will};
+use crate::mqtt::{PacketId, SubscriptionOptions};
 use crate::queue::message::Message;
 
 /// The database file inside the persistence directory.
@@ -33,9 +33,9 @@ pub const STORE_FILE: &str = "mqtt-broker.redb";
 pub struct Recovered {
     pub sessions: Vec<RecoveredSession>,
     pub retained: Vec<Arc<Message>>,
-    /// Wills of sessions that expired while the broker was down: due at the latest when
-    /// their session ended, so published at start.
-    pub wills: Vec<Will>,
+    /// Records (with their will) of sessions that expired while the broker was down: their
+    /// wills were due at the latest when the session ended, so are published at start.
+    pub wills: Vec<SessionRecord>,
     /// The next message or delivery id to give out.
     pub next_id: u64,
 }
@@ -240,7 +240,9 @@ fn recover_tables(t: &mut Tables<'_>) -> Result<Recovered, Failure> {
         };
         if expired {
             t.delete_session(&client_id, &mut deltas)?;
-            wills.extend(record.will);
+            if record.will.is_some() {
+                wills.push(record);
+            }
             continue;
         }
         let mut subscriptions = Vec::new();

@@ -5,7 +5,8 @@
 //! Must not: open the database or decide what is written when; `actor` does.
 //!
 //! Tables (keys → values):
-//! - `sessions`: client id → `SessionRecord` (version, expiry, when it went offline, will)
+//! - `sessions`: client id → `SessionRecord` (version, expiry, when it went offline, the
+//!   client's identity, will)
 //! - `subscriptions`: (client id, filter) → options byte + subscription identifier
 //! - `queue`: (client id, delivery id) → `QueueEntry` (message id, QoS, flags, packet id, stage)
 //! - `messages`: message id → expiry (wall clock) + the PUBLISH; stored once, however many
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::TableDefinition;
 
+use crate::auth::Identity;
 use crate::mqtt::{
     read_packet, Connect, ConnectProperties, Packet, PacketId, ProtocolVersion, Publish, QoS,
     RetainHandling, SubscriptionOptions, Will,
@@ -52,6 +54,67 @@ pub struct SessionRecord {
     pub offline_since: Option<u64>,
     /// The will of the connection attached when it was written.
     pub will: Option<Will>,
+    /// Username and listener of that connection, to check its will and deliveries against
+    /// the same ACL after a restart. `None` in records written before identities were stored.
+    pub identity: Option<Identity>,
+}
+
+/// Marks an identity after the fixed part of a session record. Records written before
+/// identities were stored have nothing there or their will's CONNECT, which starts with 0x10.
+const IDENTITY_TAG: u8 = 0x01;
+const HAS_USERNAME: u8 = 1;
+const HAS_LISTENER: u8 = 2;
+
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    // Usernames are MQTT strings (65,535 bytes at most); addresses are short.
+    let len = u16::try_from(text.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&text.as_bytes()[..usize::from(len)]);
+}
+
+fn take_text<'a>(bytes: &mut &'a [u8]) -> Option<&'a str> {
+    let len = usize::from(u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?]));
+    let text = bytes.get(2..2 + len)?;
+    *bytes = &bytes[2 + len..];
+    std::str::from_utf8(text).ok()
+}
+
+fn encode_identity(identity: &Identity, out: &mut Vec<u8>) {
+    out.push(IDENTITY_TAG);
+    let flags = if identity.username.is_some() {
+        HAS_USERNAME
+    } else {
+        0
+    } | if identity.listener.is_some() {
+        HAS_LISTENER
+    } else {
+        0
+    };
+    out.push(flags);
+    if let Some(username) = &identity.username {
+        put_text(out, username);
+    }
+    if let Some(listener) = identity.listener {
+        put_text(out, &listener.to_string());
+    }
+}
+
+/// The identity at the start of `bytes`, if there is one; `bytes` is moved past it.
+fn decode_identity(bytes: &mut &[u8]) -> Result<Option<Identity>, ()> {
+    if bytes.first() != Some(&IDENTITY_TAG) {
+        return Ok(None);
+    }
+    let flags = *bytes.get(1).ok_or(())?;
+    *bytes = &bytes[2..];
+    let username = match flags & HAS_USERNAME {
+        0 => None,
+        _ => Some(Arc::from(take_text(bytes).ok_or(())?)),
+    };
+    let listener = match flags & HAS_LISTENER {
+        0 => None,
+        _ => Some(take_text(bytes).ok_or(())?.parse().map_err(|_| ())?),
+    };
+    Ok(Some(Identity { username, listener }))
 }
 
 impl SessionRecord {
@@ -60,6 +123,9 @@ impl SessionRecord {
         out.push(self.version.level());
         out.extend_from_slice(&self.expiry.to_le_bytes());
         out.extend_from_slice(&self.offline_since.unwrap_or(0).to_le_bytes());
+        if let Some(identity) = &self.identity {
+            encode_identity(identity, &mut out);
+        }
         if let Some(will) = &self.will {
             // A CONNECT carries a will with every one of its properties: reuse the codec.
             let connect = Connect {
@@ -91,8 +157,10 @@ impl SessionRecord {
         };
         let expiry = u32::from_le_bytes(bytes[1..5].try_into().map_err(|_| bad())?);
         let offline = u64::from_le_bytes(bytes[5..13].try_into().map_err(|_| bad())?);
-        let will = if bytes.len() > 13 {
-            match decode_packet(&bytes[13..]).map_err(|_| bad())? {
+        let mut rest = &bytes[13..];
+        let identity = decode_identity(&mut rest).map_err(|_| bad())?;
+        let will = if !rest.is_empty() {
+            match decode_packet(rest).map_err(|_| bad())? {
                 Packet::Connect(connect) => connect.will,
                 _ => return Err(bad()),
             }
@@ -105,6 +173,7 @@ impl SessionRecord {
             expiry,
             offline_since: (offline != 0).then_some(offline),
             will,
+            identity,
         })
     }
 }
@@ -299,6 +368,7 @@ mod tests {
                     ..Default::default()
                 },
             }),
+            identity: None,
         };
         assert_eq!(SessionRecord::decode("c", &record.encode()), Ok(record));
         let plain = SessionRecord {
@@ -307,9 +377,88 @@ mod tests {
             expiry: u32::MAX,
             offline_since: None,
             will: None,
+            identity: None,
         };
         assert_eq!(SessionRecord::decode("d", &plain.encode()), Ok(plain));
         assert!(SessionRecord::decode("e", &[9; 13]).is_err());
+    }
+
+    fn will_record(identity: Option<Identity>) -> SessionRecord {
+        SessionRecord {
+            client_id: "c".into(),
+            version: ProtocolVersion::V5,
+            expiry: 60,
+            offline_since: Some(1_700_000_000),
+            will: Some(Will {
+                topic: "w/x".into(),
+                payload: Arc::from(&b"gone"[..]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: WillProperties {
+                    will_delay_interval: Some(3),
+                    ..Default::default()
+                },
+            }),
+            identity,
+        }
+    }
+
+    #[test]
+    fn session_records_keep_the_identity_of_their_client() {
+        let full = Identity {
+            username: Some("alice".into()),
+            listener: Some("127.0.0.1:1883".parse().expect("addr")),
+        };
+        let v6 = Identity {
+            username: None,
+            listener: Some("[::1]:8883".parse().expect("addr")),
+        };
+        let empty = Identity::default();
+        for identity in [Some(full.clone()), Some(v6), Some(empty), None] {
+            let with_will = will_record(identity.clone());
+            assert_eq!(
+                SessionRecord::decode("c", &with_will.encode()),
+                Ok(with_will)
+            );
+            let without = SessionRecord {
+                will: None,
+                ..will_record(identity)
+            };
+            assert_eq!(SessionRecord::decode("c", &without.encode()), Ok(without));
+        }
+        // A record without an identity is byte for byte what was written before identities
+        // were stored.
+        let old = will_record(None).encode();
+        assert_eq!(old[13], 0x10, "the will's CONNECT follows the fixed part");
+        // Cut short inside the identity: refused, not misread.
+        let bytes = will_record(Some(full)).encode();
+        assert!(SessionRecord::decode("c", &bytes[..17]).is_err());
+        assert!(SessionRecord::decode("c", &bytes[..14]).is_err());
+    }
+
+    /// A record as the previous format wrote it (fixed part, then the will's CONNECT), built
+    /// by hand: it decodes, with no identity.
+    #[test]
+    fn records_of_the_previous_format_decode_without_an_identity() {
+        let mut bytes = vec![5u8];
+        bytes.extend_from_slice(&60u32.to_le_bytes());
+        bytes.extend_from_slice(&1_700_000_000u64.to_le_bytes());
+        let connect = Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: false,
+            keep_alive: 0,
+            client_id: String::new(),
+            will: will_record(None).will,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+            bridge: false,
+        };
+        Packet::Connect(Box::new(connect)).encode(ProtocolVersion::V5, &mut bytes);
+        assert_eq!(SessionRecord::decode("c", &bytes), Ok(will_record(None)));
+        // And one without a will: the fixed part alone.
+        let record = SessionRecord::decode("c", &bytes[..13]).expect("decodes");
+        assert_eq!((record.will, record.identity), (None, None));
     }
 
     #[test]

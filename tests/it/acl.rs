@@ -337,3 +337,31 @@ fn reload_changes_the_rules_for_connected_clients() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A delayed will that outlasts its session is published when the session ends, checked
+/// against its client's ACL like any will: alice's will to a topic she may not write is not
+/// sent, her will to one she may write is.
+#[test]
+fn a_will_published_when_its_session_ends_is_checked() {
+    let dir = TempDir::new("acl-will-session-end");
+    let broker = broker(&dir);
+    let mut anon_watcher = client(broker.addr, "anon-watcher", ProtocolVersion::V5, false);
+    anon_watcher.subscribe(1, &[("test/#", QoS::AtLeastOnce)]);
+    let mut alice_watcher = client(broker.addr, "alice-watcher", ProtocolVersion::V5, true);
+    alice_watcher.subscribe(1, &[("alice/#", QoS::AtLeastOnce)]);
+    for (id, topic) in [("alice-1", "test/late"), ("alice-2", "alice/late")] {
+        let mut connect = connect_packet(id, ProtocolVersion::V5, true);
+        connect.username = Some("alice".into());
+        connect.password = Some(b"secret".to_vec());
+        connect.properties.session_expiry_interval = Some(1);
+        connect.will = will(topic, b"bye", QoS::AtLeastOnce, false);
+        if let Some(will) = connect.will.as_mut() {
+            will.properties.will_delay_interval = Some(3600);
+        }
+        let (c, ack) = RawClient::connect_with(broker.addr, connect);
+        assert_eq!(ack.reason, ReasonCode::Success);
+        c.drop_connection();
+    }
+    assert_eq!(alice_watcher.recv_publish().topic, "alice/late");
+    anon_watcher.expect_nothing(Duration::from_millis(1500));
+}

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mqtt_broker::mqtt::{
-    read_packet, Ack, Packet, ProtocolVersion, Publish, QoS, SubAck, Subscribe,
+    read_packet, Ack, Packet, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe,
     SubscribeProperties, SubscriptionOptions,
 };
 
@@ -732,8 +732,8 @@ fn expiry_goes_on_while_the_broker_is_down_and_clean_sessions_are_not_kept() {
     client.expect_nothing(Duration::from_millis(300));
 }
 
-/// The read ACL is not stored: messages queued for a recovered session before its client
-/// reconnects are checked against the client's ACL when it returns.
+/// Messages routed to a recovered session before its client reconnects are checked against
+/// the client's read ACL (rebuilt from the identity stored with the session).
 #[test]
 fn messages_queued_before_the_client_returns_after_a_restart_are_checked_against_its_acl() {
     let dir = TempDir::new("acl-restart");
@@ -866,4 +866,211 @@ fn delayed_wills_survive_sigkill_and_fall_due_on_the_wall_clock() {
     let again = receive_all(&mut client, Duration::from_millis(1500), |_| false);
     assert!(again.is_empty(), "published again: {again:?}");
     drop(broker);
+}
+
+/// Writes an ACL file and a config file naming it (anonymous clients allowed) in `dir`; returns
+/// the `-c` arguments.
+fn acl_config(dir: &std::path::Path, rules: &str) -> [String; 2] {
+    let acl = dir.join("acl");
+    std::fs::write(&acl, rules).expect("acl file");
+    let conf = dir.join("broker.conf");
+    std::fs::write(
+        &conf,
+        format!("allow_anonymous true\nacl_file {}\n", acl.display()),
+    )
+    .expect("config file");
+    ["-c".into(), conf.to_str().expect("utf-8 path").into()]
+}
+
+/// A delayed will is checked against its client's ACL when it is sent, as mosquitto 2.0 does,
+/// also when the broker was killed meanwhile: the session's stored identity (username and
+/// listener) gives it back its ACL after the restart. A client denied write on a topic cannot
+/// get a message onto it by leaving a delayed will and waiting for a restart; its wills to
+/// topics it may write are published, whether they fell due while the broker was down or after.
+#[test]
+fn a_recovered_delayed_will_is_checked_against_its_clients_acl() {
+    use crate::support::will;
+    let dir = TempDir::new("will-acl");
+    let port = free_port();
+    // Anonymous clients read everything under will/; alice writes will/<her name>/ only.
+    let rules = "topic read will/#\nuser alice\npattern write will/%u/#\n";
+    let args = acl_config(dir.path(), rules);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let broker = ChildBroker::start_with_args(dir.path(), port, &[], &args);
+    let mut watcher = connect_packet("will-watcher", ProtocolVersion::V5, true);
+    watcher.properties.session_expiry_interval = Some(3600);
+    let (mut client, _) = RawClient::connect_with(broker.addr, watcher.clone());
+    client.subscribe(1, &[("will/#", QoS::AtLeastOnce)]);
+    client.disconnect();
+    // (client id, will topic, will delay, session expiry): "soon" falls due while the broker
+    // is down, "later" after the restart, "ends" with its session, which expires while the
+    // broker is down (gone from the store at start).
+    let leavers = [
+        ("alice-1", "will/alice/soon", 1, 3600),
+        ("alice-2", "will/secret/soon", 1, 3600),
+        ("alice-3", "will/alice/later", 4, 3600),
+        ("alice-4", "will/secret/later", 4, 3600),
+        ("alice-5", "will/alice/ends", 3600, 1),
+        ("alice-6", "will/secret/ends", 3600, 1),
+    ];
+    for (id, topic, delay, expiry) in leavers {
+        let mut connect = connect_packet(id, ProtocolVersion::V5, true);
+        connect.username = Some("alice".into());
+        connect.properties.session_expiry_interval = Some(expiry);
+        connect.will = will(topic, id.as_bytes(), QoS::AtLeastOnce, false);
+        if let Some(will) = connect.will.as_mut() {
+            will.properties.will_delay_interval = Some(delay);
+        }
+        let (client, connack) = RawClient::connect_with(broker.addr, connect);
+        assert_eq!(connack.reason, ReasonCode::Success);
+        client.drop_connection();
+    }
+    // The disconnections are handled and stored (a PUBACK follows the commit of everything
+    // before it).
+    thread::sleep(Duration::from_millis(300));
+    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V5, true);
+    publisher.publish("other", b"x", QoS::AtLeastOnce, false, 1);
+    broker.kill();
+    thread::sleep(Duration::from_millis(1500));
+
+    let broker = ChildBroker::start_with_args(dir.path(), port, &[], &args);
+    watcher.clean_start = false;
+    let (mut client, connack) = RawClient::connect_with(broker.addr, watcher);
+    assert!(connack.session_present, "{:?}", broker.log());
+    let mut got = receive_all(&mut client, Duration::from_secs(10), |got| got.len() >= 3);
+    // Anything denied would be due with the allowed ones: give it time to show up.
+    got.extend(receive_all(
+        &mut client,
+        Duration::from_millis(1500),
+        |_| false,
+    ));
+    let mut topics: Vec<&str> = got.iter().map(|p| p.topic.as_str()).collect();
+    topics.sort_unstable();
+    assert_eq!(
+        topics,
+        ["will/alice/ends", "will/alice/later", "will/alice/soon"],
+        "{:?}",
+        broker.log()
+    );
+}
+
+/// While a recovered session's client is away, what is routed to it is checked against its
+/// rebuilt read ACL at once: messages it may not read take no room in its queue, so a message
+/// it may read is not dropped for a full queue and arrives when it returns.
+#[test]
+fn a_recovered_session_reads_through_its_acl_before_its_client_returns() {
+    let dir = TempDir::new("read-acl-restart");
+    let port = free_port();
+    let rules = "topic read public/#\ntopic write #\nuser alice\ntopic read alice/#\n";
+    let args = acl_config(dir.path(), rules);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = [("MAX_QUEUED_MESSAGES", "3")];
+    let broker = ChildBroker::start_with_args(dir.path(), port, &env, &args);
+    let mut sub = connect_packet("alice-sub", ProtocolVersion::V3_1_1, false);
+    sub.username = Some("alice".into());
+    let (mut client, _) = RawClient::connect_with(broker.addr, sub.clone());
+    client.subscribe(1, &[("#", QoS::AtLeastOnce)]);
+    // PINGRESP waits for the commit of what came before it: the subscription is stored.
+    client.ping();
+    client.disconnect();
+    thread::sleep(Duration::from_millis(300));
+    broker.kill();
+
+    let broker = ChildBroker::start_with_args(dir.path(), port, &env, &args);
+    let (mut publisher, _) =
+        RawClient::connect(broker.addr, "publisher", ProtocolVersion::V3_1_1, true);
+    for (n, topic) in ["public/1", "public/2", "public/3"].into_iter().enumerate() {
+        publisher.publish(
+            topic,
+            b"not for alice",
+            QoS::AtLeastOnce,
+            false,
+            n as u16 + 1,
+        );
+    }
+    publisher.publish("alice/1", b"for alice", QoS::AtLeastOnce, false, 9);
+    let (mut client, connack) = RawClient::connect_with(broker.addr, sub);
+    assert!(connack.session_present, "{:?}", broker.log());
+    let got = receive_all(&mut client, Duration::from_secs(2), |_| false);
+    let topics: Vec<&str> = got.iter().map(|p| p.topic.as_str()).collect();
+    assert_eq!(topics, ["alice/1"], "{:?}", broker.log());
+}
+
+/// With `per_listener_settings`, a recovered session answers to the ACL of the listener it
+/// connected through, found by its address. When that listener is gone after the restart, its
+/// identity cannot be rebuilt: its will is not published (fail closed, logged with the client
+/// and the topic), while the will of a session of a listener still there is.
+#[test]
+fn a_will_whose_listener_is_gone_after_a_restart_is_not_published() {
+    use crate::support::will;
+    let dir = TempDir::new("will-listener-gone");
+    let (kept, gone) = (free_port(), free_port());
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic read will/#\nuser alice\npattern write will/%u/#\n",
+    )
+    .expect("acl file");
+    let conf = dir.path().join("broker.conf");
+    let write_conf = |ports: &[u16]| {
+        let mut text = String::from("per_listener_settings true\n");
+        for port in ports {
+            text.push_str(&format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {}\n",
+                acl.display()
+            ));
+        }
+        std::fs::write(&conf, text).expect("config file");
+    };
+    let args = ["-c", conf.to_str().expect("utf-8 path")];
+    write_conf(&[kept, gone]);
+    let broker = ChildBroker::start_with_args(dir.path(), kept, &[], &args);
+    let mut watcher = connect_packet("watcher", ProtocolVersion::V5, true);
+    watcher.properties.session_expiry_interval = Some(3600);
+    let (mut client, _) = RawClient::connect_with(broker.addr, watcher.clone());
+    client.subscribe(1, &[("will/#", QoS::AtLeastOnce)]);
+    client.disconnect();
+    for (id, port) in [("alice-kept", kept), ("alice-gone", gone)] {
+        let mut connect = connect_packet(id, ProtocolVersion::V5, true);
+        connect.username = Some("alice".into());
+        connect.properties.session_expiry_interval = Some(3600);
+        connect.will = will(
+            &format!("will/alice/{id}"),
+            id.as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        );
+        if let Some(will) = connect.will.as_mut() {
+            will.properties.will_delay_interval = Some(1);
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let (client, connack) = RawClient::connect_with(addr, connect);
+        assert_eq!(connack.reason, ReasonCode::Success);
+        client.drop_connection();
+    }
+    thread::sleep(Duration::from_millis(300));
+    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V5, true);
+    publisher.publish("other", b"x", QoS::AtLeastOnce, false, 1);
+    broker.kill();
+
+    write_conf(&[kept]);
+    let broker = ChildBroker::start_with_args(dir.path(), kept, &[], &args);
+    watcher.clean_start = false;
+    let (mut client, connack) = RawClient::connect_with(broker.addr, watcher);
+    assert!(connack.session_present, "{:?}", broker.log());
+    let mut got = receive_all(&mut client, Duration::from_secs(5), |got| !got.is_empty());
+    got.extend(receive_all(
+        &mut client,
+        Duration::from_millis(1500),
+        |_| false,
+    ));
+    let topics: Vec<&str> = got.iter().map(|p| p.topic.as_str()).collect();
+    assert_eq!(topics, ["will/alice/alice-kept"], "{:?}", broker.log());
+    let log = broker.log();
+    assert!(
+        log.iter().any(|line| line.contains("alice-gone")
+            && line.contains("will/alice/alice-gone")
+            && line.contains("not published")),
+        "{log:?}"
+    );
 }

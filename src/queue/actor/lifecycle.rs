@@ -105,7 +105,14 @@ impl QueueActor {
                     .drop_queued_unless(|d| acl.may_read(&d.message.publish.topic));
             }
         }
-        persist_connected(&self.persist, slot, session, version, request.will.as_ref());
+        persist_connected(
+            &self.persist,
+            slot,
+            session,
+            version,
+            request.will.as_ref(),
+            request.identity,
+        );
         // Acknowledgements held for the previous connection are gone with it: the client
         // resends those PUBLISH packets.
         session.held_acks.clear();
@@ -192,8 +199,11 @@ impl QueueActor {
         self.by_client_id.remove(&session.client_id);
         self.free_slots.push(slot);
         debug!("session of client {} ended", session.client_id);
+        // The session is out of its slot: its will is checked here.
         if let Some(will) = session.delayed_will.take() {
-            self.publish_will(slot, will);
+            if session.may_send_will(&will.topic) {
+                self.send_will(slot, will);
+            }
         }
     }
 
@@ -299,10 +309,14 @@ impl QueueActor {
     pub(super) fn publish_will(&mut self, slot: u32, will: Will) {
         // As mosquitto 2.0: a will is checked against the ACL when it is sent, not at CONNECT.
         let session = self.sessions.get(slot as usize).and_then(Option::as_ref);
-        if session.is_some_and(|s| !s.may_write(&will.topic)) {
-            debug!("will to {} denied by the ACL", will.topic);
+        if session.is_some_and(|s| !s.may_send_will(&will.topic)) {
             return;
         }
+        self.send_will(slot, will);
+    }
+
+    /// Publishes a will already checked against its client's ACL.
+    pub(super) fn send_will(&mut self, slot: u32, will: Will) {
         let Will {
             topic,
             payload,
@@ -357,6 +371,7 @@ fn persist_connected(
     session: &mut Session,
     version: crate::mqtt::ProtocolVersion,
     will: Option<&Will>,
+    identity: crate::auth::Identity,
 ) {
     if session.expiry == 0 {
         if let Some(old) = session.outbox.journal.take() {
@@ -369,6 +384,7 @@ fn persist_connected(
     }
     if let Some(journal) = session.outbox.journal.as_mut() {
         journal.set_version(version);
+        journal.set_identity(Some(identity));
         journal.save(session.expiry, false, will);
     }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use log::info;
 
 use super::*;
+use crate::auth::{Authorizers, RecoveredAcl};
+use crate::queue::session::will_permitted;
 use crate::storage::schema::unix_now;
 use crate::storage::{Recovered, RecoveredEntry, Window};
 
@@ -29,7 +31,14 @@ fn stored_delivery(recovered: &RecoveredEntry) -> Delivery {
 
 impl QueueActor {
     /// Takes over the store and the state recovered from it.
-    pub(in crate::queue) fn restore(&mut self, persist: Persistence, recovered: Recovered) {
+    /// Each session's ACL is rebuilt from the identity stored with it and the authorizer
+    /// `authorizers` give its listener now.
+    pub(in crate::queue) fn restore(
+        &mut self,
+        persist: Persistence,
+        recovered: Recovered,
+        authorizers: &Authorizers,
+    ) {
         self.persist = persist;
         let Recovered {
             sessions,
@@ -50,7 +59,11 @@ impl QueueActor {
             let client_id = Arc::clone(&record.client_id);
             let mut session =
                 Session::new(Arc::clone(&client_id), record.expiry, self.limits.clone());
-            session.acl_unchecked = true;
+            match authorizers.recover(&client_id, record.identity.as_ref()) {
+                RecoveredAcl::Open => {}
+                RecoveredAcl::Known(acl) => session.read_acl = Some(acl),
+                RecoveredAcl::Unknown => session.acl_unchecked = true,
+            }
             // Held inbound QoS 2 messages wait for their PUBREL again, which routes them.
             for (packet_id, message) in saved.inbound_qos2 {
                 session.incoming_qos2.insert(packet_id);
@@ -73,6 +86,7 @@ impl QueueActor {
             if let Some(journal) = journal.as_mut() {
                 journal.set_on_disk(saved.on_disk, saved.cursor);
                 journal.set_offline_since(record.offline_since);
+                journal.set_identity(record.identity.clone());
             }
             if let Some(session) = self.sessions[slot as usize].as_mut() {
                 session.outbox.journal = journal;
@@ -130,8 +144,17 @@ impl QueueActor {
         }
         // Sessions that expired while the broker was down (gone from the store already):
         // their wills were due at the latest when they ended.
-        for will in wills {
-            self.publish_will(u32::MAX, will);
+        for record in wills {
+            let Some(will) = record.will else { continue };
+            let (acl, unknown) =
+                match authorizers.recover(&record.client_id, record.identity.as_ref()) {
+                    RecoveredAcl::Open => (None, false),
+                    RecoveredAcl::Known(acl) => (Some(acl), false),
+                    RecoveredAcl::Unknown => (None, true),
+                };
+            if will_permitted(&record.client_id, acl.as_ref(), unknown, &will.topic) {
+                self.send_will(u32::MAX, will);
+            }
         }
         if self.persist.is_on() {
             info!("recovered {count} sessions from the store");
