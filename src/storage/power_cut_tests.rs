@@ -284,16 +284,16 @@ fn run_until_power_cut(sync: bool, cut_after: usize) -> (Vec<u64>, Vec<u64>) {
     rig.stop();
 
     let (db, recovered) = reopen(survivor);
-    let number = |e: &super::RecoveredEntry| number(&e.message);
+    let entry_number = |e: &super::RecoveredEntry| number(&e.message);
     let mut found = Vec::new();
     for session in &recovered.sessions {
-        found.extend(session.entries.iter().map(number));
+        found.extend(session.entries.iter().map(entry_number));
         // The rest of a long queue stays on disk until read in windows.
         let mut cursor = session.cursor;
         loop {
             let window =
                 read_window(&db, &session.record.client_id, cursor, WINDOW).expect("read a window");
-            found.extend(window.entries.iter().map(number));
+            found.extend(window.entries.iter().map(entry_number));
             match window.last {
                 Some(last) => cursor = last,
                 None => break,
