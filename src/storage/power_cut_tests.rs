@@ -123,34 +123,142 @@ fn message(n: u64) -> Arc<Message> {
     }))
 }
 
-/// Queues messages for one session through the storage actor on a `PowerCutDisk`, each
-/// followed by an "acknowledgement" callback; cuts the power once `cut_after` are
-/// acknowledged; returns (acknowledged before the cut, message numbers found after restart).
-fn run_until_power_cut(sync: bool, cut_after: usize) -> (Vec<u64>, Vec<u64>) {
-    let disk = PowerCutDisk::default();
-    let db = Database::builder()
-        .create_with_backend(disk.clone())
-        .expect("create the store");
-    let _ = recover(&db).ok().expect("an empty store recovers");
-    let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
-    // With sync off, no periodic sync during the test: the cut must find the commits unsynced
-    // however slowly a loaded machine runs it.
-    let actor = StorageActor::new(rx, db, "power-cut-disk".into(), sync, disk.reopener())
-        .with_sync_every(Duration::from_secs(3600));
-    let thread = thread::spawn(move || actor.run());
-    let handle = StorageHandle {
-        tx,
-        ids: Arc::new(AtomicU64::new(1)),
-    };
-    let client: Arc<str> = Arc::from("sub");
-    handle.save_session(SessionRecord {
-        client_id: Arc::clone(&client),
+/// The number a `message(n)` carries.
+fn number(message: &Message) -> u64 {
+    let bytes: [u8; 8] = message.publish.payload[..8].try_into().expect("8 bytes");
+    u64::from_be_bytes(bytes)
+}
+
+/// A storage actor running on a new, empty store on a `PowerCutDisk`.
+struct Rig {
+    handle: StorageHandle,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Rig {
+    /// Syncing every commit, as the broker does by default.
+    fn start(disk: &PowerCutDisk, name: &str) -> Rig {
+        Rig::start_with(disk, name, true, |actor| actor)
+    }
+
+    /// `tune` sets the actor up before its thread starts.
+    fn start_with(
+        disk: &PowerCutDisk,
+        name: &str,
+        sync: bool,
+        tune: impl FnOnce(StorageActor) -> StorageActor,
+    ) -> Rig {
+        let db = Database::builder()
+            .create_with_backend(disk.clone())
+            .expect("create the store");
+        let _ = recover(&db).ok().expect("an empty store recovers");
+        let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
+        let actor = tune(StorageActor::new(
+            rx,
+            db,
+            name.into(),
+            sync,
+            disk.reopener(),
+        ));
+        let thread = thread::spawn(move || actor.run());
+        let handle = StorageHandle {
+            tx,
+            ids: Arc::new(AtomicU64::new(1)),
+        };
+        Rig { handle, thread }
+    }
+
+    /// Drops the handle and waits for the storage thread to end.
+    fn stop(self) {
+        drop(self.handle);
+        self.thread.join().expect("storage thread");
+    }
+}
+
+/// An offline MQTT 3.1.1 session that never expires.
+fn session_v3(client: &Arc<str>) -> SessionRecord {
+    SessionRecord {
+        client_id: Arc::clone(client),
         version: ProtocolVersion::V3_1_1,
         expiry: u32::MAX,
         offline_since: Some(1),
         will: None,
         identity: None,
+    }
+}
+
+/// An MQTT 5 session that went offline now and expires in ten minutes.
+fn session_v5(client: &Arc<str>) -> SessionRecord {
+    SessionRecord {
+        client_id: Arc::clone(client),
+        version: ProtocolVersion::V5,
+        expiry: 600,
+        offline_since: Some(super::schema::unix_now()),
+        will: None,
+        identity: None,
+    }
+}
+
+/// Queues `message` for `client` with new message and delivery ids; returns the delivery id.
+fn enqueue(handle: &StorageHandle, client: &Arc<str>, qos: QoS, message: Arc<Message>) -> u64 {
+    let entry = QueueEntry {
+        message_id: handle.next_id(),
+        qos,
+        retain: false,
+        packet_id: None,
+        released: false,
+        subscription_ids: Vec::new(),
+    };
+    let delivery = handle.next_id();
+    handle.enqueue(Arc::clone(client), delivery, entry, message, true);
+    delivery
+}
+
+/// The values that `after_commit` callbacks made by `answer` report, in the order they ran.
+struct Answers<T> {
+    tx: crossbeam_channel::Sender<T>,
+    rx: crossbeam_channel::Receiver<T>,
+}
+
+impl<T: Send + 'static> Answers<T> {
+    fn new() -> Answers<T> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Answers { tx, rx }
+    }
+
+    /// A callback that reports `value` when it runs.
+    fn answer(&self, value: T) -> super::AfterCommit {
+        let tx = self.tx.clone();
+        Box::new(move || {
+            let _ = tx.send(value);
+        })
+    }
+}
+
+/// Opens and recovers the store on `disk` as it came back after a power cut.
+fn reopen(disk: PowerCutDisk) -> (Database, super::Recovered) {
+    let db = Database::builder()
+        .create_with_backend(disk)
+        .expect("the store opens after a power cut");
+    let recovered = recover(&db)
+        .ok()
+        .expect("the store recovers after a power cut");
+    (db, recovered)
+}
+
+/// Queues messages for one session through the storage actor on a `PowerCutDisk`, each
+/// followed by an "acknowledgement" callback; cuts the power once `cut_after` are
+/// acknowledged; returns (acknowledged before the cut, message numbers found after restart).
+fn run_until_power_cut(sync: bool, cut_after: usize) -> (Vec<u64>, Vec<u64>) {
+    let disk = PowerCutDisk::default();
+    // With sync off, no periodic sync during the test: the cut must find the commits unsynced
+    // however slowly a loaded machine runs it.
+    let rig = Rig::start_with(&disk, "power-cut-disk", sync, |actor| {
+        actor.with_sync_every(Duration::from_secs(3600))
     });
+    let handle = &rig.handle;
+    let client: Arc<str> = Arc::from("sub");
+    handle.save_session(session_v3(&client));
     let acked = Arc::new(Mutex::new(Vec::new()));
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut n = 0u64;
@@ -158,17 +266,7 @@ fn run_until_power_cut(sync: bool, cut_after: usize) -> (Vec<u64>, Vec<u64>) {
         // Publishers keep sending while the disk works: batches form by themselves.
         for _ in 0..50 {
             n += 1;
-            let message = message(n);
-            let message_id = handle.next_id();
-            let entry = QueueEntry {
-                message_id,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                packet_id: None,
-                released: false,
-                subscription_ids: Vec::new(),
-            };
-            handle.enqueue(Arc::clone(&client), handle.next_id(), entry, message, true);
+            enqueue(handle, &client, QoS::AtLeastOnce, message(n));
             let acked = Arc::clone(&acked);
             handle.after_commit(Box::new(move || acked.lock().expect("lock").push(n)));
         }
@@ -183,28 +281,19 @@ fn run_until_power_cut(sync: bool, cut_after: usize) -> (Vec<u64>, Vec<u64>) {
         thread::sleep(Duration::from_micros(200));
     };
     let (before, survivor) = before_cut;
-    drop(handle);
-    thread.join().expect("storage thread");
+    rig.stop();
 
-    let db = Database::builder()
-        .create_with_backend(survivor)
-        .expect("the store opens after a power cut");
-    let recovered = recover(&db)
-        .ok()
-        .expect("the store recovers after a power cut");
-    let number = |e: &super::RecoveredEntry| {
-        let bytes: [u8; 8] = e.message.publish.payload[..8].try_into().expect("8 bytes");
-        u64::from_be_bytes(bytes)
-    };
+    let (db, recovered) = reopen(survivor);
+    let entry_number = |e: &super::RecoveredEntry| number(&e.message);
     let mut found = Vec::new();
     for session in &recovered.sessions {
-        found.extend(session.entries.iter().map(number));
+        found.extend(session.entries.iter().map(entry_number));
         // The rest of a long queue stays on disk until read in windows.
         let mut cursor = session.cursor;
         loop {
             let window =
                 read_window(&db, &session.record.client_id, cursor, WINDOW).expect("read a window");
-            found.extend(window.entries.iter().map(number));
+            found.extend(window.entries.iter().map(entry_number));
             match window.last {
                 Some(last) => cursor = last,
                 None => break,
@@ -247,65 +336,25 @@ fn without_sync_a_power_cut_loses_acknowledged_messages() {
 #[test]
 fn a_failed_commit_holds_acknowledgements_until_the_disk_works_again() {
     let disk = PowerCutDisk::default();
-    let db = Database::builder()
-        .create_with_backend(disk.clone())
-        .expect("create the store");
-    let _ = recover(&db).ok().expect("an empty store recovers");
-    let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
-    let actor = StorageActor::new(rx, db, "full-disk".into(), true, disk.reopener());
-    let thread = thread::spawn(move || actor.run());
-    let handle = StorageHandle {
-        tx,
-        ids: Arc::new(AtomicU64::new(1)),
-    };
+    let rig = Rig::start(&disk, "full-disk");
+    let handle = &rig.handle;
     let client: Arc<str> = Arc::from("sub");
-    handle.save_session(SessionRecord {
-        client_id: Arc::clone(&client),
-        version: ProtocolVersion::V5,
-        expiry: 600,
-        offline_since: Some(super::schema::unix_now()),
-        will: None,
-        identity: None,
-    });
-    let (acked_tx, acked) = crossbeam_channel::unbounded();
-    let ack = |n: u64| {
-        let acked_tx = acked_tx.clone();
-        Box::new(move || {
-            let _ = acked_tx.send(n);
-        })
-    };
-    handle.after_commit(ack(0));
-    assert_eq!(acked.recv_timeout(Duration::from_secs(10)), Ok(0));
+    handle.save_session(session_v5(&client));
+    let acked = Answers::new();
+    handle.after_commit(acked.answer(0));
+    assert_eq!(acked.rx.recv_timeout(Duration::from_secs(10)), Ok(0));
 
     disk.fail(true);
-    let entry = QueueEntry {
-        message_id: handle.next_id(),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        packet_id: None,
-        released: false,
-        subscription_ids: Vec::new(),
-    };
-    handle.enqueue(
-        Arc::clone(&client),
-        handle.next_id(),
-        entry,
-        message(1),
-        true,
-    );
-    handle.after_commit(ack(1));
+    enqueue(handle, &client, QoS::AtLeastOnce, message(1));
+    handle.after_commit(acked.answer(1));
     // The disk is full: the message is not acknowledged, however long we wait.
-    assert!(acked.recv_timeout(Duration::from_millis(1500)).is_err());
+    assert!(acked.rx.recv_timeout(Duration::from_millis(1500)).is_err());
     disk.fail(false);
     // Space is back: the retried commit goes through and the acknowledgement follows.
-    assert_eq!(acked.recv_timeout(Duration::from_secs(10)), Ok(1));
+    assert_eq!(acked.rx.recv_timeout(Duration::from_secs(10)), Ok(1));
 
-    drop(handle);
-    thread.join().expect("storage thread");
-    let db = Database::builder()
-        .create_with_backend(disk.after_power_cut())
-        .expect("reopen");
-    let recovered = recover(&db).ok().expect("recovers");
+    rig.stop();
+    let (_, recovered) = reopen(disk.after_power_cut());
     assert_eq!(recovered.sessions.len(), 1);
     assert_eq!(
         recovered.sessions[0].entries.len(),
@@ -316,10 +365,7 @@ fn a_failed_commit_holds_acknowledgements_until_the_disk_works_again() {
 
 /// What a power cut now would leave: (held inbound QoS 2 ids, queued message numbers).
 fn held_and_queued(disk: &PowerCutDisk) -> (Vec<u16>, Vec<u64>) {
-    let db = Database::builder()
-        .create_with_backend(disk.after_power_cut())
-        .expect("the store opens after a power cut");
-    let recovered = recover(&db).ok().expect("the store recovers");
+    let (_, recovered) = reopen(disk.after_power_cut());
     let mut held = Vec::new();
     let mut queued = Vec::new();
     for session in &recovered.sessions {
@@ -327,12 +373,7 @@ fn held_and_queued(disk: &PowerCutDisk) -> (Vec<u16>, Vec<u64>) {
             assert!(message.is_some(), "the held message itself is stored");
             held.push(id.get());
         }
-        for entry in &session.entries {
-            let bytes: [u8; 8] = entry.message.publish.payload[..8]
-                .try_into()
-                .expect("8 bytes");
-            queued.push(u64::from_be_bytes(bytes));
-        }
+        queued.extend(session.entries.iter().map(|e| number(&e.message)));
     }
     (held, queued)
 }
@@ -343,81 +384,40 @@ fn held_and_queued(disk: &PowerCutDisk) -> (Vec<u16>, Vec<u64>) {
 #[test]
 fn a_group_is_never_split_across_commits() {
     let disk = PowerCutDisk::default();
-    let db = Database::builder()
-        .create_with_backend(disk.clone())
-        .expect("create the store");
-    let _ = recover(&db).ok().expect("an empty store recovers");
-    let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
-    let actor = StorageActor::new(rx, db, "group-disk".into(), true, disk.reopener());
-    let thread = thread::spawn(move || actor.run());
-    let handle = StorageHandle {
-        tx,
-        ids: Arc::new(AtomicU64::new(1)),
-    };
+    let rig = Rig::start(&disk, "group-disk");
+    let handle = &rig.handle;
     let client: Arc<str> = Arc::from("pub-and-sub");
     let packet_id = crate::mqtt::PacketId::new(7).expect("non-zero");
-    handle.save_session(SessionRecord {
-        client_id: Arc::clone(&client),
-        version: ProtocolVersion::V3_1_1,
-        expiry: u32::MAX,
-        offline_since: Some(1),
-        will: None,
-        identity: None,
-    });
+    handle.save_session(session_v3(&client));
     handle.inbound_qos2(Arc::clone(&client), packet_id, Some(message(1)));
-    let (done_tx, done_rx) = crossbeam_channel::unbounded();
-    let done = done_tx.clone();
-    handle.after_commit(Box::new(move || {
-        let _ = done.send("held");
-    }));
-    assert_eq!(done_rx.recv_timeout(Duration::from_secs(20)), Ok("held"));
+    let done = Answers::new();
+    handle.after_commit(done.answer("held"));
+    assert_eq!(done.rx.recv_timeout(Duration::from_secs(20)), Ok("held"));
     assert_eq!(held_and_queued(&disk), (vec![7], vec![]));
 
     // PUBREL: the group starts, the message is queued; its removal and the end come late.
     handle.group(true);
-    let message_id = handle.next_id();
-    let entry = QueueEntry {
-        message_id,
-        qos: QoS::ExactlyOnce,
-        retain: false,
-        packet_id: None,
-        released: false,
-        subscription_ids: Vec::new(),
-    };
-    handle.enqueue(
-        Arc::clone(&client),
-        handle.next_id(),
-        entry,
-        message(1),
-        true,
-    );
-    let done = done_tx.clone();
-    handle.after_commit(Box::new(move || {
-        let _ = done.send("inside the group");
-    }));
+    enqueue(handle, &client, QoS::ExactlyOnce, message(1));
+    handle.after_commit(done.answer("inside the group"));
     thread::sleep(Duration::from_millis(300));
     assert!(
-        done_rx.try_recv().is_err(),
+        done.rx.try_recv().is_err(),
         "nothing of an open group is committed"
     );
     assert_eq!(held_and_queued(&disk), (vec![7], vec![]), "still held only");
     handle.inbound_qos2(Arc::clone(&client), packet_id, None);
     handle.group(false);
-    let done = done_tx;
-    handle.after_commit(Box::new(move || {
-        let _ = done.send("released");
-    }));
+    handle.after_commit(done.answer("released"));
     assert_eq!(
-        done_rx.recv_timeout(Duration::from_secs(20)),
+        done.rx.recv_timeout(Duration::from_secs(20)),
         Ok("inside the group")
     );
     assert_eq!(
-        done_rx.recv_timeout(Duration::from_secs(20)),
+        done.rx.recv_timeout(Duration::from_secs(20)),
         Ok("released")
     );
     assert_eq!(held_and_queued(&disk), (vec![], vec![1]), "queued only");
-    drop(handle);
-    thread.join().expect("storage thread");
+    rig.stop();
 }
 
 /// A batch that only removes queue rows whose message is inside them (an acknowledged
@@ -425,56 +425,24 @@ fn a_group_is_never_split_across_commits() {
 #[test]
 fn removing_a_row_alone_in_its_batch_is_committed() {
     let disk = PowerCutDisk::default();
-    let db = Database::builder()
-        .create_with_backend(disk.clone())
-        .expect("create the store");
-    let _ = recover(&db).ok().expect("an empty store recovers");
-    let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
-    let actor = StorageActor::new(rx, db, "dequeue-disk".into(), true, disk.reopener());
-    let thread = thread::spawn(move || actor.run());
-    let handle = StorageHandle {
-        tx,
-        ids: Arc::new(AtomicU64::new(1)),
-    };
+    let rig = Rig::start(&disk, "dequeue-disk");
+    let handle = &rig.handle;
     let client: Arc<str> = Arc::from("sub");
-    handle.save_session(SessionRecord {
-        client_id: Arc::clone(&client),
-        version: ProtocolVersion::V5,
-        expiry: 600,
-        offline_since: Some(super::schema::unix_now()),
-        will: None,
-        identity: None,
-    });
-    let entry = QueueEntry {
-        message_id: handle.next_id(),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        packet_id: None,
-        released: false,
-        subscription_ids: Vec::new(),
-    };
-    let delivery = handle.next_id();
-    handle.enqueue(Arc::clone(&client), delivery, entry, message(1), true);
-    let (done_tx, done) = crossbeam_channel::unbounded();
-    let committed = |done_tx: &crossbeam_channel::Sender<()>| {
-        let done_tx = done_tx.clone();
-        Box::new(move || {
-            let _ = done_tx.send(());
-        })
-    };
-    handle.after_commit(committed(&done_tx));
-    assert!(done.recv_timeout(Duration::from_secs(20)).is_ok());
+    handle.save_session(session_v5(&client));
+    let delivery = enqueue(handle, &client, QoS::AtLeastOnce, message(1));
+    let done = Answers::new();
+    handle.after_commit(done.answer(()));
+    assert!(done.rx.recv_timeout(Duration::from_secs(20)).is_ok());
     assert_eq!(held_and_queued(&disk).1, vec![1], "queued");
     handle.dequeue(Arc::clone(&client), delivery);
-    handle.after_commit(committed(&done_tx));
-    assert!(done.recv_timeout(Duration::from_secs(20)).is_ok());
+    handle.after_commit(done.answer(()));
+    assert!(done.rx.recv_timeout(Duration::from_secs(20)).is_ok());
     assert_eq!(
         held_and_queued(&disk).1,
         Vec::<u64>::new(),
         "removed for good"
     );
-    drop(handle);
-    thread.join().expect("storage thread");
+    rig.stop();
 }
 
 /// A failed commit refuses the MQTT 5 PUBLISHes waiting for it, except those behind an
@@ -483,11 +451,6 @@ fn removing_a_row_alone_in_its_batch_is_committed() {
 #[test]
 fn a_failed_commit_refuses_in_order_per_publisher() {
     let disk = PowerCutDisk::default();
-    let db = Database::builder()
-        .create_with_backend(disk.clone())
-        .expect("create the store");
-    let _ = recover(&db).ok().expect("an empty store recovers");
-    let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
     let (events_tx, events) = crossbeam_channel::unbounded();
     let notify: super::Notify = Box::new(move |event| {
         if let super::StoreEvent::Refused(refusals) = event {
@@ -495,51 +458,25 @@ fn a_failed_commit_refuses_in_order_per_publisher() {
             let _ = events_tx.send(slots);
         }
     });
-    let actor = StorageActor::new(rx, db, "refusing-disk".into(), true, disk.reopener())
-        .with_events(notify, Arc::default());
-    let thread = thread::spawn(move || actor.run());
-    let handle = StorageHandle {
-        tx,
-        ids: Arc::new(AtomicU64::new(1)),
-    };
-    let client: Arc<str> = Arc::from("sub");
-    handle.save_session(SessionRecord {
-        client_id: Arc::clone(&client),
-        version: ProtocolVersion::V5,
-        expiry: 600,
-        offline_since: Some(super::schema::unix_now()),
-        will: None,
-        identity: None,
+    let rig = Rig::start_with(&disk, "refusing-disk", true, |actor| {
+        actor.with_events(notify, Arc::default())
     });
-    let (answers_tx, answers) = crossbeam_channel::unbounded();
-    let answer = |what: &'static str| -> super::AfterCommit {
-        let answers_tx = answers_tx.clone();
-        Box::new(move || {
-            let _ = answers_tx.send(what);
-        })
-    };
+    let handle = &rig.handle;
+    let client: Arc<str> = Arc::from("sub");
+    handle.save_session(session_v5(&client));
+    let answers = Answers::new();
+    let answer = |what: &'static str| answers.answer(what);
     handle.after_commit(answer("ready"));
-    assert_eq!(answers.recv_timeout(Duration::from_secs(20)), Ok("ready"));
+    assert_eq!(
+        answers.rx.recv_timeout(Duration::from_secs(20)),
+        Ok("ready")
+    );
 
     disk.fail(true);
     let publish = |n: u64, slot: u32, stored: &'static str, refused: &'static str| {
         let message = message(n);
         handle.group(true);
-        let entry = QueueEntry {
-            message_id: handle.next_id(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            packet_id: None,
-            released: false,
-            subscription_ids: Vec::new(),
-        };
-        handle.enqueue(
-            Arc::clone(&client),
-            handle.next_id(),
-            entry,
-            Arc::clone(&message),
-            true,
-        );
+        enqueue(handle, &client, QoS::AtLeastOnce, Arc::clone(&message));
         let refusal = super::Refusal {
             message,
             slot,
@@ -558,21 +495,24 @@ fn a_failed_commit_refuses_in_order_per_publisher() {
     publish(2, 6, "6: stored", "6: refused");
     handle.group(false);
     assert_eq!(
-        answers.recv_timeout(Duration::from_secs(20)),
+        answers.rx.recv_timeout(Duration::from_secs(20)),
         Ok("6: refused")
     );
     assert_eq!(events.recv_timeout(Duration::from_secs(20)), Ok(vec![6]));
     assert!(
-        answers.recv_timeout(Duration::from_millis(1500)).is_err(),
+        answers
+            .rx
+            .recv_timeout(Duration::from_millis(1500))
+            .is_err(),
         "publisher 5 waits for the disk, in order"
     );
     disk.fail(false);
     assert_eq!(
-        answers.recv_timeout(Duration::from_secs(20)),
+        answers.rx.recv_timeout(Duration::from_secs(20)),
         Ok("5: earlier ack")
     );
     assert_eq!(
-        answers.recv_timeout(Duration::from_secs(20)),
+        answers.rx.recv_timeout(Duration::from_secs(20)),
         Ok("5: stored")
     );
     assert_eq!(
@@ -580,8 +520,7 @@ fn a_failed_commit_refuses_in_order_per_publisher() {
         vec![1],
         "the refused message was not stored, the other was"
     );
-    drop(handle);
-    thread.join().expect("storage thread");
+    rig.stop();
 }
 
 /// A broker that stops while its disk still fails does not hang on the commit: once every
@@ -590,30 +529,11 @@ fn a_failed_commit_refuses_in_order_per_publisher() {
 #[test]
 fn a_stopping_broker_gives_up_on_a_commit_that_keeps_failing() {
     let disk = PowerCutDisk::default();
-    let db = Database::builder()
-        .create_with_backend(disk.clone())
-        .expect("create the store");
-    let _ = recover(&db).ok().expect("an empty store recovers");
-    let (tx, rx) = crossbeam_channel::bounded(STORAGE_QUEUE_CAPACITY);
-    let actor = StorageActor::new(rx, db, "stopping-disk".into(), true, disk.reopener());
-    let thread = thread::spawn(move || actor.run());
-    let handle = StorageHandle {
-        tx,
-        ids: Arc::new(AtomicU64::new(1)),
-    };
+    let Rig { handle, thread } = Rig::start(&disk, "stopping-disk");
     disk.fail(true);
-    handle.save_session(SessionRecord {
-        client_id: Arc::from("sub"),
-        version: ProtocolVersion::V3_1_1,
-        expiry: u32::MAX,
-        offline_since: Some(1),
-        will: None,
-        identity: None,
-    });
-    let (acked_tx, acked) = crossbeam_channel::unbounded::<()>();
-    handle.after_commit(Box::new(move || {
-        let _ = acked_tx.send(());
-    }));
+    handle.save_session(session_v3(&Arc::from("sub")));
+    let acked = Answers::new();
+    handle.after_commit(acked.answer(()));
     drop(handle);
     let (joined_tx, joined) = crossbeam_channel::bounded(1);
     thread::spawn(move || {
@@ -625,7 +545,7 @@ fn a_stopping_broker_gives_up_on_a_commit_that_keeps_failing() {
         "the storage thread ends"
     );
     assert!(
-        acked.try_recv().is_err(),
+        acked.rx.try_recv().is_err(),
         "nothing unstored was acknowledged"
     );
 }

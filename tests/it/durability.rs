@@ -4,18 +4,19 @@
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use mqtt_broker::mqtt::{
-    read_packet, Ack, Packet, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe,
-    SubscribeProperties, SubscriptionOptions,
+    read_packet, Ack, Connect, Packet, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
+    Subscribe, SubscribeProperties, SubscriptionOptions,
 };
 
 use crate::child_broker::{free_port, start_expecting_failure, ChildBroker, TempDir};
-use crate::support::{connect_packet, pid, publish_packet, RawClient};
+use crate::support::{connect_packet, pid, publish_packet, will, RawClient};
 
 /// Offline queues in these tests hold more than the default 1000 messages.
 const BIG_QUEUES: &[(&str, &str)] = &[("MAX_QUEUED_MESSAGES", "1000000")];
@@ -738,15 +739,11 @@ fn expiry_goes_on_while_the_broker_is_down_and_clean_sessions_are_not_kept() {
 fn messages_queued_before_the_client_returns_after_a_restart_are_checked_against_its_acl() {
     let dir = TempDir::new("acl-restart");
     let port = free_port();
-    let acl = dir.path().join("acl");
-    std::fs::write(&acl, "topic readwrite allowed/#\ntopic write denied/#\n").expect("acl file");
-    let conf = dir.path().join("broker.conf");
-    std::fs::write(
-        &conf,
-        format!("allow_anonymous true\nacl_file {}\n", acl.display()),
-    )
-    .expect("config file");
-    let args = ["-c", conf.to_str().expect("utf-8 path")];
+    let conf = acl_config(
+        dir.path(),
+        "topic readwrite allowed/#\ntopic write denied/#\n",
+    );
+    let args = ["-c", conf.as_str()];
     let broker = ChildBroker::start_with_args(dir.path(), port, &[], &args);
     let (mut sub, _) = RawClient::connect(broker.addr, "acl-sub", ProtocolVersion::V3_1_1, false);
     sub.subscribe(1, &[("#", QoS::AtLeastOnce)]);
@@ -797,44 +794,23 @@ fn sys_topics_are_not_stored() {
 /// down, waits out the rest of the others' delays, and publishes none twice.
 #[test]
 fn delayed_wills_survive_sigkill_and_fall_due_on_the_wall_clock() {
-    use crate::support::will;
     let dir = TempDir::new("wills");
     let port = free_port();
     let broker = ChildBroker::start(dir.path(), port, &[]);
-    let mut watcher = connect_packet("watcher", ProtocolVersion::V5, true);
-    watcher.properties.session_expiry_interval = Some(3600);
-    let (mut client, _) = RawClient::connect_with(broker.addr, watcher.clone());
-    client.subscribe(1, &[("will/#", QoS::AtLeastOnce)]);
-    client.disconnect();
+    let watcher = watch_wills(broker.addr, "watcher");
     // (name, will delay, session expiry): "soon" falls due while the broker is down, "ends"
     // with its session (which expires while the broker is down), "later" after the restart.
     let leavers = [("soon", 2, 3600), ("ends", 3600, 1), ("later", 15, 3600)];
     for (name, delay, expiry) in leavers {
-        let mut connect = connect_packet(name, ProtocolVersion::V5, true);
-        connect.properties.session_expiry_interval = Some(expiry);
-        connect.will = will(
-            &format!("will/{name}"),
-            name.as_bytes(),
-            QoS::AtLeastOnce,
-            false,
-        );
-        if let Some(will) = connect.will.as_mut() {
-            will.properties.will_delay_interval = Some(delay);
-        }
+        let connect = leaving_with_will(name, None, &format!("will/{name}"), delay, expiry);
         let (client, _) = RawClient::connect_with(broker.addr, connect);
         client.drop_connection();
     }
-    // The disconnections are handled and stored (a PUBACK follows the commit of everything
-    // before it).
-    thread::sleep(Duration::from_millis(300));
-    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V5, true);
-    publisher.publish("other", b"x", QoS::AtLeastOnce, false, 1);
-    broker.kill();
+    kill_once_stored(broker);
     let killed = Instant::now();
 
     thread::sleep(Duration::from_millis(2500));
     let broker = ChildBroker::start(dir.path(), port, &[]);
-    watcher.clean_start = false;
     let (mut client, _) = RawClient::connect_with(broker.addr, watcher.clone());
     let topics = |got: &[Publish]| -> Vec<String> {
         let mut topics: Vec<String> = got.iter().map(|p| p.topic.clone()).collect();
@@ -868,18 +844,64 @@ fn delayed_wills_survive_sigkill_and_fall_due_on_the_wall_clock() {
     drop(broker);
 }
 
-/// Writes an ACL file and a config file naming it (anonymous clients allowed) in `dir`; returns
-/// the `-c` arguments.
-fn acl_config(dir: &std::path::Path, rules: &str) -> [String; 2] {
+/// Connects an MQTT 5 client `id` with a one-hour session, subscribes it to `will/#` and
+/// leaves; returns its CONNECT for coming back (clean start off).
+fn watch_wills(addr: SocketAddr, id: &str) -> Connect {
+    let mut watcher = connect_packet(id, ProtocolVersion::V5, true);
+    watcher.properties.session_expiry_interval = Some(3600);
+    let (mut client, _) = RawClient::connect_with(addr, watcher.clone());
+    client.subscribe(1, &[("will/#", QoS::AtLeastOnce)]);
+    client.disconnect();
+    watcher.clean_start = false;
+    watcher
+}
+
+/// The CONNECT of an MQTT 5 client `id` (of `username`, if any) whose session lasts `expiry`
+/// seconds and whose QoS 1 will on `topic`, with its id as payload, is delayed `delay` seconds.
+fn leaving_with_will(
+    id: &str,
+    username: Option<&str>,
+    topic: &str,
+    delay: u32,
+    expiry: u32,
+) -> Connect {
+    let mut connect = connect_packet(id, ProtocolVersion::V5, true);
+    connect.username = username.map(Into::into);
+    connect.properties.session_expiry_interval = Some(expiry);
+    connect.will = will(topic, id.as_bytes(), QoS::AtLeastOnce, false);
+    if let Some(will) = connect.will.as_mut() {
+        will.properties.will_delay_interval = Some(delay);
+    }
+    connect
+}
+
+/// SIGKILL once what the broker was sent is stored: the disconnections are handled (given a
+/// moment), and a PUBACK follows the commit of everything before it.
+fn kill_once_stored(broker: ChildBroker) {
+    thread::sleep(Duration::from_millis(300));
+    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V5, true);
+    publisher.publish("other", b"x", QoS::AtLeastOnce, false, 1);
+    broker.kill();
+}
+
+/// Writes the ACL file `rules` in `dir`; returns its path.
+fn write_acl(dir: &Path, rules: &str) -> PathBuf {
     let acl = dir.join("acl");
     std::fs::write(&acl, rules).expect("acl file");
+    acl
+}
+
+/// Writes an ACL file and a config file naming it (anonymous clients allowed) in `dir`; returns
+/// the config file's path, for `-c`.
+fn acl_config(dir: &Path, rules: &str) -> String {
+    let acl = write_acl(dir, rules);
     let conf = dir.join("broker.conf");
     std::fs::write(
         &conf,
         format!("allow_anonymous true\nacl_file {}\n", acl.display()),
     )
     .expect("config file");
-    ["-c".into(), conf.to_str().expect("utf-8 path").into()]
+    conf.to_str().expect("utf-8 path").into()
 }
 
 /// A delayed will is checked against its client's ACL when it is sent, as mosquitto 2.0 does,
@@ -889,19 +911,14 @@ fn acl_config(dir: &std::path::Path, rules: &str) -> [String; 2] {
 /// topics it may write are published, whether they fell due while the broker was down or after.
 #[test]
 fn a_recovered_delayed_will_is_checked_against_its_clients_acl() {
-    use crate::support::will;
     let dir = TempDir::new("will-acl");
     let port = free_port();
     // Anonymous clients read everything under will/; alice writes will/<her name>/ only.
     let rules = "topic read will/#\nuser alice\npattern write will/%u/#\n";
-    let args = acl_config(dir.path(), rules);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let conf = acl_config(dir.path(), rules);
+    let args = ["-c", conf.as_str()];
     let broker = ChildBroker::start_with_args(dir.path(), port, &[], &args);
-    let mut watcher = connect_packet("will-watcher", ProtocolVersion::V5, true);
-    watcher.properties.session_expiry_interval = Some(3600);
-    let (mut client, _) = RawClient::connect_with(broker.addr, watcher.clone());
-    client.subscribe(1, &[("will/#", QoS::AtLeastOnce)]);
-    client.disconnect();
+    let watcher = watch_wills(broker.addr, "will-watcher");
     // (client id, will topic, will delay, session expiry): "soon" falls due while the broker
     // is down, "later" after the restart, "ends" with its session, which expires while the
     // broker is down (gone from the store at start).
@@ -914,27 +931,15 @@ fn a_recovered_delayed_will_is_checked_against_its_clients_acl() {
         ("alice-6", "will/secret/ends", 3600, 1),
     ];
     for (id, topic, delay, expiry) in leavers {
-        let mut connect = connect_packet(id, ProtocolVersion::V5, true);
-        connect.username = Some("alice".into());
-        connect.properties.session_expiry_interval = Some(expiry);
-        connect.will = will(topic, id.as_bytes(), QoS::AtLeastOnce, false);
-        if let Some(will) = connect.will.as_mut() {
-            will.properties.will_delay_interval = Some(delay);
-        }
+        let connect = leaving_with_will(id, Some("alice"), topic, delay, expiry);
         let (client, connack) = RawClient::connect_with(broker.addr, connect);
         assert_eq!(connack.reason, ReasonCode::Success);
         client.drop_connection();
     }
-    // The disconnections are handled and stored (a PUBACK follows the commit of everything
-    // before it).
-    thread::sleep(Duration::from_millis(300));
-    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V5, true);
-    publisher.publish("other", b"x", QoS::AtLeastOnce, false, 1);
-    broker.kill();
+    kill_once_stored(broker);
     thread::sleep(Duration::from_millis(1500));
 
     let broker = ChildBroker::start_with_args(dir.path(), port, &[], &args);
-    watcher.clean_start = false;
     let (mut client, connack) = RawClient::connect_with(broker.addr, watcher);
     assert!(connack.session_present, "{:?}", broker.log());
     let mut got = receive_all(&mut client, Duration::from_secs(10), |got| got.len() >= 3);
@@ -962,8 +967,8 @@ fn a_recovered_session_reads_through_its_acl_before_its_client_returns() {
     let dir = TempDir::new("read-acl-restart");
     let port = free_port();
     let rules = "topic read public/#\ntopic write #\nuser alice\ntopic read alice/#\n";
-    let args = acl_config(dir.path(), rules);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let conf = acl_config(dir.path(), rules);
+    let args = ["-c", conf.as_str()];
     let env = [("MAX_QUEUED_MESSAGES", "3")];
     let broker = ChildBroker::start_with_args(dir.path(), port, &env, &args);
     let mut sub = connect_packet("alice-sub", ProtocolVersion::V3_1_1, false);
@@ -1002,15 +1007,12 @@ fn a_recovered_session_reads_through_its_acl_before_its_client_returns() {
 /// and the topic), while the will of a session of a listener still there is.
 #[test]
 fn a_will_whose_listener_is_gone_after_a_restart_is_not_published() {
-    use crate::support::will;
     let dir = TempDir::new("will-listener-gone");
     let (kept, gone) = (free_port(), free_port());
-    let acl = dir.path().join("acl");
-    std::fs::write(
-        &acl,
+    let acl = write_acl(
+        dir.path(),
         "topic read will/#\nuser alice\npattern write will/%u/#\n",
-    )
-    .expect("acl file");
+    );
     let conf = dir.path().join("broker.conf");
     let write_conf = |ports: &[u16]| {
         let mut text = String::from("per_listener_settings true\n");
@@ -1025,37 +1027,19 @@ fn a_will_whose_listener_is_gone_after_a_restart_is_not_published() {
     let args = ["-c", conf.to_str().expect("utf-8 path")];
     write_conf(&[kept, gone]);
     let broker = ChildBroker::start_with_args(dir.path(), kept, &[], &args);
-    let mut watcher = connect_packet("watcher", ProtocolVersion::V5, true);
-    watcher.properties.session_expiry_interval = Some(3600);
-    let (mut client, _) = RawClient::connect_with(broker.addr, watcher.clone());
-    client.subscribe(1, &[("will/#", QoS::AtLeastOnce)]);
-    client.disconnect();
+    let watcher = watch_wills(broker.addr, "watcher");
     for (id, port) in [("alice-kept", kept), ("alice-gone", gone)] {
-        let mut connect = connect_packet(id, ProtocolVersion::V5, true);
-        connect.username = Some("alice".into());
-        connect.properties.session_expiry_interval = Some(3600);
-        connect.will = will(
-            &format!("will/alice/{id}"),
-            id.as_bytes(),
-            QoS::AtLeastOnce,
-            false,
-        );
-        if let Some(will) = connect.will.as_mut() {
-            will.properties.will_delay_interval = Some(1);
-        }
+        let topic = format!("will/alice/{id}");
+        let connect = leaving_with_will(id, Some("alice"), &topic, 1, 3600);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let (client, connack) = RawClient::connect_with(addr, connect);
         assert_eq!(connack.reason, ReasonCode::Success);
         client.drop_connection();
     }
-    thread::sleep(Duration::from_millis(300));
-    let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V5, true);
-    publisher.publish("other", b"x", QoS::AtLeastOnce, false, 1);
-    broker.kill();
+    kill_once_stored(broker);
 
     write_conf(&[kept]);
     let broker = ChildBroker::start_with_args(dir.path(), kept, &[], &args);
-    watcher.clean_start = false;
     let (mut client, connack) = RawClient::connect_with(broker.addr, watcher);
     assert!(connack.session_present, "{:?}", broker.log());
     let mut got = receive_all(&mut client, Duration::from_secs(5), |got| !got.is_empty());
