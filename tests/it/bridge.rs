@@ -111,6 +111,51 @@ fn expect_silence(client: &mut RawClient, quiet: Duration) {
     }
 }
 
+/// A subscriber and a publisher on each side of a bridge: `here` on the local broker, `there`
+/// on the remote one.
+struct Sides {
+    here: RawClient,
+    there: RawClient,
+    p_here: RawClient,
+    p_there: RawClient,
+}
+
+fn sides(
+    local: SocketAddr,
+    here: &[(&str, QoS)],
+    remote: SocketAddr,
+    there: &[(&str, QoS)],
+) -> Sides {
+    Sides {
+        here: subscriber(local, "here", here),
+        there: subscriber(remote, "there", there),
+        p_here: v311(local, "p-here", true),
+        p_there: v311(remote, "p-there", true),
+    }
+}
+
+impl Sides {
+    /// Publishes (not retained) on the local broker and expects the message on the remote one,
+    /// then on the local one too when `here_too`.
+    fn send_here(&mut self, (topic, payload): (&str, &[u8]), qos: QoS, id: u16, here_too: bool) {
+        self.p_here.publish(topic, payload, qos, false, id);
+        expect_publish(&mut self.there, topic, payload);
+        if here_too {
+            expect_publish(&mut self.here, topic, payload);
+        }
+    }
+
+    /// The same from the remote broker: expected on the local one, then on the remote one too
+    /// when `there_too`.
+    fn send_there(&mut self, (topic, payload): (&str, &[u8]), qos: QoS, id: u16, there_too: bool) {
+        self.p_there.publish(topic, payload, qos, false, id);
+        expect_publish(&mut self.here, topic, payload);
+        if there_too {
+            expect_publish(&mut self.there, topic, payload);
+        }
+    }
+}
+
 const STATE: &str = "$SYS/broker/connection/site-a/state";
 
 #[test]
@@ -182,19 +227,13 @@ fn both_without_prefixes_never_echoes() {
         remote.addr
     )));
     wait_for_state(local.addr, STATE, b"1");
-    let mut here = subscriber(local.addr, "here", &[("t/#", QoS::ExactlyOnce)]);
-    let mut there = subscriber(remote.addr, "there", &[("t/#", QoS::ExactlyOnce)]);
-    let mut p_here = v311(local.addr, "p-here", true);
-    let mut p_there = v311(remote.addr, "p-there", true);
-    p_here.publish("t/from-local", b"1", QoS::ExactlyOnce, false, 1);
-    expect_publish(&mut here, "t/from-local", b"1");
-    expect_publish(&mut there, "t/from-local", b"1");
-    p_there.publish("t/from-remote", b"2", QoS::AtLeastOnce, false, 1);
-    expect_publish(&mut here, "t/from-remote", b"2");
-    expect_publish(&mut there, "t/from-remote", b"2");
+    let everything = [("t/#", QoS::ExactlyOnce)];
+    let mut s = sides(local.addr, &everything, remote.addr, &everything);
+    s.send_here(("t/from-local", b"1"), QoS::ExactlyOnce, 1, true);
+    s.send_there(("t/from-remote", b"2"), QoS::AtLeastOnce, 1, true);
     // Had either message gone round, it would show up a second time.
-    expect_silence(&mut here, Duration::from_millis(700));
-    expect_silence(&mut there, Duration::from_millis(100));
+    expect_silence(&mut s.here, Duration::from_millis(700));
+    expect_silence(&mut s.there, Duration::from_millis(100));
 }
 
 #[test]
@@ -282,30 +321,19 @@ fn ours_bridged_to_mosquitto_both_directions() {
         )));
         wait_for_state(local.addr, STATE, b"1");
         wait_for_state(remote, STATE, b"1");
-        let mut there = subscriber(
+        let mut s = sides(
+            local.addr,
+            &[("down/#", QoS::AtLeastOnce), ("both/#", QoS::ExactlyOnce)],
             remote,
-            "there",
             &[("up/#", QoS::AtLeastOnce), ("both/#", QoS::ExactlyOnce)],
         );
-        let mut here = subscriber(
-            local.addr,
-            "here",
-            &[("down/#", QoS::AtLeastOnce), ("both/#", QoS::ExactlyOnce)],
-        );
-        let mut p_here = v311(local.addr, "p-here", true);
-        let mut p_there = v311(remote, "p-there", true);
-        p_here.publish("up/a", b"1", QoS::AtLeastOnce, false, 1);
-        expect_publish(&mut there, "up/a", b"1");
-        p_there.publish("down/b", b"2", QoS::AtLeastOnce, false, 1);
-        expect_publish(&mut here, "down/b", b"2");
-        p_here.publish("both/c", b"3", QoS::ExactlyOnce, false, 2);
-        expect_publish(&mut there, "both/c", b"3");
-        expect_publish(&mut here, "both/c", b"3");
-        p_there.publish("both/d", b"4", QoS::ExactlyOnce, false, 2);
-        expect_publish(&mut here, "both/d", b"4");
-        expect_publish(&mut there, "both/d", b"4");
-        expect_silence(&mut here, Duration::from_millis(500));
-        expect_silence(&mut there, Duration::from_millis(100));
+        let (q1, q2) = (QoS::AtLeastOnce, QoS::ExactlyOnce);
+        s.send_here(("up/a", b"1"), q1, 1, false);
+        s.send_there(("down/b", b"2"), q1, 1, false);
+        s.send_here(("both/c", b"3"), q2, 2, true);
+        s.send_there(("both/d", b"4"), q2, 2, true);
+        expect_silence(&mut s.here, Duration::from_millis(500));
+        expect_silence(&mut s.there, Duration::from_millis(100));
     }
 }
 
@@ -322,25 +350,19 @@ fn mosquitto_bridged_to_ours() {
     let _mosquitto = ChildBroker::mosquitto(&mosquitto_conf(&dir, port, &extra), &[port]);
     let theirs = SocketAddr::from(([127, 0, 0, 1], port));
     wait_for_state(ours.addr, "$SYS/broker/connection/site-m/state", b"1");
-    let mut here = subscriber(
+    let mut s = sides(
         ours.addr,
-        "here",
         &[("m/#", QoS::AtLeastOnce), ("from-m/#", QoS::AtLeastOnce)],
+        theirs,
+        &[("m/#", QoS::AtLeastOnce)],
     );
-    let mut there = subscriber(theirs, "there", &[("m/#", QoS::AtLeastOnce)]);
-    let mut p_there = v311(theirs, "p-there", true);
-    let mut p_here = v311(ours.addr, "p-here", true);
-    p_there.publish("m/1", b"a", QoS::AtLeastOnce, false, 1);
-    expect_publish(&mut here, "m/1", b"a");
-    expect_publish(&mut there, "m/1", b"a");
-    p_here.publish("m/2", b"b", QoS::AtLeastOnce, false, 1);
-    expect_publish(&mut there, "m/2", b"b");
-    expect_publish(&mut here, "m/2", b"b");
-    p_there.publish("out/3", b"c", QoS::AtLeastOnce, false, 2);
-    expect_publish(&mut here, "from-m/out/3", b"c");
+    s.send_there(("m/1", b"a"), QoS::AtLeastOnce, 1, true);
+    s.send_here(("m/2", b"b"), QoS::AtLeastOnce, 1, true);
+    s.p_there.publish("out/3", b"c", QoS::AtLeastOnce, false, 2);
+    expect_publish(&mut s.here, "from-m/out/3", b"c");
     // mosquitto's bridge connects with the bridge flag: we never send its messages back.
-    expect_silence(&mut here, Duration::from_millis(500));
-    expect_silence(&mut there, Duration::from_millis(300));
+    expect_silence(&mut s.here, Duration::from_millis(500));
+    expect_silence(&mut s.there, Duration::from_millis(300));
 }
 
 /// Asks a child process to stop as `kill` does by default (SIGTERM): mosquitto saves its
@@ -447,6 +469,31 @@ impl Collector {
     }
 }
 
+/// Publishes message `n` once at QoS 1 and once at QoS 2 (on r/1 and r/2, payloads "1-n" and
+/// "2-n"); each call returns once acknowledged (PUBACK, or PUBREC then PUBCOMP). `id` is the
+/// last packet id used.
+fn publish_both_qos(publisher: &mut RawClient, n: usize, id: &mut u16) {
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        *id = *id % 60_000 + 1;
+        let payload = format!("{}-{n}", qos as u8);
+        publisher.publish(
+            &format!("r/{}", qos as u8),
+            payload.as_bytes(),
+            qos,
+            false,
+            *id,
+        );
+    }
+}
+
+/// Takes back the collector's session at `addr` and receives until all `each` messages of each
+/// QoS came, then checks that no QoS 2 message came twice.
+fn collect_all(addr: SocketAddr, each: usize, within: Duration) {
+    let mut collector = Collector::new(v311(addr, "collector", false), each);
+    collector.receive_until(|c| c.qos1.len() == each && c.qos2.len() == each, within);
+    collector.assert_qos2_once();
+}
+
 const EACH: usize = 150;
 
 #[test]
@@ -486,29 +533,9 @@ fn remote_stopped_mid_stream_loses_nothing() {
         if n == 2 * EACH / 3 {
             mosquitto = ChildBroker::mosquitto(&conf_path, &[port]);
         }
-        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
-            id = id % 60_000 + 1;
-            let payload = format!("{}-{n}", qos as u8);
-            publisher.publish(
-                &format!("r/{}", qos as u8),
-                payload.as_bytes(),
-                qos,
-                false,
-                id,
-            );
-        }
+        publish_both_qos(&mut publisher, n, &mut id);
     }
-    let client = RawClient::connect_with(
-        remote,
-        connect_packet("collector", ProtocolVersion::V3_1_1, false),
-    )
-    .0;
-    let mut collector = Collector::new(client, EACH);
-    collector.receive_until(
-        |c| c.qos1.len() == EACH && c.qos2.len() == EACH,
-        Duration::from_secs(40),
-    );
-    collector.assert_qos2_once();
+    collect_all(remote, EACH, Duration::from_secs(40));
     drop(local);
 }
 
@@ -544,34 +571,13 @@ fn queued_messages_survive_a_sigkill_while_the_remote_is_down() {
     let mut publisher = v311(local.addr, "publisher", true);
     let mut id = 0u16;
     for n in 0..KEPT {
-        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
-            id += 1;
-            let payload = format!("{}-{n}", qos as u8);
-            // Returns once acknowledged (PUBACK, or PUBREC then PUBCOMP).
-            publisher.publish(
-                &format!("r/{}", qos as u8),
-                payload.as_bytes(),
-                qos,
-                false,
-                id,
-            );
-        }
+        publish_both_qos(&mut publisher, n, &mut id);
     }
     // Acknowledged, so stored: SIGKILL, then the same store again.
     local.kill();
     let local = Process::start_with_args(local_store.path(), local_port, &[], &args);
     let remote = Process::start(remote_store.path(), remote_port, &[]);
-    let client = RawClient::connect_with(
-        remote.addr,
-        connect_packet("collector", ProtocolVersion::V3_1_1, false),
-    )
-    .0;
-    let mut collector = Collector::new(client, KEPT);
-    collector.receive_until(
-        |c| c.qos1.len() == KEPT && c.qos2.len() == KEPT,
-        Duration::from_secs(25),
-    );
-    collector.assert_qos2_once();
+    collect_all(remote.addr, KEPT, Duration::from_secs(25));
     drop((local, remote));
 }
 
@@ -755,16 +761,22 @@ fn outgoing_retain_off_and_max_packet_size() {
     expect_publish(&mut here, "x/kept", b"retained here");
 }
 
-#[test]
-fn tls_bridge_with_a_client_certificate() {
-    use crate::transports::{listener, Certs};
+/// Our broker with a TLS listener of `settings` besides its plain one; returns it and the TLS
+/// listener's port.
+fn tls_remote(settings: mqtt_broker::config::TlsSettings) -> (TestBroker, u16) {
+    use crate::transports::listener;
     use mqtt_broker::config::Protocol;
-    let certs = Certs::new();
-    // The remote asks for a client certificate its CA signed.
-    let tls = listener(Protocol::Mqtt, Some(certs.settings(true)));
+    let tls = listener(Protocol::Mqtt, Some(settings));
     let (remote, addrs, _) =
         crate::support::start_broker_with_listeners(Config::default(), vec![tls]);
-    let port = addrs[0].port();
+    (remote, addrs[0].port())
+}
+
+#[test]
+fn tls_bridge_with_a_client_certificate() {
+    let certs = crate::transports::Certs::new();
+    // The remote asks for a client certificate its CA signed.
+    let (remote, port) = tls_remote(certs.settings(true));
     let local = start_broker_with(conf(&format!(
         "connection secure\naddress localhost:{port}\nremote_clientid site-a\nrestart_timeout 1\n\
          bridge_cafile {}\nbridge_certfile {}\nbridge_keyfile {}\ntopic x/# both 1\n",
@@ -774,27 +786,19 @@ fn tls_bridge_with_a_client_certificate() {
     )));
     wait_for_state(local.addr, STATE, b"1");
     // Checked through the remote's plain listener: the same router.
-    let mut there = subscriber(remote.addr, "there", &[("x/#", QoS::AtLeastOnce)]);
-    let mut here = subscriber(local.addr, "here", &[("x/#", QoS::AtLeastOnce)]);
-    v311(local.addr, "p-here", true).publish("x/1", b"out", QoS::AtLeastOnce, false, 1);
-    expect_publish(&mut there, "x/1", b"out");
-    expect_publish(&mut here, "x/1", b"out");
-    v311(remote.addr, "p-there", true).publish("x/2", b"in", QoS::AtLeastOnce, false, 1);
-    expect_publish(&mut here, "x/2", b"in");
-    expect_publish(&mut there, "x/2", b"in");
-    expect_silence(&mut here, Duration::from_millis(300));
+    let x = [("x/#", QoS::AtLeastOnce)];
+    let mut s = sides(local.addr, &x, remote.addr, &x);
+    s.send_here(("x/1", b"out"), QoS::AtLeastOnce, 1, true);
+    s.send_there(("x/2", b"in"), QoS::AtLeastOnce, 1, true);
+    expect_silence(&mut s.here, Duration::from_millis(300));
 }
 
 #[test]
 fn tls_bridge_without_the_right_ca_does_not_connect() {
-    use crate::transports::{listener, Certs};
-    use mqtt_broker::config::Protocol;
+    use crate::transports::Certs;
     let certs = Certs::new();
     let other = Certs::new();
-    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
-    let (remote, addrs, _) =
-        crate::support::start_broker_with_listeners(Config::default(), vec![tls]);
-    let port = addrs[0].port();
+    let (remote, port) = tls_remote(certs.settings(false));
     let _local = start_broker_with(conf(&format!(
         "connection wrong-ca\naddress localhost:{port}\nremote_clientid site-a\nrestart_timeout 1\n\
          bridge_cafile {}\ntopic x/# out 1\n",
