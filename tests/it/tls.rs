@@ -3,17 +3,20 @@
 //! handshakes that stall or fail, and certificates reloaded without a restart.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 
 use rustls::pki_types::pem::PemObject;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mqtt_broker::config::Protocol;
+use mqtt_broker::broker::Reloader;
+use mqtt_broker::config::{Protocol, TlsSettings};
 use mqtt_broker::mqtt::{QoS, ReasonCode};
+use mqtt_broker::Config;
 
 use crate::mosquitto::Sub;
-use crate::support::{config_with, start_broker_with_listeners, WAIT};
+use crate::support::{config_with, start_broker_with_listeners, TestBroker, WAIT};
 use crate::transports::{listener, tls_connect, tls_connect_with, Authority, Certs, Client};
 
 /// Runs mosquitto_pub with `args` against `port` and returns whether it succeeded.
@@ -39,12 +42,28 @@ fn mosquitto_pub(port: u16, args: &[&str]) -> bool {
     }
 }
 
+/// Our broker with `config` and a TLS listener of `settings`; returns it, that listener's address
+/// and the broker's reloader.
+fn tls_broker(config: Config, settings: TlsSettings) -> (TestBroker, SocketAddr, Reloader) {
+    let tls = listener(Protocol::Mqtt, Some(settings));
+    let (broker, addrs, reloader) = start_broker_with_listeners(config, vec![tls]);
+    (broker, addrs[0], reloader)
+}
+
+/// A client connected over TLS to `addr` (trusting `ca`, no client certificate) as `client_id`,
+/// its CONNACK checked.
+fn tls_client(addr: SocketAddr, ca: &Path, client_id: &str) -> Client {
+    let stream = tls_connect(addr, ca, None).expect("TLS handshake");
+    let mut client = Client::new(stream);
+    assert_eq!(client.connect(client_id).reason, ReasonCode::Success);
+    client
+}
+
 #[test]
 fn mosquitto_clients_speak_tls_with_a_ca_file() {
     let certs = Certs::new();
-    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
-    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
-    let port = addrs[0].port();
+    let (broker, addr, _) = tls_broker(Config::default(), certs.settings(false));
+    let port = addr.port();
     let ca = certs.path("ca.pem");
     let mut sub = Sub::start(
         port,
@@ -86,9 +105,8 @@ fn mosquitto_clients_speak_tls_with_a_ca_file() {
 #[test]
 fn mutual_tls_accepts_a_certificate_the_ca_signed_and_refuses_others() {
     let certs = Certs::new();
-    let tls = listener(Protocol::Mqtt, Some(certs.settings(true)));
-    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
-    let port = addrs[0].port();
+    let (broker, addr, _) = tls_broker(Config::default(), certs.settings(true));
+    let port = addr.port();
     let (ca, cert, key) = (
         certs.path("ca.pem"),
         certs.path("client.pem"),
@@ -132,7 +150,7 @@ fn mutual_tls_accepts_a_certificate_the_ca_signed_and_refuses_others() {
     ));
     let dir = &certs.dir;
     let refused = tls_connect(
-        addrs[0],
+        addr,
         &dir.join("ca.pem"),
         Some((&dir.join("rogue.pem"), &dir.join("rogue.key"))),
     )
@@ -148,7 +166,7 @@ fn mutual_tls_accepts_a_certificate_the_ca_signed_and_refuses_others() {
     );
     // The broker carries on for good clients.
     let stream = tls_connect(
-        addrs[0],
+        addr,
         &dir.join("ca.pem"),
         Some((&dir.join("client.pem"), &dir.join("client.key"))),
     )
@@ -169,9 +187,8 @@ fn a_revoked_client_certificate_is_refused() {
     certs.write("crl.pem", &ca.crl(&[21]));
     let mut settings = certs.settings(true);
     settings.crlfile = Some(certs.dir.join("crl.pem"));
-    let tls = listener(Protocol::Mqtt, Some(settings));
-    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
-    let port = addrs[0].port();
+    let (broker, addr, _) = tls_broker(Config::default(), settings);
+    let port = addr.port();
     let ca = certs.path("ca.pem");
     let pair = |name: &str| {
         (
@@ -195,17 +212,14 @@ fn a_revoked_client_certificate_is_refused() {
 #[test]
 fn a_stalled_or_garbled_handshake_is_closed_and_costs_nobody_else() {
     let certs = Certs::new();
-    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
     let config = config_with(|c| c.connect_timeout = Duration::from_secs(1));
-    let (broker, addrs, _) = start_broker_with_listeners(config, vec![tls]);
+    let (broker, addr, _) = tls_broker(config, certs.settings(false));
     // One connection says nothing; another sends bytes that are not TLS.
-    let mut silent = TcpStream::connect(addrs[0]).expect("connect");
-    let mut garbled = TcpStream::connect(addrs[0]).expect("connect");
+    let mut silent = TcpStream::connect(addr).expect("connect");
+    let mut garbled = TcpStream::connect(addr).expect("connect");
     garbled.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
     // Meanwhile a good client connects and is served.
-    let stream = tls_connect(addrs[0], &certs.dir.join("ca.pem"), None).expect("handshake");
-    let mut client = Client::new(stream);
-    assert_eq!(client.connect("meanwhile").reason, ReasonCode::Success);
+    let mut client = tls_client(addr, &certs.dir.join("ca.pem"), "meanwhile");
     client.subscribe("t", QoS::AtMostOnce);
     for (name, stream) in [("silent", &mut silent), ("garbled", &mut garbled)] {
         stream.set_read_timeout(Some(WAIT)).expect("timeout");
@@ -231,12 +245,10 @@ fn a_stalled_or_garbled_handshake_is_closed_and_costs_nobody_else() {
 #[test]
 fn certificates_are_reloaded_without_a_restart() {
     let certs = Certs::new();
-    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
-    let (broker, addrs, reloader) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let (broker, addr, reloader) = tls_broker(Config::default(), certs.settings(false));
     let old_ca = certs.dir.join("old-ca.pem");
     std::fs::copy(certs.dir.join("ca.pem"), &old_ca).expect("keep the old CA");
-    let mut before = Client::new(tls_connect(addrs[0], &old_ca, None).expect("old certificate"));
-    assert_eq!(before.connect("before").reason, ReasonCode::Success);
+    let mut before = tls_client(addr, &old_ca, "before");
 
     // Renewal: a certificate from a new CA replaces the files, as certbot would.
     let renewed = Authority::new("renewed CA");
@@ -244,10 +256,9 @@ fn certificates_are_reloaded_without_a_restart() {
     certs.write_pair("server", renewed.sign("localhost", &["localhost"], 3));
     reloader.reload().expect("reload");
     let new_ca = certs.dir.join("new-ca.pem");
-    let mut after = Client::new(tls_connect(addrs[0], &new_ca, None).expect("new certificate"));
-    assert_eq!(after.connect("after").reason, ReasonCode::Success);
+    let mut after = tls_client(addr, &new_ca, "after");
     assert!(
-        tls_connect(addrs[0], &old_ca, None).is_err(),
+        tls_connect(addr, &old_ca, None).is_err(),
         "the old certificate is gone"
     );
     // The connection made before the reload carries on.
@@ -258,17 +269,16 @@ fn certificates_are_reloaded_without_a_restart() {
     // Broken files: the reload fails and the current certificate stays.
     certs.write("server.key", "not a key");
     assert!(reloader.reload().is_err());
-    assert!(tls_connect(addrs[0], &new_ca, None).is_ok());
+    assert!(tls_connect(addr, &new_ca, None).is_ok());
     broker.stop();
 }
 
 #[test]
 fn a_tls12_client_is_served_unless_tls_version_says_tlsv1_3() {
     let certs = Certs::new();
-    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
-    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let (broker, addr, _) = tls_broker(Config::default(), certs.settings(false));
     let tls12 = [&rustls::version::TLS12];
-    let stream = tls_connect_with(addrs[0], &certs.dir.join("ca.pem"), None, &tls12);
+    let stream = tls_connect_with(addr, &certs.dir.join("ca.pem"), None, &tls12);
     let mut client = Client::new(stream.expect("TLS 1.2 handshake"));
     assert_eq!(client.connect("v12").reason, ReasonCode::Success);
     client.subscribe("v12", QoS::AtMostOnce);
@@ -282,9 +292,8 @@ fn tls_version_13_only_refuses_a_tls12_client() {
     let certs = Certs::new();
     let mut settings = certs.settings(false);
     settings.tls_version = Some("tlsv1.3".into());
-    let tls = listener(Protocol::Mqtt, Some(settings));
-    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
-    let port = addrs[0].port();
+    let (broker, addr, _) = tls_broker(Config::default(), settings);
+    let port = addr.port();
     let ca = certs.path("ca.pem");
     assert!(mosquitto_pub(
         port,
@@ -301,9 +310,9 @@ fn tls_version_13_only_refuses_a_tls12_client() {
     ));
     let ca = certs.dir.join("ca.pem");
     let tls12 = [&rustls::version::TLS12];
-    assert!(tls_connect_with(addrs[0], &ca, None, &tls12).is_err());
+    assert!(tls_connect_with(addr, &ca, None, &tls12).is_err());
     let tls13 = [&rustls::version::TLS13];
-    assert!(tls_connect_with(addrs[0], &ca, None, &tls13).is_ok());
+    assert!(tls_connect_with(addr, &ca, None, &tls13).is_ok());
     broker.stop();
 }
 
@@ -320,16 +329,15 @@ fn capath_and_ciphers_are_honoured() {
     settings.capath = Some(capath);
     // ciphers: one TLS 1.2 suite; TLS 1.3 keeps its own.
     settings.ciphers = Some("ECDHE-ECDSA-AES256-GCM-SHA384".into());
-    let tls = listener(Protocol::Mqtt, Some(settings));
-    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let (broker, addr, _) = tls_broker(Config::default(), settings);
     let dir = &certs.dir;
     let client = Some((dir.join("client.pem"), dir.join("client.key")));
     let client = client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-    let stream = tls_connect(addrs[0], &dir.join("ca.pem"), client).expect("capath CA");
+    let stream = tls_connect(addr, &dir.join("ca.pem"), client).expect("capath CA");
     let mut mqtt = Client::new(stream);
     assert_eq!(mqtt.connect("capath").reason, ReasonCode::Success);
     let tls12 = [&rustls::version::TLS12];
-    let stream = tls_connect_with(addrs[0], &dir.join("ca.pem"), client, &tls12)
+    let stream = tls_connect_with(addr, &dir.join("ca.pem"), client, &tls12)
         .expect("TLS 1.2 with the one suite allowed");
     assert_eq!(
         format!(
@@ -362,7 +370,7 @@ fn capath_and_ciphers_are_honoured() {
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let mut conn =
             rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
-        let mut sock = TcpStream::connect(addrs[0]).expect("connect");
+        let mut sock = TcpStream::connect(addr).expect("connect");
         sock.set_read_timeout(Some(WAIT)).expect("timeout");
         let mut result = Ok((0, 0));
         while conn.is_handshaking() && result.is_ok() {
@@ -385,11 +393,8 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
 #[test]
 fn the_broker_ends_a_tls_connection_with_close_notify() {
     let certs = Certs::new();
-    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
-    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
-    let stream = tls_connect(addrs[0], &certs.dir.join("ca.pem"), None).expect("handshake");
-    let mut client = Client::new(stream);
-    assert_eq!(client.connect("bye").reason, ReasonCode::Success);
+    let (broker, addr, _) = tls_broker(Config::default(), certs.settings(false));
+    let mut client = tls_client(addr, &certs.dir.join("ca.pem"), "bye");
     client.send(&mqtt_broker::mqtt::Packet::Disconnect(Default::default()));
     // rustls reads a clean close (close_notify, then EOF) as 0; a bare TCP close would be
     // UnexpectedEof.
@@ -402,13 +407,11 @@ fn the_broker_ends_a_tls_connection_with_close_notify() {
 #[test]
 fn many_small_records_in_one_read_all_arrive() {
     let certs = Certs::new();
-    let tls = listener(Protocol::Mqtt, Some(certs.settings(false)));
-    let (broker, addrs, _) = start_broker_with_listeners(Default::default(), vec![tls]);
+    let (broker, addr, _) = tls_broker(Config::default(), certs.settings(false));
     let ca = certs.dir.join("ca.pem");
-    let mut subscriber = Client::new(tls_connect(addrs[0], &ca, None).expect("handshake"));
-    assert_eq!(subscriber.connect("small-sub").reason, ReasonCode::Success);
+    let mut subscriber = tls_client(addr, &ca, "small-sub");
     subscriber.subscribe("small", QoS::AtMostOnce);
-    let mut publisher = tls_connect(addrs[0], &ca, None).expect("handshake");
+    let mut publisher = tls_connect(addr, &ca, None).expect("handshake");
     let mut bytes = Vec::new();
     mqtt_broker::mqtt::Packet::Connect(Box::new(crate::support::connect_packet(
         "small-pub",
