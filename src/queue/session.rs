@@ -901,6 +901,31 @@ mod tests {
         outcome
     }
 
+    /// Delivers one message per (payload, QoS), checking each outcome in turn.
+    fn deliver_expecting(session: &mut Session, expected: &[(&str, QoS, Enqueued)]) {
+        for &(payload, qos, want) in expected {
+            assert_eq!(
+                deliver(session, message(payload, qos)),
+                want,
+                "message {payload:?}"
+            );
+        }
+    }
+
+    /// Acknowledges QoS 1 message `n` and pumps, as the router does on a PUBACK.
+    fn puback_and_pump(session: &mut Session, n: u16) -> AckOutcome {
+        let outcome = session.outbox.acknowledge(AckKind::PubAck, id(n), None);
+        session.pump();
+        outcome
+    }
+
+    /// The writer of an online session has written `n` more deliveries.
+    fn writer_took(session: &Session, n: usize) {
+        if let Some(online) = &session.online {
+            online.writer.written_for_tests(n);
+        }
+    }
+
     /// Limits with a hard limit of ten times `max_queued` (no router overshoot to allow for).
     fn limits(max_inflight: usize, max_queued: usize) -> QueueLimits {
         QueueLimits::new(max_inflight, max_queued, 0)
@@ -932,12 +957,14 @@ mod tests {
     #[test]
     fn window_holds_back_qos1_and_acks_release_in_order() {
         let (mut s, rx) = session(2, 10);
-        for p in ["a", "b", "c"] {
-            assert_eq!(
-                deliver(&mut s, message(p, QoS::AtLeastOnce)),
-                Enqueued::Accepted
-            );
-        }
+        deliver_expecting(
+            &mut s,
+            &[
+                ("a", QoS::AtLeastOnce, Enqueued::Accepted),
+                ("b", QoS::AtLeastOnce, Enqueued::Accepted),
+                ("c", QoS::AtLeastOnce, Enqueued::Accepted),
+            ],
+        );
         assert_eq!(
             drain(&rx),
             vec![
@@ -945,11 +972,7 @@ mod tests {
                 ("publish", 2, "b".into(), false)
             ]
         );
-        assert_eq!(
-            s.outbox.acknowledge(AckKind::PubAck, id(1), None),
-            AckOutcome::Matched
-        );
-        s.pump();
+        assert_eq!(puback_and_pump(&mut s, 1), AckOutcome::Matched);
         assert_eq!(drain(&rx), vec![("publish", 3, "c".into(), false)]);
         assert_eq!(
             s.outbox.acknowledge(AckKind::PubAck, id(1), None),
@@ -964,8 +987,7 @@ mod tests {
         deliver(&mut s, message("b", QoS::AtLeastOnce));
         deliver(&mut s, message("c", QoS::AtMostOnce));
         assert_eq!(drain(&rx).len(), 1);
-        s.outbox.acknowledge(AckKind::PubAck, id(1), None);
-        s.pump();
+        puback_and_pump(&mut s, 1);
         assert_eq!(
             drain(&rx),
             vec![
@@ -1013,21 +1035,14 @@ mod tests {
     #[test]
     fn offline_queue_is_bounded_and_skips_qos0() {
         let mut s = Session::new("c".into(), u32::MAX, limits(10, 2));
-        assert_eq!(
-            deliver(&mut s, message("q0", QoS::AtMostOnce)),
-            Enqueued::Skipped
-        );
-        assert_eq!(
-            deliver(&mut s, message("a", QoS::AtLeastOnce)),
-            Enqueued::Accepted
-        );
-        assert_eq!(
-            deliver(&mut s, message("b", QoS::AtLeastOnce)),
-            Enqueued::Accepted
-        );
-        assert_eq!(
-            deliver(&mut s, message("c", QoS::AtLeastOnce)),
-            Enqueued::Dropped
+        deliver_expecting(
+            &mut s,
+            &[
+                ("q0", QoS::AtMostOnce, Enqueued::Skipped),
+                ("a", QoS::AtLeastOnce, Enqueued::Accepted),
+                ("b", QoS::AtLeastOnce, Enqueued::Accepted),
+                ("c", QoS::AtLeastOnce, Enqueued::Dropped),
+            ],
         );
         assert_eq!(s.outbox.queued_len(), 2);
         assert_eq!(s.outbox.dropped, 1);
@@ -1042,9 +1057,7 @@ mod tests {
         assert_eq!(drain(&rx).len(), 2);
         assert_eq!(s.outbox.queued_len(), 2);
         // The writer has caught up.
-        if let Some(online) = &s.online {
-            online.writer.written_for_tests(2);
-        }
+        writer_took(&s, 2);
         s.pump();
         assert_eq!(drain(&rx).len(), 2);
     }
@@ -1130,9 +1143,7 @@ mod tests {
             !s.outbox.keeps_up(),
             "nothing taken since the congestion began"
         );
-        if let Some(online) = &s.online {
-            online.writer.written_for_tests(8);
-        }
+        writer_took(&s, 8);
         s.pump();
         assert_eq!(s.outbox.queued_len(), 4);
         assert!(
@@ -1149,15 +1160,16 @@ mod tests {
         limits.budget = Arc::clone(&budget);
         let mut s = Session::new("c".into(), u32::MAX, limits);
         let big = "x".repeat(100);
-        for _ in 0..3 {
-            assert_eq!(
-                deliver(&mut s, message(&big, QoS::AtLeastOnce)),
-                Enqueued::Accepted
-            );
-        }
-        assert_eq!(
-            deliver(&mut s, message(&big, QoS::AtLeastOnce)),
-            Enqueued::Dropped
+        let big_q1 = |want| (big.as_str(), QoS::AtLeastOnce, want);
+        let (accepted, dropped) = (Enqueued::Accepted, Enqueued::Dropped);
+        deliver_expecting(
+            &mut s,
+            &[
+                big_q1(accepted),
+                big_q1(accepted),
+                big_q1(accepted),
+                big_q1(dropped),
+            ],
         );
         assert_eq!(budget.used(), s.outbox.queued_bytes());
         drop(s);
@@ -1171,17 +1183,13 @@ mod tests {
             2 * (1 + 1 + crate::queue::message::DELIVERY_OVERHEAD),
         ));
         let mut s = Session::new("c".into(), u32::MAX, limits);
-        assert_eq!(
-            deliver(&mut s, message("a", QoS::AtLeastOnce)),
-            Enqueued::Accepted
-        );
-        assert_eq!(
-            deliver(&mut s, message("b", QoS::AtLeastOnce)),
-            Enqueued::Accepted
-        );
-        assert_eq!(
-            deliver(&mut s, message("c", QoS::AtLeastOnce)),
-            Enqueued::OverBudget
+        deliver_expecting(
+            &mut s,
+            &[
+                ("a", QoS::AtLeastOnce, Enqueued::Accepted),
+                ("b", QoS::AtLeastOnce, Enqueued::Accepted),
+                ("c", QoS::AtLeastOnce, Enqueued::OverBudget),
+            ],
         );
         // Online, a session with a short queue still gets its messages; one with a backlog
         // does not.
@@ -1212,14 +1220,12 @@ mod tests {
             .expect("b waits behind a full window");
         deliver(&mut s, message("c", QoS::AtLeastOnce));
         assert_eq!(s.outbox.stalled_since, Some(since), "still nothing taken");
-        s.outbox.acknowledge(AckKind::PubAck, id(1), None);
-        s.pump();
+        puback_and_pump(&mut s, 1);
         assert!(
             s.outbox.stalled_since.is_some_and(|t| t >= since),
             "b taken: restarted"
         );
-        s.outbox.acknowledge(AckKind::PubAck, id(2), None);
-        s.pump();
+        puback_and_pump(&mut s, 2);
         assert!(s.outbox.stalled_since.is_none(), "queue empty");
         deliver(&mut s, message("d", QoS::AtLeastOnce));
         deliver(&mut s, message("e", QoS::AtLeastOnce));
@@ -1247,9 +1253,7 @@ mod tests {
         assert!(s.outbox.queued_len() <= RETAINED_WINDOW);
         let mut received = 50;
         while received < 1000 {
-            if let Some(online) = &s.online {
-                online.writer.written_for_tests(50);
-            }
+            writer_took(&s, 50);
             s.pump();
             let got = drain(&rx);
             assert!(!got.is_empty(), "the feed goes on after {received}");
