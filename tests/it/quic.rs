@@ -138,6 +138,19 @@ impl Lines {
         }
     }
 
+    /// Reads lines up to "DONE", checks that a "CLOSED" line came among them and returns them.
+    fn until_closed(&self) -> Vec<String> {
+        let lines = self.until("DONE");
+        assert!(lines.iter().any(|l| l.starts_with("CLOSED")), "{lines:?}");
+        lines
+    }
+
+    /// The next line is "DONE" and the process then succeeds.
+    fn ends_done(self) {
+        assert_eq!(self.next(), "DONE");
+        assert!(self.success());
+    }
+
     /// Waits for the process to end; true if it succeeded.
     fn success(mut self) -> bool {
         let deadline = Instant::now() + LINE_WAIT;
@@ -183,13 +196,20 @@ fn publisher(broker: &QuicBroker, id: &str) -> RawClient {
     RawClient::connect(broker.tcp, id, ProtocolVersion::V3_1_1, true).0
 }
 
-#[test]
-fn single_stream_client_and_tcp_client_exchange_messages() {
+/// A broker, a TCP client subscribed to quic/out, and the aioquic client running `scenario`
+/// on its control stream alone, ready (subscribed) for messages.
+fn control_stream_exchange(scenario: &str, count: usize) -> (QuicBroker, RawClient, Lines) {
     let broker = QuicBroker::start();
     let mut tcp = publisher(&broker, "tcp-peer");
     tcp.subscribe(1, &[("quic/out", QoS::AtLeastOnce)]);
-    let client = aioquic(broker.quic.port(), "single", 3);
+    let client = aioquic(broker.quic.port(), scenario, count);
     assert_eq!(client.until("READY"), ["SUBACK control"]);
+    (broker, tcp, client)
+}
+
+#[test]
+fn single_stream_client_and_tcp_client_exchange_messages() {
+    let (_broker, mut tcp, client) = control_stream_exchange("single", 3);
     for n in 0..3u16 {
         tcp.publish(
             "quic/in",
@@ -206,8 +226,7 @@ fn single_stream_client_and_tcp_client_exchange_messages() {
     let publish = tcp.recv_publish();
     assert_eq!(publish.topic, "quic/out");
     assert_eq!(&publish.payload[..], b"from-aioquic");
-    assert_eq!(client.next(), "DONE");
-    assert!(client.success());
+    client.ends_done();
 }
 
 #[test]
@@ -243,8 +262,7 @@ fn multi_stream_deliveries_and_acks_follow_their_stream() {
             "MSG B multi/b b2"
         ]
     );
-    assert_eq!(client.next(), "DONE");
-    assert!(client.success());
+    client.ends_done();
 }
 
 #[test]
@@ -300,18 +318,13 @@ fn malformed_packet_resets_a_data_stream_and_closes_on_the_control_stream() {
     tcp.publish("bad/b", b"still-here", QoS::AtLeastOnce, false, 40);
     assert_eq!(client.next(), "MSG B bad/b still-here");
     // Then garbage on the control stream: DISCONNECT (malformed) and the connection closes.
-    let rest = client.until("DONE");
-    assert!(rest.iter().any(|l| l.starts_with("CLOSED")), "{rest:?}");
+    client.until_closed();
     assert!(client.success());
 }
 
 #[test]
 fn a_client_that_changes_its_udp_port_keeps_receiving() {
-    let broker = QuicBroker::start();
-    let mut tcp = publisher(&broker, "tcp-peer");
-    tcp.subscribe(1, &[("quic/out", QoS::AtLeastOnce)]);
-    let client = aioquic(broker.quic.port(), "migrate", 2);
-    assert_eq!(client.until("READY"), ["SUBACK control"]);
+    let (_broker, mut tcp, client) = control_stream_exchange("migrate", 2);
     tcp.publish("quic/in", b"before", QoS::AtLeastOnce, false, 50);
     assert_eq!(client.next(), "MSG control quic/in before");
     let migrated = client.next();
@@ -327,8 +340,7 @@ fn a_client_that_changes_its_udp_port_keeps_receiving() {
         b"from-aioquic",
         "the client's PUBLISH from its new port arrives"
     );
-    assert_eq!(client.next(), "DONE");
-    assert!(client.success());
+    client.ends_done();
 }
 
 /// The `mqttv5` binary of mqttv5-cli.
@@ -411,8 +423,7 @@ fn a_quic_client_that_reads_nothing_is_held_by_flow_control_then_closed() {
         tcp.publish("flood/x", &payload, QoS::AtMostOnce, false, 0);
     }
     let started = Instant::now();
-    let rest = client.until("DONE");
-    assert!(rest.iter().any(|l| l.starts_with("CLOSED")), "{rest:?}");
+    client.until_closed();
     assert!(started.elapsed() < Duration::from_secs(40));
     // The publisher was never held up for good: it is still served.
     tcp.ping();
@@ -425,8 +436,7 @@ fn a_connection_that_opens_no_stream_is_closed_at_the_connect_deadline() {
     let broker = QuicBroker::start_with(config);
     let started = Instant::now();
     let client = aioquic(broker.quic.port(), "no-stream", 0);
-    let lines = client.until("DONE");
-    assert!(lines.iter().any(|l| l.starts_with("CLOSED")), "{lines:?}");
+    client.until_closed();
     // Closed by the broker's deadline, not by an idle timeout (the broker's is minutes).
     assert!(
         started.elapsed() < Duration::from_secs(20),
@@ -463,9 +473,8 @@ fn retry_makes_a_client_prove_its_address_before_the_handshake() {
     let stopping = Arc::new(AtomicBool::new(false));
     let listener = start(socket, settings, spawn, Arc::clone(&stopping)).expect("start");
     let client = aioquic(port, "no-stream", 0);
-    let lines = client.until("DONE");
+    let lines = client.until_closed();
     assert!(lines.contains(&"RETRIED".to_string()), "{lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("CLOSED")), "{lines:?}");
     assert!(client.success());
     // It opened no stream: no client threads were asked for.
     assert_eq!(spawned.load(Ordering::Relaxed), 0);
