@@ -21,6 +21,15 @@ use crate::support::{connect_packet, pid, publish_packet, will, RawClient};
 /// Offline queues in these tests hold more than the default 1000 messages.
 const BIG_QUEUES: &[(&str, &str)] = &[("MAX_QUEUED_MESSAGES", "1000000")];
 
+/// A new store directory named after `name`, a free port, and the broker binary started on
+/// them with the environment `env`.
+fn start_fresh(name: &str, env: &[(&str, &str)]) -> (TempDir, u16, ChildBroker) {
+    let dir = TempDir::new(name);
+    let port = free_port();
+    let broker = ChildBroker::start(dir.path(), port, env);
+    (dir, port, broker)
+}
+
 /// Reads PUBLISH packets as a subscriber, acknowledging each (the whole QoS 2 flow), until
 /// nothing arrives for `quiet` or `until` returns true.
 fn receive_all(
@@ -74,9 +83,7 @@ fn subscribe_v5(client: &mut RawClient, filter: &str, identifier: u32) {
 
 #[test]
 fn sessions_queues_and_retained_messages_survive_sigkill() {
-    let dir = TempDir::new("survive");
-    let port = free_port();
-    let broker = ChildBroker::start(dir.path(), port, &[]);
+    let (dir, port, broker) = start_fresh("survive", &[]);
 
     // A v5 session with an identifier and Retain As Published, and a 3.1.1 one.
     let mut connect = connect_packet("v5-sub", ProtocolVersion::V5, true);
@@ -141,9 +148,7 @@ fn sessions_queues_and_retained_messages_survive_sigkill() {
 
 #[test]
 fn in_flight_messages_are_resent_after_a_restart_pubrel_first() {
-    let dir = TempDir::new("inflight");
-    let port = free_port();
-    let broker = ChildBroker::start(dir.path(), port, &[]);
+    let (dir, port, broker) = start_fresh("inflight", &[]);
     let (mut sub, _) = RawClient::connect(broker.addr, "sub", ProtocolVersion::V3_1_1, false);
     sub.subscribe(1, &[("f/#", QoS::ExactlyOnce)]);
     let (mut publisher, _) = RawClient::connect(broker.addr, "pub", ProtocolVersion::V3_1_1, true);
@@ -182,14 +187,21 @@ fn in_flight_messages_are_resent_after_a_restart_pubrel_first() {
     sub.expect_nothing(Duration::from_millis(300));
 }
 
+/// Sends PUBREL for packet id `id` as a publisher and expects its PUBCOMP.
+fn release(publisher: &mut RawClient, id: u16) {
+    publisher.send(&Packet::PubRel(Ack::new(pid(id))));
+    match publisher.recv() {
+        Packet::PubComp(ack) => assert_eq!(ack.packet_id, pid(id)),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+}
+
 /// A held QoS 2 message (PUBREC sent, PUBREL awaited) is stored before its PUBREC: after
 /// SIGKILL the publisher's PUBREL routes it, exactly once, to the persistent subscriber; its
 /// routing is stored before PUBCOMP, so a PUBREL repeated after another SIGKILL routes nothing.
 #[test]
 fn a_held_qos2_message_is_routed_once_by_its_pubrel_after_sigkill() {
-    let dir = TempDir::new("held-qos2");
-    let port = free_port();
-    let broker = ChildBroker::start(dir.path(), port, &[]);
+    let (dir, port, broker) = start_fresh("held-qos2", &[]);
     let (mut sub, _) = RawClient::connect(broker.addr, "q2-sub", ProtocolVersion::V3_1_1, false);
     sub.subscribe(1, &[("q2/#", QoS::ExactlyOnce)]);
     sub.disconnect();
@@ -216,22 +228,14 @@ fn a_held_qos2_message_is_routed_once_by_its_pubrel_after_sigkill() {
         Packet::PubRec(ack) => assert_eq!(ack.packet_id, pid(7)),
         other => panic!("expected PUBREC again, got {other:?}"),
     }
-    publisher.send(&Packet::PubRel(Ack::new(pid(7))));
-    match publisher.recv() {
-        Packet::PubComp(ack) => assert_eq!(ack.packet_id, pid(7)),
-        other => panic!("expected PUBCOMP, got {other:?}"),
-    }
+    release(&mut publisher, 7);
     broker.kill();
 
     // PUBCOMP came after the commit: the message is queued and no longer held.
     let broker = ChildBroker::start(dir.path(), port, &[]);
     let (mut publisher, _) =
         RawClient::connect(broker.addr, "q2-pub", ProtocolVersion::V3_1_1, false);
-    publisher.send(&Packet::PubRel(Ack::new(pid(7))));
-    match publisher.recv() {
-        Packet::PubComp(ack) => assert_eq!(ack.packet_id, pid(7)),
-        other => panic!("expected PUBCOMP, got {other:?}"),
-    }
+    release(&mut publisher, 7);
     publisher.ping();
     let (mut sub, connack) =
         RawClient::connect(broker.addr, "q2-sub", ProtocolVersion::V3_1_1, false);
@@ -359,9 +363,7 @@ fn crash_publisher(
 fn every_acknowledged_message_survives_repeated_sigkill() {
     const TOTAL: u32 = 4000;
     const KILLS: usize = 4;
-    let dir = TempDir::new("crash");
-    let port = free_port();
-    let mut broker = ChildBroker::start(dir.path(), port, BIG_QUEUES);
+    let (dir, port, mut broker) = start_fresh("crash", BIG_QUEUES);
 
     let (mut sub, _) = RawClient::connect(broker.addr, "crash-sub", ProtocolVersion::V3_1_1, false);
     sub.subscribe(1, &[("crash/#", QoS::ExactlyOnce)]);
@@ -473,9 +475,7 @@ fn every_acknowledged_message_survives_repeated_sigkill() {
 
 #[test]
 fn a_damaged_store_is_refused_with_a_clear_error_and_can_be_reset() {
-    let dir = TempDir::new("corrupt");
-    let port = free_port();
-    let broker = ChildBroker::start(dir.path(), port, &[]);
+    let (dir, port, broker) = start_fresh("corrupt", &[]);
     let (mut sub, _) = RawClient::connect(broker.addr, "sub", ProtocolVersion::V3_1_1, false);
     sub.subscribe(1, &[("c/#", QoS::AtLeastOnce)]);
     sub.disconnect();
@@ -591,9 +591,7 @@ fn a_big_offline_queue_lives_on_disk_and_arrives_in_order() {
             1_000_000
         });
     const LIMIT_KIB: u64 = 100 * 1024;
-    let dir = TempDir::new("bigqueue");
-    let port = free_port();
-    let broker = ChildBroker::start(dir.path(), port, &[("MAX_QUEUED_MESSAGES", "2000000")]);
+    let (dir, port, broker) = start_fresh("bigqueue", &[("MAX_QUEUED_MESSAGES", "2000000")]);
     let pid = broker.pid();
     let (mut sub, _) = RawClient::connect(broker.addr, "big-sub", ProtocolVersion::V3_1_1, false);
     sub.subscribe(1, &[("big/#", QoS::AtLeastOnce)]);
@@ -684,9 +682,7 @@ fn a_big_offline_queue_lives_on_disk_and_arrives_in_order() {
 #[test]
 fn expiry_goes_on_while_the_broker_is_down_and_clean_sessions_are_not_kept() {
     use mqtt_broker::mqtt::PublishProperties;
-    let dir = TempDir::new("expiry");
-    let port = free_port();
-    let broker = ChildBroker::start(dir.path(), port, &[]);
+    let (dir, port, broker) = start_fresh("expiry", &[]);
     // A v5 session that expires 2 s after it ends, one that lasts an hour, and a clean one.
     let mut short = connect_packet("short", ProtocolVersion::V5, true);
     short.properties.session_expiry_interval = Some(2);
@@ -769,9 +765,7 @@ fn messages_queued_before_the_client_returns_after_a_restart_are_checked_against
 /// none of the old ones is delivered.
 #[test]
 fn sys_topics_are_not_stored() {
-    let dir = TempDir::new("sys");
-    let port = free_port();
-    let broker = ChildBroker::start(dir.path(), port, &[("SYS_INTERVAL", "1")]);
+    let (dir, port, broker) = start_fresh("sys", &[("SYS_INTERVAL", "1")]);
     let (mut watcher, _) =
         RawClient::connect(broker.addr, "watcher", ProtocolVersion::V3_1_1, true);
     watcher.subscribe(1, &[("$SYS/broker/uptime", QoS::AtMostOnce)]);
@@ -794,9 +788,7 @@ fn sys_topics_are_not_stored() {
 /// down, waits out the rest of the others' delays, and publishes none twice.
 #[test]
 fn delayed_wills_survive_sigkill_and_fall_due_on_the_wall_clock() {
-    let dir = TempDir::new("wills");
-    let port = free_port();
-    let broker = ChildBroker::start(dir.path(), port, &[]);
+    let (dir, port, broker) = start_fresh("wills", &[]);
     let watcher = watch_wills(broker.addr, "watcher");
     // (name, will delay, session expiry): "soon" falls due while the broker is down, "ends"
     // with its session (which expires while the broker is down), "later" after the restart.
